@@ -1,0 +1,34 @@
+"""Installs mgcm: the `modeling_mgcm` model package and the `processing` data/inference package."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+README = Path(__file__).with_name("README.md")
+
+setup(
+    name="mgcm",
+    version="0.1.0",
+    description="Multi-granularity cross-modality NER for social media (MGCM), Hugging Face native",
+    long_description=README.read_text(encoding="utf-8") if README.exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["modeling_mgcm", "processing"],
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "evaluate>=0.4",
+        "seqeval>=1.2.2",
+        "pillow>=10.0",
+        "safetensors>=0.4.3",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "hypothesis>=6.100", "ruff>=0.6", "matplotlib>=3.7", "tensorboard>=2.14"],
+    },
+    entry_points={"console_scripts": []},
+)
