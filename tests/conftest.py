@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny randomly initialised backbones that tests build themselves (no hub access)."""
+
+import string
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizer, ResNetConfig
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TINY_WORDS = ["the", "in", "at", "of", "and", "to", "is", "rt", "http", "co", "obama", "paris", "london"]
+
+
+def tiny_vocab() -> dict[str, int]:
+    """A WordPiece vocabulary that can spell any lower-case ASCII word, so nothing maps to [UNK] needlessly."""
+    characters = list(string.ascii_lowercase + string.digits + string.punctuation)
+    continuations = ["##" + c for c in string.ascii_lowercase + string.digits]
+    tokens = SPECIAL_TOKENS + characters + continuations + TINY_WORDS
+    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> BertTokenizer:
+    """An uncased WordPiece tokenizer over `tiny_vocab()`."""
+    return BertTokenizer(vocab=tiny_vocab(), do_lower_case=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_config(tiny_tokenizer) -> BertConfig:
+    """A 2-layer, 32-wide BERT config sized to the tiny vocabulary."""
+    return BertConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_config() -> ResNetConfig:
+    """A 2-stage ResNet with 16 output channels: a 64x64 image gives an 8x8 grid of 16-d regions."""
+    return ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tiny_tokenizer, tiny_text_config):
+    """A folder holding a tiny random BertModel and its tokenizer, as `save_pretrained` writes them."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertModel(tiny_text_config).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
