@@ -1,10 +1,15 @@
 """Shared fixtures: tiny randomly initialised backbones that tests build themselves (no hub access)."""
 
+import os
 import string
 
 import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer, ResNetConfig
+
+# Tests never reach a hub: fail fast instead of waiting on a network that is not there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TINY_WORDS = ["the", "in", "at", "of", "and", "to", "is", "rt", "http", "co", "obama", "paris", "london"]
