@@ -1,0 +1,41 @@
+import warnings
+
+from .corpus import (
+    ConllTweet,
+    CorpusFormatError,
+    DuplicateTweetIdError,
+    load_tweet_corpus,
+    read_captions_file,
+    read_conll_file,
+    read_objects_file,
+    write_conll,
+)
+from .corpus_schema import corpus_features
+from .corpus_stats import corpus_stats, format_corpus_stats
+from .labels import ENTITY_TYPES, ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, normalise_tag, repair_bio_tags
+
+# `python -m processing.corpus` runs a module that importing this package has already loaded; runpy's
+# warning about that is noise for this command.
+warnings.filterwarnings(
+    "ignore", message=r"'processing\.corpus' found in sys\.modules", category=RuntimeWarning
+)
+
+__all__ = [
+    "ENTITY_TYPES",
+    "ID_TO_LABEL",
+    "LABEL_NAMES",
+    "LABEL_TO_ID",
+    "ConllTweet",
+    "CorpusFormatError",
+    "DuplicateTweetIdError",
+    "corpus_features",
+    "corpus_stats",
+    "format_corpus_stats",
+    "load_tweet_corpus",
+    "normalise_tag",
+    "read_captions_file",
+    "read_conll_file",
+    "read_objects_file",
+    "repair_bio_tags",
+    "write_conll",
+]

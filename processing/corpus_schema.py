@@ -1,0 +1,26 @@
+"""The `datasets.Features` of a tweet corpus, shared by the real-corpus loader and the synthetic corpus."""
+
+from datasets import ClassLabel, Features, Image, List, Value
+
+from .labels import LABEL_NAMES
+
+
+def corpus_features() -> Features:
+    """Features of one corpus split, as in docs/interfaces.md.
+
+    `image` holds a file path (decoded lazily) or in-memory bytes, and None when the tweet has no image;
+    `caption` is "" and `objects` is [] when absent.
+    """
+    return Features(
+        {
+            "id": Value("string"),
+            "tokens": List(Value("string")),
+            "ner_tags": List(ClassLabel(names=LABEL_NAMES)),
+            "image": Image(),
+            "caption": Value("string"),
+            "objects": List({"label": Value("string"), "score": Value("float32")}),
+        }
+    )
+
+
+__all__ = ["corpus_features"]
