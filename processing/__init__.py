@@ -13,6 +13,7 @@ from .corpus import (
 from .corpus_schema import corpus_features
 from .corpus_stats import corpus_stats, format_corpus_stats
 from .labels import ENTITY_TYPES, ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, normalise_tag, repair_bio_tags
+from .metrics import entity_spans, format_metrics_table, ner_metrics, score_entity_spans
 
 # `python -m processing.corpus` runs a module that importing this package has already loaded; runpy's
 # warning about that is noise for this command.
@@ -30,12 +31,16 @@ __all__ = [
     "DuplicateTweetIdError",
     "corpus_features",
     "corpus_stats",
+    "entity_spans",
     "format_corpus_stats",
+    "format_metrics_table",
     "load_tweet_corpus",
+    "ner_metrics",
     "normalise_tag",
     "read_captions_file",
     "read_conll_file",
     "read_objects_file",
     "repair_bio_tags",
+    "score_entity_spans",
     "write_conll",
 ]
