@@ -1,0 +1,922 @@
+"""`MGCMProcessor`: turns tweets (words), images, detected objects and captions into MGCM model inputs.
+
+A tweet longer than the word-piece window is split into overlapping windows of whole words, so every word
+gets a prediction; `merge_windows` puts the per-window word predictions back together, one per word.
+"""
+
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoProcessor, BatchFeature, ProcessorMixin
+from transformers.utils import PROCESSOR_NAME
+
+from modeling_mgcm import MGCMConfig
+
+from .neighbour_table import NeighbourTable
+from .word_shape import word_shape_id
+
+logger = logging.getLogger(__name__)
+
+# Sub-folder of a saved processor that holds the neighbour table (safetensors + JSON, written by the table).
+NEIGHBOUR_TABLE_FOLDER = "neighbour_table"
+# Keys of an encoding that locate each window in its tweet; they are bookkeeping, not model inputs.
+WINDOW_INFO_KEYS = ("overflow_to_sample_mapping", "window_word_offset")
+# Settings stored in processor_config.json; from_pretrained must not forward them to the tokenizer.
+_PROCESSOR_SETTINGS = (
+    "neighbour_table",
+    "object_labels",
+    "max_length",
+    "stride",
+    "max_objects",
+    "max_caption_length",
+)
+
+
+def plan_windows(piece_counts: Sequence[int], capacity: int, stride: int) -> list[tuple[int, int]]:
+    """Split a tweet into windows of whole words holding at most `capacity` word pieces each.
+
+    Args:
+        piece_counts: word pieces of each word, each already clipped to `1..capacity`.
+        capacity: word pieces a window holds (the window length without special tokens).
+        stride: words shared by two consecutive windows (fewer when the next word would not fit).
+
+    Returns:
+        `(start, end)` word ranges, end exclusive, in order; together they cover every word.
+    """
+    if any(count < 1 or count > capacity for count in piece_counts):
+        raise ValueError(f"piece counts must lie in 1..{capacity}, got {list(piece_counts)}")
+    num_words = len(piece_counts)
+    windows = []
+    start = 0
+    while True:
+        end, used = start, 0
+        while end < num_words and used + piece_counts[end] <= capacity:
+            used += piece_counts[end]
+            end += 1
+        windows.append((start, end))
+        if end >= num_words:
+            return windows
+        # The next window must reach the first word this one could not hold, else it would add nothing.
+        next_start = max(end - stride, start + 1)
+        while sum(piece_counts[next_start : end + 1]) > capacity:
+            next_start += 1
+        start = next_start
+
+
+def _as_python_list(values: Any) -> list:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().tolist()
+    if isinstance(values, np.ndarray):
+        return values.tolist()
+    return list(values)
+
+
+def merge_windows(
+    window_predictions: Sequence[Any],
+    overflow_to_sample_mapping: Sequence[int],
+    window_word_offset: Sequence[int],
+    window_word_count: Sequence[int] | None = None,
+    num_words: Sequence[int] | None = None,
+) -> list[list[Any]]:
+    """Put per-window word predictions back together into one prediction per word of each tweet.
+
+    Each word is taken from the window in which it lies farthest from a window edge that cuts the tweet
+    (the tweet's own first and last word are not cut edges); ties go to the earlier window.
+
+    Args:
+        window_predictions: one entry per window: tags `(W,)` or per-word score vectors `(W, L)`, as a
+            tensor `(N, W[, L])`, an array or a list of lists; entries past the window's word count are ignored.
+        overflow_to_sample_mapping: `(N,)` tweet index of each window (0..num_tweets-1).
+        window_word_offset: `(N,)` index in its tweet of each window's first word.
+        window_word_count: `(N,)` words in each window (`word_mask.sum(1)`); by default the length of
+            each window's predictions.
+        num_words: optional words per tweet, checked against what the windows cover.
+
+    Returns:
+        A list over tweets of lists over words (ints for tags, lists of floats for score vectors).
+    """
+    mapping = [int(value) for value in _as_python_list(overflow_to_sample_mapping)]
+    offsets = [int(value) for value in _as_python_list(window_word_offset)]
+    if len(mapping) != len(offsets) or len(mapping) != len(window_predictions):
+        raise ValueError(
+            f"merge_windows needs one mapping and one offset per window: got {len(window_predictions)} "
+            f"predictions, {len(mapping)} mappings and {len(offsets)} offsets"
+        )
+    counts = (
+        None if window_word_count is None else [int(value) for value in _as_python_list(window_word_count)]
+    )
+    if counts is not None and len(counts) != len(mapping):
+        raise ValueError(f"window_word_count has {len(counts)} entries for {len(mapping)} windows")
+    if not mapping:
+        return []
+
+    windows_of_tweet: dict[int, list[tuple[int, list]]] = {}
+    for window, (tweet, offset) in enumerate(zip(mapping, offsets, strict=True)):
+        predictions = _as_python_list(window_predictions[window])
+        count = len(predictions) if counts is None else counts[window]
+        if count > len(predictions):
+            raise ValueError(f"window {window} has {count} words but only {len(predictions)} predictions")
+        if tweet < 0 or offset < 0:
+            raise ValueError(
+                f"window {window} has a negative tweet index ({tweet}) or word offset ({offset})"
+            )
+        windows_of_tweet.setdefault(tweet, []).append((offset, predictions[:count]))
+
+    num_tweets = max(windows_of_tweet) + 1
+    if num_words is not None and len(num_words) != num_tweets:
+        raise ValueError(f"num_words has {len(num_words)} entries but the windows cover {num_tweets} tweets")
+    merged = []
+    for tweet in range(num_tweets):
+        if tweet not in windows_of_tweet:
+            raise ValueError(f"tweet {tweet} has no window: pass the windows of every tweet")
+        windows = windows_of_tweet[tweet]
+        tweet_length = max(offset + len(predictions) for offset, predictions in windows)
+        if num_words is not None:
+            if int(num_words[tweet]) < tweet_length:
+                raise ValueError(
+                    f"tweet {tweet}: windows reach word {tweet_length - 1} of {num_words[tweet]}"
+                )
+            tweet_length = int(num_words[tweet])
+        best_distance = [-1] * tweet_length
+        words = [None] * tweet_length
+        for offset, predictions in windows:
+            end = offset + len(predictions)
+            for position, prediction in enumerate(predictions):
+                word = offset + position
+                left = word - offset if offset > 0 else tweet_length
+                right = end - 1 - word if end < tweet_length else tweet_length
+                distance = min(left, right)
+                if distance > best_distance[word]:
+                    best_distance[word] = distance
+                    words[word] = prediction
+        missing = [word for word, distance in enumerate(best_distance) if distance < 0]
+        if missing:
+            raise ValueError(f"tweet {tweet}: words {missing[:10]} of {tweet_length} are in no window")
+        merged.append(words)
+    return merged
+
+
+class MGCMProcessor(ProcessorMixin):
+    """Composes a tokenizer, an optional image processor, the semantic-augmentation neighbour table and the
+    object label vocabulary into one processor producing the inputs of `MGCMForTokenClassification`.
+
+    Args:
+        tokenizer: a fast tokenizer of the text backbone (word ids are needed to align words).
+        image_processor: optional image processor of the vision backbone, for raw `images`.
+        neighbour_table: optional `NeighbourTable`; without it no `neighbour_*` inputs are produced.
+        object_labels: detector class names, in the order of `config.object_labels`; without them objects
+            cannot be encoded. Unknown detected labels are skipped, counted in `unknown_object_label_counts`
+            and logged once per label.
+        max_length: word pieces per window, special tokens included.
+        stride: words shared by consecutive windows of a long tweet.
+        max_objects: objects kept per image, highest scores first.
+        max_caption_length: caption word pieces kept, special tokens included.
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        image_processor=None,
+        neighbour_table: NeighbourTable | None = None,
+        object_labels: Sequence[str] | None = None,
+        max_length: int = 128,
+        stride: int = 16,
+        max_objects: int = 5,
+        max_caption_length: int = 32,
+    ):
+        if tokenizer is None:
+            raise ValueError("MGCMProcessor needs a tokenizer")
+        super().__init__(tokenizer, image_processor)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                f"MGCMProcessor needs a fast tokenizer (word ids), got {type(tokenizer).__name__}"
+            )
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                f"the tokenizer {type(tokenizer).__name__} has no pad token: set tokenizer.pad_token"
+            )
+        if neighbour_table is not None and not callable(getattr(neighbour_table, "lookup", None)):
+            raise TypeError(
+                f"neighbour_table must have a lookup(tokens) method, got {type(neighbour_table).__name__}"
+            )
+        if object_labels is not None:
+            object_labels = list(object_labels)
+            bad = [label for label in object_labels if not isinstance(label, str) or not label]
+            duplicated = [label for label, count in Counter(object_labels).items() if count > 1]
+            if bad or duplicated:
+                raise ValueError(
+                    f"object_labels must be distinct non-empty strings: bad {bad}, repeated {duplicated}"
+                )
+        for name, value, minimum in (
+            ("max_length", max_length, 1),
+            ("stride", stride, 0),
+            ("max_objects", max_objects, 1),
+            ("max_caption_length", max_caption_length, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if max_length > tokenizer.model_max_length:
+            raise ValueError(
+                f"max_length {max_length} exceeds the tokenizer's limit {tokenizer.model_max_length}"
+            )
+
+        self.neighbour_table = neighbour_table
+        self.object_labels = object_labels
+        self.max_length = max_length
+        self.stride = stride
+        self.max_objects = max_objects
+        self.max_caption_length = max_caption_length
+        self.unknown_object_label_counts: Counter[str] = Counter()
+        self._object_label_ids = {label: index for index, label in enumerate(object_labels or [])}
+        self._special_prefix, self._special_suffix = self._special_token_layout()
+        self.window_capacity = max_length - len(self._special_prefix[0]) - len(self._special_suffix[0])
+        if self.window_capacity < 1:
+            raise ValueError(f"max_length {max_length} leaves no room for words next to the special tokens")
+
+    # ----------------------------------------------------------------------------------------------
+    # ProcessorMixin plumbing: an optional image processor and a neighbour table saved beside the rest
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        # The image processor is optional: text-only and precomputed-feature processors have none.
+        if argument_name == "image_processor" and argument is None:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """Names of the model inputs this processor can produce (window bookkeeping excluded)."""
+        names = ["input_ids", "attention_mask"]
+        if self.uses_token_type_ids:
+            names.append("token_type_ids")
+        names += ["word_ids", "word_mask", "word_shape_ids"]
+        if self.neighbour_table is not None:
+            names += ["neighbour_vectors", "neighbour_weights"]
+        names += ["pixel_values", "image_features", "image_mask"]
+        if self.object_labels is not None:
+            names += ["object_ids", "object_mask"]
+        names += ["caption_input_ids", "caption_attention_mask", "labels"]
+        return names
+
+    @property
+    def uses_token_type_ids(self) -> bool:
+        return "token_type_ids" in self.tokenizer.model_input_names
+
+    @property
+    def object_padding_id(self) -> int:
+        """The "no object" id: `len(object_labels)`."""
+        return len(self.object_labels or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings written to `processor_config.json` (the tokenizer and the table have their own files)."""
+        output = {
+            "object_labels": None if self.object_labels is None else list(self.object_labels),
+            "max_length": self.max_length,
+            "stride": self.stride,
+            "max_objects": self.max_objects,
+            "max_caption_length": self.max_caption_length,
+            "neighbour_table": None if self.neighbour_table is None else NEIGHBOUR_TABLE_FOLDER,
+            "image_processor": None if self.image_processor is None else self.image_processor.to_dict(),
+            "processor_class": type(self).__name__,
+        }
+        if getattr(self, "auto_map", None):
+            output["auto_map"] = self.auto_map
+        return output
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs
+    ) -> list[str]:
+        """Writes the tokenizer files, `processor_config.json` (settings and image processor) and the
+        neighbour table (safetensors, in the `neighbour_table/` sub-folder)."""
+        if push_to_hub:
+            raise ValueError(
+                "MGCMProcessor.save_pretrained saves locally only: upload the folder with huggingface_hub"
+            )
+        os.makedirs(save_directory, exist_ok=True)
+        self.tokenizer._set_processor_class(type(self).__name__)
+        self.tokenizer.save_pretrained(save_directory)
+        if self.neighbour_table is not None:
+            self.neighbour_table.save_pretrained(os.path.join(save_directory, NEIGHBOUR_TABLE_FOLDER))
+        processor_file = os.path.join(save_directory, PROCESSOR_NAME)
+        self.to_json_file(processor_file)
+        return [processor_file]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "MGCMProcessor":
+        """Loads a processor written by `save_pretrained` (or a bare tokenizer folder: text-only processor)."""
+        if "neighbour_table" not in kwargs:
+            kwargs["neighbour_table"] = cls._load_neighbour_table(pretrained_model_name_or_path, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def _load_neighbour_table(cls, pretrained_model_name_or_path, kwargs: dict) -> NeighbourTable | None:
+        hub_kwargs = {
+            key: kwargs[key]
+            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            if key in kwargs
+        }
+        processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **hub_kwargs)
+        folder_name = processor_dict.get("neighbour_table")
+        if folder_name is None:
+            return None
+        subfolder = kwargs.get("subfolder") or ""
+        if os.path.isdir(pretrained_model_name_or_path):
+            root = Path(pretrained_model_name_or_path)
+        else:
+            from huggingface_hub import snapshot_download
+
+            pattern = "/".join(part for part in (subfolder, folder_name, "*") if part)
+            root = Path(
+                snapshot_download(
+                    str(pretrained_model_name_or_path),
+                    allow_patterns=[pattern],
+                    revision=kwargs.get("revision"),
+                    cache_dir=kwargs.get("cache_dir"),
+                    token=kwargs.get("token"),
+                    local_files_only=kwargs.get("local_files_only", False),
+                )
+            )
+        table_folder = root / subfolder / folder_name
+        if not table_folder.is_dir():
+            raise FileNotFoundError(
+                f"{root / subfolder / PROCESSOR_NAME} names a neighbour table in {folder_name!r}, but "
+                f"{table_folder} does not exist: copy the whole processor folder"
+            )
+        return NeighbourTable.from_pretrained(table_folder)
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # Our settings are processor arguments, not tokenizer ones; the image processor is loaded only if saved.
+        for name in _PROCESSOR_SETTINGS:
+            kwargs.pop(name, None)
+        subfolder = kwargs.pop("subfolder", "")
+        tokenizer = cls._load_tokenizer_from_pretrained(
+            "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+        )
+        image_processor = None
+        if (processor_dict or {}).get("image_processor") is not None:
+            image_processor = AutoImageProcessor.from_pretrained(
+                pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+            )
+        return [tokenizer, image_processor]
+
+    # ----------------------------------------------------------------------------------------------
+    # Text: words -> windows of word pieces
+
+    def _special_token_layout(self) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+        """Ids and token types the tokenizer puts before and after a single sequence ([CLS] ... [SEP])."""
+        encoding = self.tokenizer(["a"], is_split_into_words=True, return_token_type_ids=True)
+        word_ids = encoding.word_ids()
+        word_positions = [position for position, word in enumerate(word_ids) if word is not None]
+        first, last = word_positions[0], word_positions[-1]
+        ids, types = encoding["input_ids"], encoding["token_type_ids"]
+        self._content_token_type = types[first]
+        return (ids[:first], types[:first]), (ids[last + 1 :], types[last + 1 :])
+
+    def _word_pieces(self, tweets: list[list[str]]) -> list[list[list[int]]]:
+        """Word-piece ids of every word of every tweet, each word holding 1..window_capacity pieces."""
+        encoding = self.tokenizer(
+            tweets,
+            is_split_into_words=True,
+            add_special_tokens=False,
+            return_attention_mask=False,
+            verbose=False,
+        )
+        unk_id = self.tokenizer.unk_token_id
+        pieces_of_tweets = []
+        for tweet_index, words in enumerate(tweets):
+            pieces: list[list[int]] = [[] for _ in words]
+            for piece_id, word in zip(
+                encoding["input_ids"][tweet_index], encoding.word_ids(tweet_index), strict=True
+            ):
+                if word is not None:
+                    pieces[word].append(piece_id)
+            for word_index, word_pieces in enumerate(pieces):
+                if not word_pieces:
+                    # A lone NBSP or control character tokenises to nothing; it still needs a word slot.
+                    if unk_id is None:
+                        raise ValueError(
+                            f"tweet {tweet_index}, word {word_index} ({words[word_index]!r}) has no word piece and "
+                            f"the tokenizer has no unk token to stand for it"
+                        )
+                    word_pieces.append(unk_id)
+                # A word longer than the window keeps its first pieces, enough for its prediction.
+                del word_pieces[self.window_capacity :]
+            pieces_of_tweets.append(pieces)
+        return pieces_of_tweets
+
+    def _caption_ids(self, captions: list[str | None]) -> list[list[int]]:
+        """Caption word-piece ids per tweet, `[]` for an absent or blank caption."""
+        present = [index for index, caption in enumerate(captions) if caption is not None and caption.strip()]
+        ids: list[list[int]] = [[] for _ in captions]
+        if present:
+            encoding = self.tokenizer(
+                [captions[index] for index in present],
+                truncation=True,
+                max_length=self.max_caption_length,
+                return_attention_mask=False,
+            )
+            for index, caption_ids in zip(present, encoding["input_ids"], strict=True):
+                ids[index] = list(caption_ids)
+        return ids
+
+    def _object_ids(self, objects: Any, tweet_index: int) -> list[int]:
+        """Ids of a tweet's detected objects, highest score first, at most `max_objects`."""
+        if objects is None:
+            return []
+        if isinstance(objects, Mapping):
+            # datasets can hand a list of structs over as a struct of lists.
+            labels, scores = objects.get("label", []), objects.get("score", [])
+            objects = [{"label": label, "score": score} for label, score in zip(labels, scores, strict=True)]
+        known = []
+        for object_index, detected in enumerate(objects):
+            label = detected.get("label") if isinstance(detected, Mapping) else None
+            score = detected.get("score") if isinstance(detected, Mapping) else None
+            if (
+                not isinstance(label, str)
+                or isinstance(score, bool)
+                or not isinstance(score, int | float | np.floating)
+                or not math.isfinite(score)
+            ):
+                raise ValueError(
+                    f"tweet {tweet_index}, object {object_index}: expected {{'label': str, 'score': finite number}}, "
+                    f"got {detected!r}"
+                )
+            if label not in self._object_label_ids:
+                if label not in self.unknown_object_label_counts:
+                    logger.warning(
+                        "object label %r (tweet %d) is not in the processor's object_labels: such objects are "
+                        "skipped and counted in processor.unknown_object_label_counts",
+                        label,
+                        tweet_index,
+                    )
+                self.unknown_object_label_counts[label] += 1
+                continue
+            known.append((float(score), self._object_label_ids[label]))
+        known.sort(key=lambda item: -item[0])
+        return [object_id for _, object_id in known[: self.max_objects]]
+
+    def encode_windows(
+        self,
+        words: Sequence[Sequence[str]],
+        word_labels: Sequence[Sequence[int]] | None = None,
+        captions: Sequence[str | None] | None = None,
+        objects: Sequence[Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Tokenise tweets into unpadded windows (the rows `pad_windows` and the data collator consume).
+
+        Each window is a dict with `tweet_index`, `window_word_offset`, `words`, `input_ids`,
+        (`token_type_ids`), `word_ids`, `word_shape_ids`, and when given `labels`, `caption_input_ids`
+        (`[]` for no caption) and `object_ids` (unpadded, at most `max_objects`).
+        """
+        tweets = self._validate_words(words)
+        num_tweets = len(tweets)
+        labels = None
+        if word_labels is not None:
+            labels = self._validate_labels(word_labels, tweets)
+        caption_ids = None
+        if captions is not None:
+            self._check_length("captions", captions, num_tweets)
+            for index, caption in enumerate(captions):
+                if caption is not None and not isinstance(caption, str):
+                    raise TypeError(f"caption of tweet {index} must be a string or None, got {caption!r}")
+            caption_ids = self._caption_ids(list(captions))
+        object_ids = None
+        if objects is not None:
+            self._check_length("objects", objects, num_tweets)
+            if self.object_labels is None:
+                raise ValueError(
+                    "objects were given but this processor has no object_labels to map them to ids"
+                )
+            object_ids = [
+                self._object_ids(tweet_objects, index) for index, tweet_objects in enumerate(objects)
+            ]
+
+        prefix_ids, prefix_types = self._special_prefix
+        suffix_ids, suffix_types = self._special_suffix
+        windows = []
+        for tweet_index, (tweet, pieces) in enumerate(zip(tweets, self._word_pieces(tweets), strict=True)):
+            shapes = [word_shape_id(word) for word in tweet]
+            piece_counts = [len(word_pieces) for word_pieces in pieces]
+            for start, end in plan_windows(piece_counts, self.window_capacity, self.stride):
+                input_ids = list(prefix_ids)
+                word_ids = [-1] * len(prefix_ids)
+                for local_index, word_pieces in enumerate(pieces[start:end]):
+                    input_ids += word_pieces
+                    word_ids += [local_index] * len(word_pieces)
+                input_ids += suffix_ids
+                word_ids += [-1] * len(suffix_ids)
+                window = {
+                    "tweet_index": tweet_index,
+                    "window_word_offset": start,
+                    "words": tweet[start:end],
+                    "input_ids": input_ids,
+                    "word_ids": word_ids,
+                    "word_shape_ids": shapes[start:end],
+                }
+                if self.uses_token_type_ids:
+                    content_types = [self._content_token_type] * (
+                        len(input_ids) - len(prefix_ids) - len(suffix_ids)
+                    )
+                    window["token_type_ids"] = list(prefix_types) + content_types + list(suffix_types)
+                if labels is not None:
+                    window["labels"] = labels[tweet_index][start:end]
+                if caption_ids is not None:
+                    window["caption_input_ids"] = caption_ids[tweet_index]
+                if object_ids is not None:
+                    window["object_ids"] = object_ids[tweet_index]
+                windows.append(window)
+        return windows
+
+    @staticmethod
+    def _check_length(name: str, values: Sequence, num_tweets: int) -> None:
+        if len(values) != num_tweets:
+            raise ValueError(f"{name} has {len(values)} entries for {num_tweets} tweets: give one per tweet")
+
+    @staticmethod
+    def _validate_words(words: Sequence[Sequence[str]]) -> list[list[str]]:
+        if isinstance(words, str) or len(words) == 0:
+            raise ValueError(f"words must be a non-empty list of tweets (lists of words), got {words!r}")
+        tweets = []
+        for tweet_index, tweet in enumerate(words):
+            if isinstance(tweet, str) or not isinstance(tweet, Sequence):
+                raise TypeError(f"tweet {tweet_index} must be a list of words, got {tweet!r}")
+            if len(tweet) == 0:
+                raise ValueError(f"tweet {tweet_index} has no words: nothing to tag")
+            for word_index, word in enumerate(tweet):
+                if not isinstance(word, str):
+                    raise TypeError(f"tweet {tweet_index}, word {word_index} is not a string: {word!r}")
+            tweets.append(list(tweet))
+        return tweets
+
+    def _validate_labels(
+        self, word_labels: Sequence[Sequence[int]], tweets: list[list[str]]
+    ) -> list[list[int]]:
+        self._check_length("word_labels", word_labels, len(tweets))
+        labels = []
+        for tweet_index, (tweet_labels, tweet) in enumerate(zip(word_labels, tweets, strict=True)):
+            tweet_labels = _as_python_list(tweet_labels)
+            if len(tweet_labels) != len(tweet):
+                raise ValueError(f"tweet {tweet_index} has {len(tweet)} words but {len(tweet_labels)} labels")
+            for word_index, label in enumerate(tweet_labels):
+                if (
+                    isinstance(label, bool)
+                    or not isinstance(label, int | np.integer)
+                    or (label < 0 and label != -100)
+                ):
+                    raise ValueError(
+                        f"tweet {tweet_index}, word {word_index} ({tweet[word_index]!r}): label must be a label "
+                        f"id >= 0 or -100, got {label!r}"
+                    )
+            labels.append([int(label) for label in tweet_labels])
+        return labels
+
+    # ----------------------------------------------------------------------------------------------
+    # Padding windows into a batch
+
+    def pad_windows(
+        self,
+        windows: Sequence[Mapping[str, Any]],
+        return_window_info: bool = True,
+        return_tensors: str | None = "pt",
+    ) -> BatchFeature:
+        """Pad windows from `encode_windows` (or `preprocess_corpus` rows) into model inputs.
+
+        Returns `input_ids`, `attention_mask`, (`token_type_ids`), `word_ids` `(B, T)`; `word_mask`,
+        `word_shape_ids` `(B, W)`; `neighbour_vectors` `(B, W, k, dim)`, `neighbour_weights` `(B, W, k)` when the
+        processor has a table; `labels` `(B, W)`, `caption_input_ids`, `caption_attention_mask` `(B, C)`,
+        `object_ids`, `object_mask` `(B, max_objects)` when the windows carry them; and with
+        `return_window_info` the `(B,)` `overflow_to_sample_mapping` and `window_word_offset`.
+        """
+        if len(windows) == 0:
+            raise ValueError("pad_windows got no windows")
+        batch_size = len(windows)
+        max_pieces = max(len(window["input_ids"]) for window in windows)
+        max_words = max(len(window["words"]) for window in windows)
+        tokenizer = self.tokenizer
+
+        input_ids = np.full((batch_size, max_pieces), tokenizer.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((batch_size, max_pieces), dtype=np.int64)
+        word_ids = np.full((batch_size, max_pieces), -1, dtype=np.int64)
+        word_mask = np.zeros((batch_size, max_words), dtype=np.int64)
+        word_shape_ids = np.zeros((batch_size, max_words), dtype=np.int64)
+        for row, window in enumerate(windows):
+            num_pieces, num_words = len(window["input_ids"]), len(window["words"])
+            if len(window["word_ids"]) != num_pieces or len(window["word_shape_ids"]) != num_words:
+                raise ValueError(
+                    f"window {row} is inconsistent: input_ids, word_ids, words and shapes disagree"
+                )
+            input_ids[row, :num_pieces] = window["input_ids"]
+            attention_mask[row, :num_pieces] = 1
+            word_ids[row, :num_pieces] = window["word_ids"]
+            word_mask[row, :num_words] = 1
+            word_shape_ids[row, :num_words] = window["word_shape_ids"]
+        data: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.uses_token_type_ids:
+            token_type_ids = np.full((batch_size, max_pieces), tokenizer.pad_token_type_id, dtype=np.int64)
+            for row, window in enumerate(windows):
+                types = window.get("token_type_ids")
+                if types is None:
+                    raise ValueError(f"window {row} has no token_type_ids but the tokenizer uses them")
+                token_type_ids[row, : len(types)] = types
+            data["token_type_ids"] = token_type_ids
+        data.update(word_ids=word_ids, word_mask=word_mask, word_shape_ids=word_shape_ids)
+
+        if self.neighbour_table is not None:
+            data.update(self._neighbour_inputs(windows, max_words))
+        if self._all_or_none(windows, "labels"):
+            labels = np.full((batch_size, max_words), -100, dtype=np.int64)
+            for row, window in enumerate(windows):
+                if len(window["labels"]) != len(window["words"]):
+                    raise ValueError(
+                        f"window {row} has {len(window['words'])} words but {len(window['labels'])} labels"
+                    )
+                labels[row, : len(window["labels"])] = window["labels"]
+            data["labels"] = labels
+        if self._all_or_none(windows, "caption_input_ids"):
+            data.update(self._caption_inputs(windows))
+        if self._all_or_none(windows, "object_ids"):
+            data.update(self._object_inputs(windows))
+        if return_window_info:
+            data["overflow_to_sample_mapping"] = np.array([w["tweet_index"] for w in windows], dtype=np.int64)
+            data["window_word_offset"] = np.array([w["window_word_offset"] for w in windows], dtype=np.int64)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _all_or_none(windows: Sequence[Mapping[str, Any]], key: str) -> bool:
+        present = [window.get(key) is not None for window in windows]
+        if any(present) and not all(present):
+            raise ValueError(f"{key} is given for some windows and not others: give it for all or none")
+        return all(present)
+
+    def _neighbour_inputs(
+        self, windows: Sequence[Mapping[str, Any]], max_words: int
+    ) -> dict[str, np.ndarray]:
+        all_words = [word for window in windows for word in window["words"]]
+        vectors, weights = self.neighbour_table.lookup(all_words)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        weights = np.asarray(weights, dtype=np.float32)
+        num_neighbours, dim = vectors.shape[1], vectors.shape[2]
+        padded_vectors = np.zeros((len(windows), max_words, num_neighbours, dim), dtype=np.float32)
+        padded_weights = np.zeros((len(windows), max_words, num_neighbours), dtype=np.float32)
+        position = 0
+        for row, window in enumerate(windows):
+            num_words = len(window["words"])
+            padded_vectors[row, :num_words] = vectors[position : position + num_words]
+            padded_weights[row, :num_words] = weights[position : position + num_words]
+            position += num_words
+        return {"neighbour_vectors": padded_vectors, "neighbour_weights": padded_weights}
+
+    def _caption_inputs(self, windows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        # One column at least, so that a batch without any caption still has a (B, C) all-zero mask.
+        caption_length = max(1, max(len(window["caption_input_ids"]) for window in windows))
+        caption_input_ids = np.full(
+            (len(windows), caption_length), self.tokenizer.pad_token_id, dtype=np.int64
+        )
+        caption_attention_mask = np.zeros((len(windows), caption_length), dtype=np.int64)
+        for row, window in enumerate(windows):
+            ids = window["caption_input_ids"]
+            caption_input_ids[row, : len(ids)] = ids
+            caption_attention_mask[row, : len(ids)] = 1
+        return {"caption_input_ids": caption_input_ids, "caption_attention_mask": caption_attention_mask}
+
+    def _object_inputs(self, windows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        object_ids = np.full((len(windows), self.max_objects), self.object_padding_id, dtype=np.int64)
+        object_mask = np.zeros((len(windows), self.max_objects), dtype=np.int64)
+        for row, window in enumerate(windows):
+            ids = list(window["object_ids"])[: self.max_objects]
+            if any(not 0 <= object_id < self.object_padding_id for object_id in ids):
+                raise ValueError(f"window {row} has object ids {ids} outside 0..{self.object_padding_id - 1}")
+            object_ids[row, : len(ids)] = ids
+            object_mask[row, : len(ids)] = 1
+        return {"object_ids": object_ids, "object_mask": object_mask}
+
+    # ----------------------------------------------------------------------------------------------
+    # Images
+
+    def _pixel_inputs(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """`(n, 3, H, W)` pixel values and `(n,)` image mask; absent images are zeros with mask 0."""
+        if self.image_processor is None:
+            if any(image is not None for image in images):
+                raise ValueError(
+                    "images were given but this processor has no image_processor: pass image_features"
+                )
+        present = [index for index, image in enumerate(images) if image is not None]
+        if present:
+            processed = self.image_processor(
+                images=[self._as_rgb(images[index]) for index in present], return_tensors="pt"
+            )["pixel_values"]
+        else:
+            # No image in the batch: a blank image gives the size the backbone expects.
+            processed = self.image_processor(images=[Image.new("RGB", (64, 64))], return_tensors="pt")[
+                "pixel_values"
+            ]
+        processed = np.asarray(
+            processed.detach().cpu().float() if isinstance(processed, torch.Tensor) else processed
+        )
+        pixel_values = np.zeros((len(images),) + processed.shape[1:], dtype=np.float32)
+        image_mask = np.zeros((len(images),), dtype=np.int64)
+        if present:
+            pixel_values[present] = processed
+            image_mask[present] = 1
+        return pixel_values, image_mask
+
+    @staticmethod
+    def _as_rgb(image: Any) -> Any:
+        # Tweet images come as RGBA, palette or grey-scale; the vision backbones want three channels.
+        if isinstance(image, Image.Image) and image.mode != "RGB":
+            return image.convert("RGB")
+        return image
+
+    @staticmethod
+    def _feature_inputs(
+        image_features: Any, image_mask: Any, num_tweets: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if image_mask is None:
+            raise ValueError("image_features need an image_mask (n,): 1 where the tweet has an image")
+        features = (
+            image_features.detach().cpu().float().numpy()
+            if isinstance(image_features, torch.Tensor)
+            else None
+        )
+        features = np.asarray(image_features, dtype=np.float32) if features is None else features
+        mask = np.asarray(_as_python_list(image_mask), dtype=np.int64)
+        if features.ndim != 3 or features.shape[0] != num_tweets or mask.shape != (num_tweets,):
+            raise ValueError(
+                f"expected image_features (n, R, D) and image_mask (n,) with n = {num_tweets} tweets, "
+                f"got {tuple(features.shape)} and {tuple(mask.shape)}"
+            )
+        return features, mask
+
+    # ----------------------------------------------------------------------------------------------
+    # The one call
+
+    def __call__(
+        self,
+        words: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        images: Any = None,
+        objects: Sequence[Any] | None = None,
+        captions: str | Sequence[str | None] | None = None,
+        word_labels: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        *,
+        text: str | Sequence[str] | None = None,
+        image_features: Any = None,
+        image_mask: Any = None,
+        return_tensors: str | None = "pt",
+    ) -> BatchFeature:
+        """Encode one tweet or a batch of tweets into model inputs (see `pad_windows` for the keys).
+
+        Args:
+            words: a tweet as a list of words, or a list of such tweets.
+            images: one image (PIL) or None per tweet, run through the image processor -> `pixel_values`
+                `(B, 3, H, W)` and `image_mask` `(B,)`; a None image is a zero tensor with mask 0.
+            objects: per tweet, a list of `{"label": str, "score": float}` detections.
+            captions: per tweet, a caption string; "" or None gives an all-zero caption mask row.
+            word_labels: per tweet, one label id per word (-100 to ignore a word).
+            text: instead of `words`: a tweet string or a list of them, split on white space.
+            image_features: instead of `images`: precomputed `(n, R, D)` region features, with
+                `image_mask` `(n,)`.
+
+        Every tweet yields one window, or several overlapping ones when it holds more than
+        `max_length` word pieces; `overflow_to_sample_mapping` `(B,)` gives each window's tweet and
+        `window_word_offset` `(B,)` the index of its first word, for `merge_windows`.
+        """
+        if (words is None) == (text is None):
+            raise ValueError("give exactly one of words (lists of words) or text (strings)")
+        if images is not None and image_features is not None:
+            raise ValueError("give images or image_features, not both")
+        if text is not None:
+            single = isinstance(text, str)
+            words = [line.split() for line in ([text] if single else text)]
+        else:
+            single = len(words) > 0 and isinstance(words[0], str)
+            if single:
+                words = [words]
+        if single:
+            images = None if images is None else [images]
+            objects = None if objects is None else [objects]
+            captions = None if captions is None else [captions]
+            word_labels = None if word_labels is None else [word_labels]
+            if image_features is not None and np.ndim(image_features) == 2:
+                image_features = image_features[None]
+                image_mask = None if image_mask is None else [int(np.asarray(image_mask).reshape(-1)[0])]
+        elif isinstance(captions, str):
+            raise TypeError("captions must be a list with one caption per tweet")
+
+        windows = self.encode_windows(words, word_labels=word_labels, captions=captions, objects=objects)
+        encoding = self.pad_windows(windows, return_window_info=True, return_tensors=None)
+        tweet_of_window = encoding["overflow_to_sample_mapping"]
+        if images is not None:
+            if isinstance(images, Image.Image):
+                raise TypeError("images must be a list with one image (or None) per tweet")
+            self._check_length("images", images, len(words))
+            pixel_values, mask = self._pixel_inputs(images)
+            encoding["pixel_values"] = pixel_values[tweet_of_window]
+            encoding["image_mask"] = mask[tweet_of_window]
+        elif image_features is not None:
+            features, mask = self._feature_inputs(image_features, image_mask, len(words))
+            encoding["image_features"] = features[tweet_of_window]
+            encoding["image_mask"] = mask[tweet_of_window]
+        elif image_mask is not None:
+            raise ValueError("image_mask was given without image_features")
+        return BatchFeature(data=dict(encoding), tensor_type=return_tensors)
+
+    # ----------------------------------------------------------------------------------------------
+    # Corpora and predictions
+
+    def preprocess_corpus(self, dataset, batch_size: int = 256, **map_kwargs):
+        """Tokenise a corpus split (or a DatasetDict) once into window rows for `MGCMDataCollator`.
+
+        Reads the corpus columns `id`, `tokens` and, when present, `ner_tags`, `caption`, `objects`
+        (objects only if the processor has `object_labels`); images are not decoded. Each output row is a
+        window (see `encode_windows`) plus `id`; `tweet_index` is the row of the tweet in its split.
+        """
+        import datasets
+
+        if isinstance(dataset, datasets.DatasetDict):
+            return datasets.DatasetDict(
+                {
+                    name: self.preprocess_corpus(split, batch_size, **map_kwargs)
+                    for name, split in dataset.items()
+                }
+            )
+        missing = {"id", "tokens"} - set(dataset.column_names)
+        if missing:
+            raise ValueError(f"the corpus lacks the columns {sorted(missing)}; it has {dataset.column_names}")
+        columns = [
+            name
+            for name in ("id", "tokens", "ner_tags", "caption", "objects")
+            if name in dataset.column_names
+        ]
+        if self.object_labels is None and "objects" in columns:
+            columns.remove("objects")
+        features = self.window_row_features(columns)
+
+        def encode_batch(*batch_columns, indices):
+            batch = dict(zip(columns, batch_columns, strict=True))
+            windows = self.encode_windows(
+                batch["tokens"],
+                word_labels=batch.get("ner_tags"),
+                captions=batch.get("caption"),
+                objects=batch.get("objects"),
+            )
+            rows: dict[str, list] = {name: [] for name in features}
+            for window in windows:
+                tweet = window["tweet_index"]
+                for name, values in rows.items():
+                    if name == "id":
+                        values.append(batch["id"][tweet])
+                    elif name == "tweet_index":
+                        values.append(indices[tweet])
+                    else:
+                        values.append(window[name])
+            return rows
+
+        return dataset.map(
+            encode_batch,
+            input_columns=columns,
+            with_indices=True,
+            batched=True,
+            batch_size=batch_size,
+            remove_columns=dataset.column_names,
+            features=features,
+            desc="Tokenising tweets into windows",
+            **map_kwargs,
+        )
+
+    def window_row_features(self, corpus_columns: Sequence[str]):
+        """The `datasets.Features` of the window rows `preprocess_corpus` writes."""
+        from datasets import Features, List, Value
+
+        features = {
+            "id": Value("string"),
+            "tweet_index": Value("int64"),
+            "window_word_offset": Value("int64"),
+            "words": List(Value("string")),
+            "input_ids": List(Value("int32")),
+            "word_ids": List(Value("int32")),
+            "word_shape_ids": List(Value("int32")),
+        }
+        if self.uses_token_type_ids:
+            features["token_type_ids"] = List(Value("int32"))
+        if "ner_tags" in corpus_columns:
+            features["labels"] = List(Value("int32"))
+        if "caption" in corpus_columns:
+            features["caption_input_ids"] = List(Value("int32"))
+        if "objects" in corpus_columns and self.object_labels is not None:
+            features["object_ids"] = List(Value("int32"))
+        return Features(features)
+
+    merge_windows = staticmethod(merge_windows)
+
+
+AutoProcessor.register(MGCMConfig, MGCMProcessor)
+
+__all__ = ["MGCMProcessor", "NEIGHBOUR_TABLE_FOLDER", "WINDOW_INFO_KEYS", "merge_windows", "plan_windows"]
