@@ -1,0 +1,121 @@
+"""Atomic training checkpoints on top of `accelerator.save_state`, and finding the one to resume from.
+
+A checkpoint is written into a temporary folder and renamed into place only when complete, so a run
+killed mid-write leaves the previous checkpoint intact and no half-written one is ever picked up.
+Model weights are safetensors; optimizer, scheduler and RNG states are accelerate's torch files, which
+accelerate reads back with `weights_only=True`.
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+TRAINING_STATE_FILE = "training_state.json"
+
+
+def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, training_state: dict) -> Path:
+    """Save the full training state as `checkpoints_dir/step_<step>`, atomically. Call on every process.
+
+    `training_state` (JSON-serialisable: epoch, step, best score, history...) is stored beside
+    accelerate's files in `training_state.json`.
+    """
+    checkpoints_dir = Path(checkpoints_dir)
+    final = checkpoints_dir / f"step_{step}"
+    partial = checkpoints_dir / f".partial_step_{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomically(partial / TRAINING_STATE_FILE, training_state)
+        replace_directory(partial, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(checkpoints_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step under `checkpoints_dir`, or None."""
+    checkpoints_dir = Path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        return None
+    complete = [
+        (int(match.group(1)), path)
+        for path in checkpoints_dir.iterdir()
+        if (match := CHECKPOINT_PATTERN.match(path.name)) and (path / TRAINING_STATE_FILE).is_file()
+    ]
+    return max(complete)[1] if complete else None
+
+
+def load_checkpoint(accelerator, checkpoint_dir: str | os.PathLike) -> dict:
+    """Restore the state saved by `save_checkpoint`; returns its `training_state`."""
+    checkpoint_dir = Path(checkpoint_dir)
+    state_file = checkpoint_dir / TRAINING_STATE_FILE
+    if not state_file.is_file():
+        raise FileNotFoundError(
+            f"{checkpoint_dir} is not a complete mgcm checkpoint (no {TRAINING_STATE_FILE}); "
+            "pass a step_<N> folder or the run's output_dir"
+        )
+    accelerator.load_state(str(checkpoint_dir))
+    return json.loads(state_file.read_text(encoding="utf-8"))
+
+
+def prune_checkpoints(checkpoints_dir: str | os.PathLike, keep: int) -> None:
+    """Delete all but the `keep` newest complete checkpoints (main process only)."""
+    checkpoints_dir = Path(checkpoints_dir)
+    steps = sorted(
+        (int(match.group(1)), path)
+        for path in checkpoints_dir.iterdir()
+        if (match := CHECKPOINT_PATTERN.match(path.name))
+    )
+    for _, path in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_directory(complete: Path, final: Path) -> None:
+    """Move the finished folder `complete` to `final`, replacing any previous `final`.
+
+    The old folder is first renamed aside, so at every instant either the old or the new one is
+    complete on disk under a known name.
+    """
+    previous = final.with_name(f".previous_{final.name}")
+    shutil.rmtree(previous, ignore_errors=True)
+    if final.exists():
+        os.replace(final, previous)
+    os.replace(complete, final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def save_pretrained_atomically(objects, folder: str | os.PathLike) -> Path:
+    """`save_pretrained` each of `objects` (model, processor...) into `folder`, swapped in when complete."""
+    folder = Path(folder)
+    partial = folder.with_name(f".partial_{folder.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    for item in objects:
+        item.save_pretrained(partial)
+    replace_directory(partial, folder)
+    return folder
+
+
+def write_json_atomically(path: str | os.PathLike, payload) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+__all__ = [
+    "TRAINING_STATE_FILE",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "replace_directory",
+    "save_checkpoint",
+    "save_pretrained_atomically",
+    "write_json_atomically",
+]
