@@ -859,7 +859,9 @@ class MGCMProcessor(ProcessorMixin):
             columns.remove("objects")
         features = self.window_row_features(columns)
 
-        def encode_batch(*batch_columns, indices):
+        def encode_batch(*batch_columns_and_indices):
+            # datasets passes the input columns, then the row indices, positionally.
+            *batch_columns, indices = batch_columns_and_indices
             batch = dict(zip(columns, batch_columns, strict=True))
             windows = self.encode_windows(
                 batch["tokens"],
