@@ -14,6 +14,7 @@ from .corpus_schema import corpus_features
 from .corpus_stats import corpus_stats, format_corpus_stats
 from .labels import ENTITY_TYPES, ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, normalise_tag, repair_bio_tags
 from .metrics import entity_spans, format_metrics_table, ner_metrics, score_entity_spans
+from .synthetic import SYNTHETIC_OBJECT_LABELS, make_synthetic_corpus, score_ambiguous_mentions
 
 # `python -m processing.corpus` runs a module that importing this package has already loaded; runpy's
 # warning about that is noise for this command.
@@ -26,6 +27,7 @@ __all__ = [
     "ID_TO_LABEL",
     "LABEL_NAMES",
     "LABEL_TO_ID",
+    "SYNTHETIC_OBJECT_LABELS",
     "ConllTweet",
     "CorpusFormatError",
     "DuplicateTweetIdError",
@@ -35,12 +37,14 @@ __all__ = [
     "format_corpus_stats",
     "format_metrics_table",
     "load_tweet_corpus",
+    "make_synthetic_corpus",
     "ner_metrics",
     "normalise_tag",
     "read_captions_file",
     "read_conll_file",
     "read_objects_file",
     "repair_bio_tags",
+    "score_ambiguous_mentions",
     "score_entity_spans",
     "write_conll",
 ]
