@@ -14,7 +14,11 @@ from .corpus_schema import corpus_features
 from .corpus_stats import corpus_stats, format_corpus_stats
 from .labels import ENTITY_TYPES, ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, normalise_tag, repair_bio_tags
 from .metrics import entity_spans, format_metrics_table, ner_metrics, score_entity_spans
+from .neighbour_table import NeighbourTable, build_neighbour_table
 from .synthetic import SYNTHETIC_OBJECT_LABELS, make_synthetic_corpus, score_ambiguous_mentions
+from .tweet_normalise import NUMBER_CLASS_TOKEN, URL_CLASS_TOKEN, normalise_token
+from .word_shape import NUM_WORD_SHAPES, WORD_SHAPE_NAMES, word_shape_id
+from .word_vectors import WordVectors, WordVectorsFormatError, load_word_vectors
 
 # `python -m processing.corpus` runs a module that importing this package has already loaded; runpy's
 # warning about that is noise for this command.
@@ -47,4 +51,15 @@ __all__ = [
     "score_ambiguous_mentions",
     "score_entity_spans",
     "write_conll",
+    "NUM_WORD_SHAPES",
+    "NUMBER_CLASS_TOKEN",
+    "URL_CLASS_TOKEN",
+    "WORD_SHAPE_NAMES",
+    "NeighbourTable",
+    "WordVectors",
+    "WordVectorsFormatError",
+    "build_neighbour_table",
+    "load_word_vectors",
+    "normalise_token",
+    "word_shape_id",
 ]
