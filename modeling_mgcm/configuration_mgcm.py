@@ -1,0 +1,251 @@
+"""`MGCMConfig`: every architectural knob of MGCM (Liu et al. 2022), with the paper's configuration as default.
+
+The text encoder and the optional vision backbone are sub-configs (`text_config`, `vision_config`), as in
+CLIP or VisionEncoderDecoder, so any encoder that `AutoModel` builds plugs in.
+"""
+
+from dataclasses import field
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .vision_features import image_feature_dim as backbone_feature_dim
+
+# The tag set of docs/interfaces.md. `processing.labels` holds the same list; this package must not import it.
+MGCM_LABEL_NAMES = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
+
+# The 80 COCO classes, in the detectors' usual order: the paper's object detector (Mask R-CNN) speaks these.
+COCO_OBJECT_LABELS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+
+AUGMENTATION_MODES = ("none", "add", "gate", "attention")
+GRANULARITIES = ("image", "objects", "caption")
+
+# bert-base-cased: the paper's text encoder (its vocabulary is smaller than BertConfig's uncased default).
+_BERT_BASE_CASED = {"vocab_size": 28996}
+# ResNet-152: the paper's frozen image encoder, a 7x7 grid of 2048-d regions for a 224x224 image.
+_RESNET_152 = {
+    "embedding_size": 64,
+    "hidden_sizes": [256, 512, 1024, 2048],
+    "depths": [3, 8, 36, 3],
+    "layer_type": "bottleneck",
+}
+
+
+def _paper_vision_config() -> dict:
+    return {"model_type": "resnet", **_RESNET_152}
+
+
+@strict
+class MGCMConfig(PreTrainedConfig):
+    r"""Configuration of `MGCMModel` / `MGCMForTokenClassification`.
+
+    Defaults reproduce the paper: bert-base-cased, a frozen ResNet-152, image and object granularities
+    (80 COCO classes, 5 objects), gated semantic augmentation with k=4 200-d neighbours, fusion dropout 0.5,
+    an auxiliary span CRF weighted 0.5, and a CRF decoder over the 9 BIO tags of PER/LOC/ORG/MISC.
+
+    Args:
+        text_config: config of the text encoder (any encoder `AutoModel.from_config` builds); it also
+            encodes captions, with shared weights.
+        vision_config: config of the vision backbone that turns `pixel_values` into region features
+            (ResNet, ConvNeXt, ViT, CLIP vision, ...). Pass `None` for a model without backbone that reads
+            precomputed `image_features` only; then `image_feature_dim` says their width.
+        image_feature_dim: width `D_v` of the image region features. Derived from `vision_config` when
+            there is one (an explicit different value raises).
+        freeze_vision_backbone: keep the backbone's weights fixed and the backbone in eval mode.
+        use_image, use_objects, use_caption: the three visual granularities.
+        object_labels: the detector's class names; `object_ids` index into them, `len(object_labels)`
+            is the "no object" padding id.
+        max_objects: objects per image (the width of `object_ids`).
+        augmentation_mode: how a word's neighbour vectors enter its state: "none", "add" (`h + W a`),
+            "gate" (`g*h + (1-g)*W a`) or "attention" (h attends over its k projected neighbours, then gate).
+        augmentation_dim: width of the neighbour word vectors.
+        num_neighbours: k, the number of neighbours per word.
+        use_word_shape, num_word_shapes: a learned embedding of each word's shape class (capitalisation,
+            digits, @, #, URL; see docs/interfaces.md), added to its state.
+        num_cross_attention_layers: depth of each cross-attention step of the two-branch blocks.
+        num_cross_attention_heads: heads of the MGCM attention layers; `None` takes the text encoder's.
+        hidden_dropout_prob, attention_dropout_prob: dropout inside the MGCM layers.
+        fusion_dropout_prob: dropout on the concatenated granularity outputs before fusion.
+        aux_span_loss_weight: weight of the auxiliary B/I/O span loss on the text stream; 0 turns it off.
+        use_crf: decode with a linear-chain CRF (trained by its NLL) rather than per-word argmax (cross-entropy).
+        detach_caption_encoding: encode captions with the shared text encoder without back-propagating into
+            it, so the caption pass costs a forward only; the encoder is still trained through the tweet.
+    """
+
+    model_type = "mgcm"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="bert", init_kwargs=_BERT_BASE_CASED
+        ),
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="resnet", init_kwargs=_RESNET_152, optional=True
+        ),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = field(default_factory=_paper_vision_config)
+    image_feature_dim: int | None = None
+    freeze_vision_backbone: bool = True
+    use_image: bool = True
+    use_objects: bool = True
+    use_caption: bool = False
+    object_labels: list[str] | tuple[str, ...] = COCO_OBJECT_LABELS
+    max_objects: int = 5
+    augmentation_mode: str = "gate"
+    augmentation_dim: int = 200
+    num_neighbours: int = 4
+    use_word_shape: bool = False
+    num_word_shapes: int = 12
+    num_cross_attention_layers: int = 1
+    num_cross_attention_heads: int | None = None
+    hidden_dropout_prob: float | int = 0.1
+    attention_dropout_prob: float | int = 0.1
+    fusion_dropout_prob: float | int = 0.5
+    aux_span_loss_weight: float | int = 0.5
+    use_crf: bool = True
+    detach_caption_encoding: bool = True
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and kwargs.get("num_labels") is None:
+            self.id2label = dict(enumerate(MGCM_LABEL_NAMES))
+            self.label2id = {label: index for index, label in self.id2label.items()}
+        super().__post_init__(**kwargs)
+        # JSON has no tuples: keep one type so that a reloaded config compares equal to the original.
+        self.object_labels = list(self.object_labels)
+        self._check_values()
+        self._resolve_image_feature_dim()
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the word states: the text encoder's hidden size."""
+        return self.text_config.hidden_size
+
+    @property
+    def granularities(self) -> tuple[str, ...]:
+        """The visual granularities this configuration turns on, in a fixed order."""
+        switches = {"image": self.use_image, "objects": self.use_objects, "caption": self.use_caption}
+        return tuple(name for name in GRANULARITIES if switches[name])
+
+    @property
+    def attention_heads(self) -> int:
+        """Heads of the MGCM attention layers."""
+        if self.num_cross_attention_heads is not None:
+            return self.num_cross_attention_heads
+        return self.text_config.num_attention_heads
+
+    def _check_values(self) -> None:
+        """Raise a ValueError naming the field, its value and what is allowed."""
+        if self.augmentation_mode not in AUGMENTATION_MODES:
+            raise ValueError(
+                f"MGCMConfig: augmentation_mode must be one of {AUGMENTATION_MODES}, got {self.augmentation_mode!r}"
+            )
+        if self.max_objects < 0:
+            raise ValueError(f"MGCMConfig: max_objects must be >= 0, got {self.max_objects}")
+        if self.use_objects and self.max_objects == 0:
+            raise ValueError("MGCMConfig: use_objects=True needs max_objects >= 1, got 0")
+        if self.use_objects and not self.object_labels:
+            raise ValueError(
+                "MGCMConfig: use_objects=True needs object_labels (the detector's class names), got none"
+            )
+        bad_labels = [label for label in self.object_labels if not isinstance(label, str) or not label]
+        repeated = sorted({label for label in self.object_labels if self.object_labels.count(label) > 1})
+        if bad_labels or repeated:
+            raise ValueError(
+                f"MGCMConfig: object_labels must be distinct non-empty strings; bad {bad_labels}, repeated {repeated}"
+            )
+        if self.augmentation_mode != "none":
+            for name in ("augmentation_dim", "num_neighbours"):
+                if getattr(self, name) < 1:
+                    raise ValueError(
+                        f"MGCMConfig: augmentation_mode={self.augmentation_mode!r} needs {name} >= 1, "
+                        f"got {getattr(self, name)}"
+                    )
+        if self.use_word_shape and self.num_word_shapes < 2:
+            raise ValueError(
+                f"MGCMConfig: use_word_shape=True needs num_word_shapes >= 2 (0 is padding), got {self.num_word_shapes}"
+            )
+        if self.granularities and self.num_cross_attention_layers < 1:
+            raise ValueError(
+                f"MGCMConfig: num_cross_attention_layers must be >= 1, got {self.num_cross_attention_layers}"
+            )
+        for name in ("hidden_dropout_prob", "attention_dropout_prob", "fusion_dropout_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"MGCMConfig: {name} must be in [0, 1), got {getattr(self, name)}")
+        if self.aux_span_loss_weight < 0:
+            raise ValueError(
+                f"MGCMConfig: aux_span_loss_weight must be >= 0, got {self.aux_span_loss_weight}"
+            )
+        if self.aux_span_loss_weight > 0:
+            span_tags_of_labels(self.id2label)
+        hidden_size = getattr(self.text_config, "hidden_size", None)
+        if not isinstance(hidden_size, int) or hidden_size < 1:
+            raise ValueError(
+                f"MGCMConfig: text_config ({type(self.text_config).__name__}) has no usable hidden_size: {hidden_size!r}"
+            )
+        heads = self.attention_heads
+        if not isinstance(heads, int) or heads < 1 or hidden_size % heads:
+            raise ValueError(
+                f"MGCMConfig: the text encoder's hidden_size {hidden_size} must be a multiple of the attention "
+                f"heads {heads!r} (set num_cross_attention_heads)"
+            )
+
+    def _resolve_image_feature_dim(self) -> None:
+        if self.vision_config is not None:
+            derived = backbone_feature_dim(self.vision_config)
+            if self.image_feature_dim is not None and self.image_feature_dim != derived:
+                raise ValueError(
+                    f"MGCMConfig: image_feature_dim={self.image_feature_dim} contradicts the vision backbone "
+                    f"({self.vision_config.model_type}), whose features are {derived}-d; leave it unset"
+                )
+            self.image_feature_dim = derived
+        elif self.use_image and self.image_feature_dim is None:
+            raise ValueError(
+                "MGCMConfig: use_image=True needs an image encoder: a vision_config (the model runs the backbone "
+                "on pixel_values) or image_feature_dim (the width of precomputed image_features, e.g. 2048 "
+                "for ResNet-152)"
+            )
+        if self.image_feature_dim is not None and self.image_feature_dim < 1:
+            raise ValueError(f"MGCMConfig: image_feature_dim must be >= 1, got {self.image_feature_dim}")
+
+
+def span_tags_of_labels(id2label: dict[int, str]) -> list[int]:
+    """The auxiliary task's tag (0 O, 1 B, 2 I) of each label id, from BIO label names.
+
+    Raises when no name starts with "B-", since the span task would then have nothing to learn.
+    """
+    span_tags = []
+    for index in range(len(id2label)):
+        name = id2label[index]
+        span_tags.append(1 if name.startswith("B-") else 2 if name.startswith("I-") else 0)
+    if 1 not in span_tags:
+        raise ValueError(
+            f"MGCMConfig: aux_span_loss_weight > 0 needs BIO label names (B-X, I-X, O) in id2label, got "
+            f"{list(id2label.values())}; name the labels or set aux_span_loss_weight=0"
+        )
+    return span_tags
+
+
+SPAN_TAG_NAMES = ("O", "B", "I")
+
+__all__ = [
+    "AUGMENTATION_MODES",
+    "COCO_OBJECT_LABELS",
+    "GRANULARITIES",
+    "MGCM_LABEL_NAMES",
+    "MGCMConfig",
+    "SPAN_TAG_NAMES",
+    "span_tags_of_labels",
+]

@@ -1,0 +1,738 @@
+"""MGCM: multi-granularity cross-modality NER (Liu et al. 2022) as a transformers `PreTrainedModel`.
+
+Top to bottom, as the architecture reads: word states from the first sub-token of each word, word shape and
+semantic augmentation, the visual granularities (image regions, detected objects, caption pieces) each with
+a two-branch gated cross-modal block, fusion with the text stream, emissions and the CRF.
+
+Shapes: B = batch, T = word pieces, W = words, R = image regions, O = objects per image, C = caption pieces,
+d = the text encoder's hidden size, L = number of labels.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_mgcm import MGCMConfig, span_tags_of_labels
+from .crf import ConditionalRandomField
+from .cross_modal_attention import MGCMAttentionLayer, MGCMCoupledAttentionBlock
+from .semantic_augmentation import MGCMSemanticAugmentation
+from .vision_features import extract_image_features
+
+PADDING_LABEL = -100
+
+
+@dataclass
+class MGCMModelOutput(ModelOutput):
+    """Outputs of `MGCMModel`.
+
+    Args:
+        last_hidden_state: (B, W, d) word states after fusion with the visual granularities (the text
+            stream itself when the config turns every granularity off).
+        text_hidden_state: (B, W, d) the text stream: word states after one extra self-attention layer.
+        word_mask: (B, W) bool, True for real words.
+        gate_values: granularity name -> (B, W) mean sigmoid gate between branch (a) and (b); 0 at padding
+            words and for examples without that input. Only granularities present in the batch.
+        hidden_states: the text encoder's hidden states (tuple of (B, T, d)) when asked.
+        attentions: the text encoder's attentions when asked (needs `attn_implementation="eager"`).
+        cross_attentions: granularity name -> (B, W, R|O|C) word-to-visual attention of branch (a),
+            averaged over heads, when `output_attentions=True`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    text_hidden_state: torch.FloatTensor | None = None
+    word_mask: torch.BoolTensor | None = None
+    gate_values: dict[str, torch.FloatTensor] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: dict[str, torch.FloatTensor] | None = None
+
+
+@dataclass
+class MGCMTokenClassifierOutput(ModelOutput):
+    """Outputs of `MGCMForTokenClassification`.
+
+    Args:
+        loss: scalar, CRF negative log-likelihood (or cross-entropy without CRF), plus
+            `aux_span_loss_weight` times the auxiliary span loss, when `labels` are given.
+        logits: (B, W, L) word-level emission scores.
+        predictions: (B, W) long, Viterbi tags (argmax without CRF), -100 at padding words. Not computed
+            (None) in a training-mode forward with labels, where only the loss is needed.
+        gate_values, hidden_states, attentions, cross_attentions: as in `MGCMModelOutput`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    predictions: torch.LongTensor | None = None
+    gate_values: dict[str, torch.FloatTensor] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: dict[str, torch.FloatTensor] | None = None
+
+
+def _first_true(mask: Tensor) -> tuple[int, ...]:
+    """Index of the first True of a boolean tensor, for error messages."""
+    return tuple(mask.nonzero()[0].tolist())
+
+
+def first_piece_positions(word_ids: Tensor, num_words: int) -> tuple[Tensor, Tensor]:
+    """Position of each word's first sub-token.
+
+    Args:
+        word_ids: (B, T) long, the word of each piece (0..W-1), -1 for special and padding pieces.
+        num_words: W.
+
+    Returns:
+        positions (B, W) long (0 for words without pieces) and has_piece (B, W) bool.
+    """
+    batch_size, num_pieces = word_ids.shape
+    pieces = torch.arange(num_pieces, device=word_ids.device).expand(batch_size, -1)
+    # Pieces of no word go to an extra column that is dropped afterwards.
+    target = torch.where(word_ids >= 0, word_ids, torch.full_like(word_ids, num_words))
+    first = torch.full((batch_size, num_words + 1), num_pieces, dtype=torch.long, device=word_ids.device)
+    first = first.scatter_reduce(1, target, pieces, reduce="amin")[:, :num_words]
+    has_piece = first < num_pieces
+    return torch.where(has_piece, first, torch.zeros_like(first)), has_piece
+
+
+def _drop_pooler(encoder: nn.Module) -> nn.Module:
+    # Tagging never reads the pooled sentence vector; left in, its weights would get no gradient, which
+    # breaks distributed training and wastes optimizer state.
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
+
+
+class MGCMImageRegionEncoder(nn.Module):
+    """Image regions to visual tokens: projection to the text width, LayerNorm, one self-attention layer."""
+
+    def __init__(self, config: MGCMConfig) -> None:
+        super().__init__()
+        self.projection = nn.Linear(config.image_feature_dim, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.self_attention = MGCMAttentionLayer(
+            config.hidden_size,
+            config.attention_heads,
+            config.attention_dropout_prob,
+            config.hidden_dropout_prob,
+            config.layer_norm_eps,
+        )
+
+    def forward(self, image_features: Tensor, region_mask: Tensor) -> Tensor:
+        """(B, R, D_v), (B, R) bool -> (B, R, d)."""
+        states = self.dropout(self.layer_norm(self.projection(image_features)))
+        return self.self_attention(states, states, region_mask)[0]
+
+
+class MGCMObjectEncoder(nn.Module):
+    """Detected object class ids to visual tokens: a learned embedding per class (plus the padding id)."""
+
+    def __init__(self, config: MGCMConfig) -> None:
+        super().__init__()
+        self.padding_id = len(config.object_labels)
+        self.embedding = nn.Embedding(self.padding_id + 1, config.hidden_size, padding_idx=self.padding_id)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, object_ids: Tensor) -> Tensor:
+        """(B, O) long -> (B, O, d)."""
+        return self.dropout(self.layer_norm(self.embedding(object_ids)))
+
+
+class MGCMPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading glue shared by the MGCM models."""
+
+    config: MGCMConfig
+    config_class = MGCMConfig
+    base_model_prefix = "mgcm"
+    main_input_name = "input_ids"
+    input_modalities = ("text", "image")
+    _no_split_modules = ["MGCMAttentionLayer", "MGCMCoupledAttentionBlock"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Linear, embedding and LayerNorm weights as the base class does; CRF scores uniform in ±0.1."""
+        super()._init_weights(module)
+        if isinstance(module, ConditionalRandomField):
+            for parameter in (module.start_transitions, module.end_transitions, module.transitions):
+                init.uniform_(parameter, -0.1, 0.1)
+
+
+class MGCMModel(MGCMPreTrainedModel):
+    """The MGCM encoder: word-level states fused with the image, object and caption granularities.
+
+    `text_encoder` and `vision_model` may be given as pretrained models (see
+    `MGCMForTokenClassification.from_backbones`); otherwise they are built from the config's sub-configs.
+    """
+
+    def __init__(
+        self,
+        config: MGCMConfig,
+        text_encoder: PreTrainedModel | None = None,
+        vision_model: PreTrainedModel | None = None,
+    ) -> None:
+        super().__init__(config)
+        hidden_size = config.hidden_size
+        self.text_encoder = _drop_pooler(
+            text_encoder if text_encoder is not None else AutoModel.from_config(config.text_config)
+        )
+        self.vision_model = None
+        if config.use_image and config.vision_config is not None:
+            self.vision_model = (
+                vision_model if vision_model is not None else AutoModel.from_config(config.vision_config)
+            )
+            if config.freeze_vision_backbone:
+                self.vision_model.requires_grad_(False)
+        self.word_shape_embeddings = (
+            nn.Embedding(config.num_word_shapes, hidden_size, padding_idx=0)
+            if config.use_word_shape
+            else None
+        )
+        self.augmentation = (
+            MGCMSemanticAugmentation(config.augmentation_mode, config.augmentation_dim, hidden_size)
+            if config.augmentation_mode != "none"
+            else None
+        )
+        self.word_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.text_self_attention = MGCMAttentionLayer(
+            hidden_size,
+            config.attention_heads,
+            config.attention_dropout_prob,
+            config.hidden_dropout_prob,
+            config.layer_norm_eps,
+        )
+        self.image_encoder = MGCMImageRegionEncoder(config) if config.use_image else None
+        self.object_encoder = MGCMObjectEncoder(config) if config.use_objects else None
+        self.cross_modal_blocks = nn.ModuleDict(
+            {
+                name: MGCMCoupledAttentionBlock(
+                    hidden_size,
+                    config.attention_heads,
+                    config.num_cross_attention_layers,
+                    config.attention_dropout_prob,
+                    config.hidden_dropout_prob,
+                    config.layer_norm_eps,
+                )
+                for name in config.granularities
+            }
+        )
+        if config.granularities:
+            self.fusion_dropout = nn.Dropout(config.fusion_dropout_prob)
+            self.fusion = nn.Linear(len(config.granularities) * hidden_size, hidden_size)
+            self.text_visual_combination = nn.Linear(2 * hidden_size, hidden_size)
+        self.post_init()
+
+    def train(self, mode: bool = True) -> "MGCMModel":
+        """Switch train/eval mode; a frozen vision backbone stays in eval mode (its BatchNorm statistics and
+        dropout must not move)."""
+        super().train(mode)
+        if self.vision_model is not None and self.config.freeze_vision_backbone:
+            self.vision_model.eval()
+        return self
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_encoder.set_input_embeddings(value)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        word_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        word_mask: Tensor | None = None,
+        word_shape_ids: Tensor | None = None,
+        neighbour_vectors: Tensor | None = None,
+        neighbour_weights: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_features: Tensor | None = None,
+        image_mask: Tensor | None = None,
+        object_ids: Tensor | None = None,
+        object_mask: Tensor | None = None,
+        caption_input_ids: Tensor | None = None,
+        caption_attention_mask: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MGCMModelOutput | tuple:
+        """Word states fused with every visual input the batch holds (see docs/interfaces.md for inputs).
+
+        Inputs of granularities the config turns off are ignored; a granularity the config turns on may be
+        missing from the batch, or masked per example, and then contributes exactly nothing.
+        """
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = config.return_dict if return_dict is None else return_dict
+
+        if word_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"word_ids has shape {tuple(word_ids.shape)} but input_ids {tuple(input_ids.shape)}; "
+                "they must match piece for piece"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if word_mask is None:
+            num_words = int(word_ids.max().clamp(min=0)) + 1
+            word_mask = first_piece_positions(word_ids, num_words)[1]
+        word_mask = word_mask.bool()
+        encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            encoder_inputs["token_type_ids"] = token_type_ids
+        encoded = self.text_encoder(
+            **encoder_inputs,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        word_states = self._word_states(encoded.last_hidden_state, word_ids, word_mask)
+        if self.word_shape_embeddings is not None:
+            word_states = word_states + self.word_shape_embeddings(
+                self._checked_word_shapes(word_shape_ids, word_mask)
+            )
+        if self.augmentation is not None:
+            word_states = self._augment(word_states, word_mask, neighbour_vectors, neighbour_weights)
+        word_states = self.word_dropout(word_states) * word_mask.unsqueeze(-1)
+        text_states = self.text_self_attention(word_states, word_states, word_mask)[0]
+
+        visual_inputs = self._visual_tokens(
+            pixel_values,
+            image_features,
+            image_mask,
+            object_ids,
+            object_mask,
+            caption_input_ids,
+            caption_attention_mask,
+        )
+        gate_values, cross_attentions, granularity_states = {}, {}, []
+        for name, block in self.cross_modal_blocks.items():
+            if name not in visual_inputs:
+                # Absent from the whole batch: the same zeros a masked example gets from its block.
+                granularity_states.append(torch.zeros_like(word_states))
+                continue
+            visual_states, visual_mask = visual_inputs[name]
+            fused, gate, weights = block(
+                word_states, word_mask, visual_states, visual_mask, output_attentions
+            )
+            granularity_states.append(fused)
+            gate_values[name] = gate
+            if weights is not None:
+                cross_attentions[name] = weights
+        if granularity_states:
+            visual_context = F.relu(self.fusion(self.fusion_dropout(torch.cat(granularity_states, dim=-1))))
+            fused_states = self.text_visual_combination(torch.cat([text_states, visual_context], dim=-1))
+        else:
+            fused_states = text_states
+
+        output = MGCMModelOutput(
+            last_hidden_state=fused_states,
+            text_hidden_state=text_states,
+            word_mask=word_mask,
+            gate_values=gate_values,
+            hidden_states=encoded.hidden_states if output_hidden_states else None,
+            attentions=encoded.attentions if output_attentions else None,
+            cross_attentions=cross_attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _word_states(self, piece_states: Tensor, word_ids: Tensor, word_mask: Tensor) -> Tensor:
+        """(B, T, d) piece states -> (B, W, d) states of each word's first piece."""
+        num_words = word_mask.shape[1]
+        if bool((word_ids >= num_words).any()):
+            row, piece = _first_true(word_ids >= num_words)
+            raise ValueError(
+                f"word_ids[{row}, {piece}] = {int(word_ids[row, piece])} but word_mask has {num_words} words "
+                "per row; word_ids must index words 0..W-1 (-1 for special and padding pieces)"
+            )
+        positions, has_piece = first_piece_positions(word_ids, num_words)
+        if bool((word_mask & ~has_piece).any()):
+            row, word = _first_true(word_mask & ~has_piece)
+            raise ValueError(
+                f"word {word} of row {row} is a real word (word_mask 1) but no piece has word_ids == {word}"
+            )
+        hidden_size = piece_states.shape[-1]
+        return piece_states.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden_size))
+
+    def _checked_word_shapes(self, word_shape_ids: Tensor | None, word_mask: Tensor) -> Tensor:
+        if word_shape_ids is None:
+            raise ValueError(
+                "config.use_word_shape=True needs word_shape_ids (B, W) (processing.word_shape), got none"
+            )
+        if word_shape_ids.shape != word_mask.shape:
+            raise ValueError(
+                f"word_shape_ids has shape {tuple(word_shape_ids.shape)}, expected (B, W) = {tuple(word_mask.shape)}"
+            )
+        bad = (word_shape_ids < 0) | (word_shape_ids >= self.config.num_word_shapes)
+        if bool(bad.any()):
+            row, word = _first_true(bad)
+            raise ValueError(
+                f"word_shape_ids[{row}, {word}] = {int(word_shape_ids[row, word])} is outside "
+                f"0..{self.config.num_word_shapes - 1} (config.num_word_shapes)"
+            )
+        return word_shape_ids.masked_fill(~word_mask, 0)
+
+    def _augment(
+        self,
+        word_states: Tensor,
+        word_mask: Tensor,
+        neighbour_vectors: Tensor | None,
+        neighbour_weights: Tensor | None,
+    ) -> Tensor:
+        config = self.config
+        if neighbour_vectors is None or neighbour_weights is None:
+            raise ValueError(
+                f"config.augmentation_mode={config.augmentation_mode!r} needs neighbour_vectors (B, W, k, dim) "
+                "and neighbour_weights (B, W, k) (processing.NeighbourTable; all-zero weights for words "
+                "without neighbours), or a config with augmentation_mode='none'"
+            )
+        batch_size, num_words = word_mask.shape
+        if (
+            neighbour_vectors.dim() != 4
+            or neighbour_vectors.shape[:2] != (batch_size, num_words)
+            or neighbour_vectors.shape[-1] != config.augmentation_dim
+            or neighbour_weights.shape != neighbour_vectors.shape[:3]
+        ):
+            raise ValueError(
+                f"neighbour_vectors {tuple(neighbour_vectors.shape)} and neighbour_weights "
+                f"{tuple(neighbour_weights.shape)} must be (B, W, k, {config.augmentation_dim}) and (B, W, k) "
+                f"with (B, W) = {(batch_size, num_words)}"
+            )
+        # Padding words never borrow neighbours, whatever the padding holds.
+        neighbour_weights = neighbour_weights.masked_fill(~word_mask.unsqueeze(-1), 0)
+        return self.augmentation(word_states, neighbour_vectors, neighbour_weights)
+
+    def _visual_tokens(
+        self,
+        pixel_values: Tensor | None,
+        image_features: Tensor | None,
+        image_mask: Tensor | None,
+        object_ids: Tensor | None,
+        object_mask: Tensor | None,
+        caption_input_ids: Tensor | None,
+        caption_attention_mask: Tensor | None,
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """Granularity name -> (visual states (B, N, d), mask (B, N) bool), for those present in the batch."""
+        tokens = {}
+        if self.image_encoder is not None and (pixel_values is not None or image_features is not None):
+            image = self._image_tokens(pixel_values, image_features, image_mask)
+            if image is not None:
+                tokens["image"] = image
+        if self.object_encoder is not None and object_ids is not None:
+            objects = self._object_tokens(object_ids, object_mask)
+            if objects is not None:
+                tokens["objects"] = objects
+        if "caption" in self.cross_modal_blocks and caption_input_ids is not None:
+            caption = self._caption_tokens(caption_input_ids, caption_attention_mask)
+            if caption is not None:
+                tokens["caption"] = caption
+        return tokens
+
+    def _image_tokens(
+        self, pixel_values: Tensor | None, image_features: Tensor | None, image_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor] | None:
+        if pixel_values is not None and image_features is not None:
+            raise ValueError("pass either pixel_values or precomputed image_features, not both")
+        given = pixel_values if pixel_values is not None else image_features
+        batch_size = given.shape[0]
+        if image_mask is None:
+            present = torch.ones(batch_size, dtype=torch.bool, device=given.device)
+        elif image_mask.shape != (batch_size,):
+            raise ValueError(f"image_mask must have shape ({batch_size},), got {tuple(image_mask.shape)}")
+        else:
+            present = image_mask.bool()
+        if not bool(present.any()):
+            return None
+        if pixel_values is not None:
+            image_features = self._backbone_features(pixel_values, present)
+        elif image_features.dim() != 3 or image_features.shape[-1] != self.config.image_feature_dim:
+            raise ValueError(
+                f"image_features must be (B, R, {self.config.image_feature_dim}) (config.image_feature_dim), "
+                f"got {tuple(image_features.shape)}"
+            )
+        image_features = image_features.to(self.image_encoder.projection.weight.dtype)
+        # Rows without an image may hold anything; zeros keep NaN out of the shared layers' gradients.
+        image_features = torch.where(present[:, None, None], image_features, torch.zeros_like(image_features))
+        region_mask = present.unsqueeze(1).expand(-1, image_features.shape[1])
+        return self.image_encoder(image_features, region_mask), region_mask
+
+    def _backbone_features(self, pixel_values: Tensor, present: Tensor) -> Tensor:
+        """Run the vision backbone on the rows that have an image: (B, 3, H, W) -> (B, R, D_v)."""
+        if self.vision_model is None:
+            raise ValueError(
+                "this MGCM config has no vision_config, so the model cannot read pixel_values: pass "
+                f"precomputed image_features (B, R, {self.config.image_feature_dim}) instead"
+            )
+        rows = present.nonzero().squeeze(1)
+        frozen = self.config.freeze_vision_backbone
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            features = extract_image_features(self.vision_model, pixel_values[rows])
+        if features.shape[-1] != self.config.image_feature_dim:
+            raise ValueError(
+                f"the vision backbone gave {features.shape[-1]}-d regions but config.image_feature_dim is "
+                f"{self.config.image_feature_dim}"
+            )
+        all_rows = features.new_zeros((pixel_values.shape[0],) + tuple(features.shape[1:]))
+        return all_rows.index_copy(0, rows, features)
+
+    def _object_tokens(self, object_ids: Tensor, object_mask: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        padding_id = self.object_encoder.padding_id
+        if object_ids.dim() != 2:
+            raise ValueError(f"object_ids must be (B, max_objects), got {tuple(object_ids.shape)}")
+        bad = (object_ids < 0) | (object_ids > padding_id)
+        if bool(bad.any()):
+            row, column = _first_true(bad)
+            raise ValueError(
+                f"object_ids[{row}, {column}] = {int(object_ids[row, column])} is outside 0..{padding_id} "
+                f"({padding_id} object labels in the config, {padding_id} is the padding id)"
+            )
+        if object_mask is None:
+            object_mask = object_ids != padding_id
+        elif object_mask.shape != object_ids.shape:
+            raise ValueError(
+                f"object_mask has shape {tuple(object_mask.shape)} but object_ids {tuple(object_ids.shape)}"
+            )
+        object_mask = object_mask.bool()
+        if not bool(object_mask.any()):
+            return None
+        object_ids = object_ids.masked_fill(~object_mask, padding_id)
+        return self.object_encoder(object_ids), object_mask
+
+    def _caption_tokens(
+        self, caption_input_ids: Tensor, caption_attention_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor] | None:
+        """Caption pieces through the shared text encoder, only for rows that have a caption."""
+        if caption_attention_mask is None:
+            raise ValueError(
+                "caption_input_ids need caption_attention_mask (an all-zero row means no caption)"
+            )
+        if caption_attention_mask.shape != caption_input_ids.shape:
+            raise ValueError(
+                f"caption_attention_mask has shape {tuple(caption_attention_mask.shape)} but caption_input_ids "
+                f"{tuple(caption_input_ids.shape)}"
+            )
+        caption_mask = caption_attention_mask.bool()
+        present = caption_mask.any(dim=1)
+        if not bool(present.any()):
+            return None
+        rows = present.nonzero().squeeze(1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.detach_caption_encoding):
+            states = self.text_encoder(
+                input_ids=caption_input_ids[rows],
+                attention_mask=caption_attention_mask[rows],
+                return_dict=True,
+            ).last_hidden_state
+        batch_size, caption_length = caption_input_ids.shape
+        all_rows = states.new_zeros((batch_size, caption_length, states.shape[-1]))
+        return all_rows.index_copy(0, rows, states), caption_mask
+
+
+class MGCMForTokenClassification(MGCMPreTrainedModel):
+    """MGCM with word-level emissions, a CRF decoder and the auxiliary span task (UMT)."""
+
+    def __init__(
+        self,
+        config: MGCMConfig,
+        text_encoder: PreTrainedModel | None = None,
+        vision_model: PreTrainedModel | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.mgcm = MGCMModel(config, text_encoder=text_encoder, vision_model=vision_model)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.crf = ConditionalRandomField(config.num_labels) if config.use_crf else None
+        self.span_classifier = None
+        self.span_crf = None
+        self._span_tag_of_label: list[int] = []
+        if config.aux_span_loss_weight > 0:
+            self._span_tag_of_label = span_tags_of_labels(config.id2label)
+            self.span_classifier = nn.Linear(config.hidden_size, 3)
+            self.span_crf = ConditionalRandomField(3) if config.use_crf else None
+        self.post_init()
+
+    @classmethod
+    def from_backbones(
+        cls,
+        text_model_name_or_path: str,
+        vision_model_name_or_path: str | None = None,
+        **config_kwargs,
+    ) -> "MGCMForTokenClassification":
+        """A model whose text encoder (and vision backbone) carry pretrained weights; the MGCM layers are new.
+
+        Args:
+            text_model_name_or_path: a folder (or Hub id) holding an encoder `AutoModel` loads.
+            vision_model_name_or_path: optional folder (or Hub id) of a vision backbone; without it the model
+                reads precomputed `image_features` (pass `image_feature_dim`) or no image.
+            config_kwargs: any other `MGCMConfig` field (`use_caption=True`, `object_labels=...`, ...).
+        """
+        for name in ("text_config", "vision_config"):
+            if name in config_kwargs:
+                raise ValueError(f"from_backbones takes {name} from the pretrained folder; do not pass it")
+        text_encoder = AutoModel.from_pretrained(text_model_name_or_path)
+        vision_model = None
+        if vision_model_name_or_path is not None:
+            vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
+        config = MGCMConfig(
+            text_config=text_encoder.config,
+            vision_config=vision_model.config if vision_model is not None else None,
+            **config_kwargs,
+        )
+        return cls(config, text_encoder=text_encoder, vision_model=vision_model)
+
+    def parameter_groups(
+        self,
+        lr: float,
+        fusion_lr: float | None = None,
+        crf_lr: float | None = None,
+        weight_decay: float = 0.01,
+    ) -> list[dict]:
+        """Optimizer parameter groups: backbones at `lr`, the MGCM layers and heads at `fusion_lr` (default
+        `lr`), the CRF transition scores at `crf_lr` (default `fusion_lr`). Weight decay applies to matrices
+        only: never to biases, LayerNorm weights or CRF scores. Frozen parameters are left out.
+
+        Returns a list of `{"name", "params", "lr", "weight_decay"}` dicts for `torch.optim.AdamW`.
+        """
+        fusion_lr = lr if fusion_lr is None else fusion_lr
+        crf_lr = fusion_lr if crf_lr is None else crf_lr
+        rates = {"backbone": lr, "fusion": fusion_lr, "crf": crf_lr}
+        grouped: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            if name.startswith(("mgcm.text_encoder.", "mgcm.vision_model.")):
+                part = "backbone"
+            elif name.startswith(("crf.", "span_crf.")):
+                part = "crf"
+            else:
+                part = "fusion"
+            decays = parameter.ndim >= 2 and part != "crf"
+            grouped.setdefault((part, decays), []).append(parameter)
+        return [
+            {
+                "name": f"{part}{'' if decays else '_no_decay'}",
+                "params": parameters,
+                "lr": rates[part],
+                "weight_decay": weight_decay if decays else 0.0,
+            }
+            for (part, decays), parameters in grouped.items()
+        ]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        word_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        word_mask: Tensor | None = None,
+        word_shape_ids: Tensor | None = None,
+        neighbour_vectors: Tensor | None = None,
+        neighbour_weights: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_features: Tensor | None = None,
+        image_mask: Tensor | None = None,
+        object_ids: Tensor | None = None,
+        object_mask: Tensor | None = None,
+        caption_input_ids: Tensor | None = None,
+        caption_attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MGCMTokenClassifierOutput | tuple:
+        """Emissions, Viterbi predictions and, with word-level `labels` (B, W) (-100 at padding), the loss."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoded = self.mgcm(
+            input_ids=input_ids,
+            word_ids=word_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            word_mask=word_mask,
+            word_shape_ids=word_shape_ids,
+            neighbour_vectors=neighbour_vectors,
+            neighbour_weights=neighbour_weights,
+            pixel_values=pixel_values,
+            image_features=image_features,
+            image_mask=image_mask,
+            object_ids=object_ids,
+            object_mask=object_mask,
+            caption_input_ids=caption_input_ids,
+            caption_attention_mask=caption_attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        word_mask = encoded.word_mask
+        logits = self.classifier(self.dropout(encoded.last_hidden_state))
+        loss = None
+        if labels is not None:
+            if labels.shape != word_mask.shape:
+                raise ValueError(
+                    f"labels have shape {tuple(labels.shape)}, expected word-level (B, W) = {tuple(word_mask.shape)}"
+                )
+            loss = self._tagging_loss(logits, labels, word_mask, self.crf)
+            if self.span_classifier is not None:
+                span_logits = self.span_classifier(self.dropout(encoded.text_hidden_state))
+                span_labels = self._span_labels(labels, word_mask)
+                span_loss = self._tagging_loss(span_logits, span_labels, word_mask, self.span_crf)
+                loss = loss + self.config.aux_span_loss_weight * span_loss
+        predictions = None
+        if not (self.training and labels is not None):
+            predictions = self.decode(logits, word_mask)
+        output = MGCMTokenClassifierOutput(
+            loss=loss,
+            logits=logits,
+            predictions=predictions,
+            gate_values=encoded.gate_values,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+            cross_attentions=encoded.cross_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def decode(self, logits: Tensor, word_mask: Tensor) -> Tensor:
+        """(B, W, L), (B, W) -> (B, W) long tags, -100 at padding: Viterbi with the CRF, else argmax."""
+        word_mask = word_mask.bool()
+        if self.crf is not None:
+            return self.crf.decode(logits, word_mask)
+        return logits.argmax(dim=-1).masked_fill(~word_mask, PADDING_LABEL)
+
+    def _span_labels(self, labels: Tensor, word_mask: Tensor) -> Tensor:
+        """Word labels (B, W) -> auxiliary span tags (0 O, 1 B, 2 I), -100 where the label is."""
+        bad = word_mask & ((labels < 0) | (labels >= self.config.num_labels))
+        if bool(bad.any()):
+            row, word = _first_true(bad)
+            raise ValueError(
+                f"labels[{row}, {word}] = {int(labels[row, word])} is not a label id 0..{self.config.num_labels - 1}"
+            )
+        span_tag_of_label = torch.tensor(self._span_tag_of_label, dtype=torch.long, device=labels.device)
+        span_labels = span_tag_of_label[labels.clamp(min=0, max=self.config.num_labels - 1)]
+        return span_labels.masked_fill(labels == PADDING_LABEL, PADDING_LABEL)
+
+    @staticmethod
+    def _tagging_loss(
+        logits: Tensor, labels: Tensor, word_mask: Tensor, crf: ConditionalRandomField | None
+    ) -> Tensor:
+        """CRF negative log-likelihood (mean over rows), or word-level cross-entropy without a CRF."""
+        if crf is not None:
+            return crf(logits, labels, word_mask, reduction="mean")
+        labels = labels.masked_fill(~word_mask, PADDING_LABEL)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=PADDING_LABEL)
+
+
+__all__ = [
+    "MGCMForTokenClassification",
+    "MGCMModel",
+    "MGCMModelOutput",
+    "MGCMPreTrainedModel",
+    "MGCMTokenClassifierOutput",
+    "first_piece_positions",
+]
