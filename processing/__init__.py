@@ -12,9 +12,14 @@ from .corpus import (
 )
 from .corpus_schema import corpus_features
 from .corpus_stats import corpus_stats, format_corpus_stats
+from .data_collator import MGCMDataCollator
+from .image_feature_cache import ImageCacheStats, ImageFeatureCache
+from .image_loading import ImageLoadError, load_image
 from .labels import ENTITY_TYPES, ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, normalise_tag, repair_bio_tags
 from .metrics import entity_spans, format_metrics_table, ner_metrics, score_entity_spans
 from .neighbour_table import NeighbourTable, build_neighbour_table
+from .object_detection import DetectedObjects, ObjectDetectionStats, detect_objects, write_objects_file
+from .processing_mgcm import WINDOW_INFO_KEYS, MGCMProcessor, merge_windows
 from .synthetic import SYNTHETIC_OBJECT_LABELS, make_synthetic_corpus, score_ambiguous_mentions
 from .tweet_normalise import NUMBER_CLASS_TOKEN, URL_CLASS_TOKEN, normalise_token
 from .word_shape import NUM_WORD_SHAPES, WORD_SHAPE_NAMES, word_shape_id
@@ -27,6 +32,14 @@ warnings.filterwarnings(
 )
 
 __all__ = [
+    "DetectedObjects",
+    "ImageCacheStats",
+    "ImageFeatureCache",
+    "ImageLoadError",
+    "ObjectDetectionStats",
+    "detect_objects",
+    "load_image",
+    "write_objects_file",
     "ENTITY_TYPES",
     "ID_TO_LABEL",
     "LABEL_NAMES",
@@ -62,4 +75,8 @@ __all__ = [
     "load_word_vectors",
     "normalise_token",
     "word_shape_id",
+    "MGCMDataCollator",
+    "MGCMProcessor",
+    "WINDOW_INFO_KEYS",
+    "merge_windows",
 ]

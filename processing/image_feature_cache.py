@@ -27,14 +27,13 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset, DatasetDict
-from datasets import Image as ImageFeature
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 
 from modeling_mgcm.vision_features import extract_image_features
 
-from .image_loading import MISSING, ImageLoadError, load_image
+from .image_loading import MISSING, ImageLoadError, load_image, unique_image_entries
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +133,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _iterate_splits(dataset: Dataset | DatasetDict) -> Iterator[tuple[str, Dataset]]:
-    if isinstance(dataset, DatasetDict):
-        yield from dataset.items()
-    elif isinstance(dataset, Dataset):
-        yield (dataset.split and str(dataset.split)) or "dataset", dataset
-    else:
-        raise TypeError(f"expected a datasets.Dataset or DatasetDict; got {type(dataset).__name__}")
 
 
 class ImageFeatureCache:
@@ -351,7 +341,12 @@ class ImageFeatureCache:
         """
         stats = ImageCacheStats(backbone_name=self.backbone_name)
         calls_before = self.vision_forward_calls
-        pending_images = self._images_to_compute(dataset, stats)
+        pending_images, stats.reused_ids = unique_image_entries(dataset, self._location)
+        reserved = [image_id for image_id, _ in pending_images if image_id == RESERVED_TENSOR_NAME]
+        if reserved:
+            raise ValueError(
+                f"IMGID {RESERVED_TENSOR_NAME!r} is reserved by safetensors and cannot be cached"
+            )
         if pending_images:
             self._compute(pending_images, stats)
         if self._feature_shape is None and stats.num_images and self.vision_model is not None:
@@ -362,38 +357,6 @@ class ImageFeatureCache:
         self.stats = stats
         self._log_stats(stats)
         return stats
-
-    def _images_to_compute(
-        self, dataset: Dataset | DatasetDict, stats: ImageCacheStats
-    ) -> list[tuple[str, Any]]:
-        """(IMGID, undecoded image entry) of each unique IMGID that needs the backbone, in dataset order."""
-        seen: set[str] = set()
-        pending: list[tuple[str, Any]] = []
-        for split_name, split in _iterate_splits(dataset):
-            absent = [name for name in ("id", "image") if name not in split.column_names]
-            if absent:
-                raise ValueError(
-                    f"split {split_name!r} lacks the columns {absent} (it has {split.column_names}); "
-                    "ImageFeatureCache.build needs corpus rows with `id` and `image`"
-                )
-            positions = []
-            for position, image_id in enumerate(split["id"]):
-                if not isinstance(image_id, str) or not image_id or image_id == RESERVED_TENSOR_NAME:
-                    raise ValueError(f"split {split_name!r}, row {position}: invalid IMGID {image_id!r}")
-                if image_id in seen:
-                    continue
-                seen.add(image_id)
-                if image_id in self._location:
-                    stats.reused_ids.append(image_id)
-                else:
-                    positions.append(position)
-            if not positions:
-                continue
-            # Undecoded entries ({"path", "bytes"}), so that a bad file is caught here and not inside datasets.
-            entries = split.select_columns(["id", "image"]).select(positions)
-            entries = entries.cast_column("image", ImageFeature(decode=False))
-            pending.extend((row["id"], row["image"]) for row in entries)
-        return pending
 
     def _compute(self, pending_images: list[tuple[str, Any]], stats: ImageCacheStats) -> None:
         model = self.vision_model
