@@ -236,7 +236,7 @@ class MGCMProcessor(ProcessorMixin):
         self.max_caption_length = max_caption_length
         self.unknown_object_label_counts: Counter[str] = Counter()
         self._object_label_ids = {label: index for index, label in enumerate(object_labels or [])}
-        self._special_prefix, self._special_suffix = self._special_token_layout()
+        self._special_prefix, self._special_suffix, self._content_token_type = self._special_token_layout()
         self.window_capacity = max_length - len(self._special_prefix[0]) - len(self._special_suffix[0])
         if self.window_capacity < 1:
             raise ValueError(f"max_length {max_length} leaves no room for words next to the special tokens")
@@ -370,15 +370,14 @@ class MGCMProcessor(ProcessorMixin):
     # ----------------------------------------------------------------------------------------------
     # Text: words -> windows of word pieces
 
-    def _special_token_layout(self) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
-        """Ids and token types the tokenizer puts before and after a single sequence ([CLS] ... [SEP])."""
+    def _special_token_layout(self) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]], int]:
+        """`(ids, token types)` the tokenizer puts before and after a single sequence ([CLS] ... [SEP]),
+        and the token type of the words between them."""
         encoding = self.tokenizer(["a"], is_split_into_words=True, return_token_type_ids=True)
-        word_ids = encoding.word_ids()
-        word_positions = [position for position, word in enumerate(word_ids) if word is not None]
+        word_positions = [position for position, word in enumerate(encoding.word_ids()) if word is not None]
         first, last = word_positions[0], word_positions[-1]
         ids, types = encoding["input_ids"], encoding["token_type_ids"]
-        self._content_token_type = types[first]
-        return (ids[:first], types[:first]), (ids[last + 1 :], types[last + 1 :])
+        return (ids[:first], types[:first]), (ids[last + 1 :], types[last + 1 :]), types[first]
 
     def _word_pieces(self, tweets: list[list[str]]) -> list[list[list[int]]]:
         """Word-piece ids of every word of every tweet, each word holding 1..window_capacity pieces."""
