@@ -6,10 +6,11 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, ResNetModel
+from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
-from processing import WINDOW_INFO_KEYS, MGCMDataCollator, MGCMProcessor, corpus_features
+from processing import WINDOW_INFO_KEYS, ImageFeatureCache, MGCMDataCollator, MGCMProcessor, corpus_features
 
 OBJECT_LABELS = ["person", "car", "dog"]
 
@@ -198,6 +199,28 @@ def test_image_features_come_from_the_cache_once_per_tweet(processor, window_row
     for row_index, row in enumerate(rows):
         assert batch["image_features"][row_index].eq(cache.feature_of(row["id"])).all()
     assert batch["image_mask"].tolist() == [1] * len(rows)
+
+
+def test_an_image_feature_cache_built_on_the_corpus_feeds_the_collator(
+    processor, window_rows, corpus, tiny_resnet_config, tmp_path
+):
+    torch.manual_seed(0)
+    cache = ImageFeatureCache(
+        tmp_path,
+        ResNetModel(tiny_resnet_config).eval(),
+        ViTImageProcessorPil(size={"height": 64, "width": 64}),
+        backbone_name="tiny-resnet",
+        storage_dtype=torch.float32,
+        show_progress=False,
+    )
+    cache.build(corpus)
+    rows = [row for row in window_rows if row["tweet_index"] in (0, 1)]
+    batch = MGCMDataCollator(processor, image_feature_cache=cache)(rows)
+
+    expected_features, expected_mask = cache.get([row["id"] for row in rows])
+    assert batch["image_features"].shape == (len(rows), 64, 16)
+    assert torch.equal(batch["image_features"], expected_features)
+    assert batch["image_mask"].tolist() == [1] + [0] * (len(rows) - 1) == expected_mask.tolist()
 
 
 def test_a_cache_returning_the_wrong_shape_is_reported(processor, window_rows):
