@@ -1,8 +1,9 @@
 """Linear-chain conditional random field over word-level emission scores.
 
 Shapes: B = batch size, W = words per row (padded), L = number of tags. Masks are boolean and
-left-aligned: each row is a prefix of `True` followed by padding. All arithmetic runs in float32
-(with autocast disabled) whatever the dtype of the emissions, and every float result is float32.
+left-aligned: each row is a prefix of `True` followed by padding. Emissions and parameters are cast to
+float32 first, so the sums run in float32 whatever the input dtype or autocast context (none of the ops
+used is one that autocast lowers), and every float result is float32.
 """
 
 from __future__ import annotations
@@ -59,12 +60,11 @@ class ConditionalRandomField(nn.Module):
             )
         emissions, mask = self._validate(emissions, mask)
         tags = self._validate_tags(tags, mask)
-        with _float32_only(emissions):
-            start, end, transitions = self._float_parameters()
-            log_alphas = _forward_log_alphas(emissions, mask, start, transitions)
-            log_partition = torch.logsumexp(log_alphas[:, -1] + end, dim=-1)
-            gold_score = _sequence_score(emissions, tags, mask, start, end, transitions)
-            negative_log_likelihood = log_partition - gold_score
+        start, end, transitions = self._float_parameters()
+        log_alphas = _forward_log_alphas(emissions, mask, start, transitions)
+        log_partition = torch.logsumexp(log_alphas[:, -1] + end, dim=-1)
+        gold_score = _sequence_score(emissions, tags, mask, start, end, transitions)
+        negative_log_likelihood = log_partition - gold_score
         if reduction == "none":
             return negative_log_likelihood
         if reduction == "sum":
@@ -76,38 +76,34 @@ class ConditionalRandomField(nn.Module):
     def log_partition(self, emissions: Tensor, mask: Tensor) -> Tensor:
         """Log of the partition function `Z` by the forward algorithm: (B, W, L), (B, W) -> (B,)."""
         emissions, mask = self._validate(emissions, mask)
-        with _float32_only(emissions):
-            start, end, transitions = self._float_parameters()
-            log_alphas = _forward_log_alphas(emissions, mask, start, transitions)
-            return torch.logsumexp(log_alphas[:, -1] + end, dim=-1)
+        start, end, transitions = self._float_parameters()
+        log_alphas = _forward_log_alphas(emissions, mask, start, transitions)
+        return torch.logsumexp(log_alphas[:, -1] + end, dim=-1)
 
     def score_sequence(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
         """Unnormalised score of `tags`: (B, W, L), (B, W), (B, W) -> (B,). Masked tags are ignored."""
         emissions, mask = self._validate(emissions, mask)
         tags = self._validate_tags(tags, mask)
-        with _float32_only(emissions):
-            start, end, transitions = self._float_parameters()
-            return _sequence_score(emissions, tags, mask, start, end, transitions)
+        start, end, transitions = self._float_parameters()
+        return _sequence_score(emissions, tags, mask, start, end, transitions)
 
     @torch.no_grad()
     def decode(self, emissions: Tensor, mask: Tensor) -> Tensor:
         """Viterbi: the highest-scoring tags, (B, W, L), (B, W) -> (B, W) long, -100 at masked positions."""
         emissions, mask = self._validate(emissions, mask)
-        with _float32_only(emissions):
-            start, end, transitions = self._float_parameters()
-            return _viterbi(emissions, mask, start, end, transitions)
+        start, end, transitions = self._float_parameters()
+        return _viterbi(emissions, mask, start, end, transitions)
 
     def marginals(self, emissions: Tensor, mask: Tensor) -> Tensor:
         """Posterior P(y_t = tag | row) by forward-backward: (B, W, L), (B, W) -> (B, W, L), 0 when masked."""
         emissions, mask = self._validate(emissions, mask)
-        with _float32_only(emissions):
-            start, end, transitions = self._float_parameters()
-            log_alphas = _forward_log_alphas(emissions, mask, start, transitions)
-            log_betas = _backward_log_betas(emissions, mask, end, transitions)
-            # alpha_t(i) + beta_t(i) sums to log Z over i at every t; normalising per word rather than
-            # subtracting log Z keeps each row summing to 1 even when scores are huge.
-            word_marginals = torch.softmax(log_alphas + log_betas, dim=-1)
-            return word_marginals.masked_fill(~mask.unsqueeze(-1), 0.0)
+        start, end, transitions = self._float_parameters()
+        log_alphas = _forward_log_alphas(emissions, mask, start, transitions)
+        log_betas = _backward_log_betas(emissions, mask, end, transitions)
+        # alpha_t(i) + beta_t(i) sums to log Z over i at every t; normalising per word rather than
+        # subtracting log Z keeps each row summing to 1 even when scores are huge.
+        word_marginals = torch.softmax(log_alphas + log_betas, dim=-1)
+        return word_marginals.masked_fill(~mask.unsqueeze(-1), 0.0)
 
     def _float_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
         # The model may be cast to half precision as a whole; the CRF still sums in float32.
@@ -171,11 +167,6 @@ class ConditionalRandomField(nn.Module):
                 f"0..{self.num_tags - 1} (mask that position if it is padding)"
             )
         return tags
-
-
-def _float32_only(reference: Tensor) -> torch.autocast:
-    """Turn autocast off around CRF arithmetic so that float32 stays float32 on any device."""
-    return torch.autocast(device_type=reference.device.type, enabled=False)
 
 
 def _forward_log_alphas(emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor) -> Tensor:
