@@ -131,9 +131,9 @@ class ConditionalRandomField(nn.Module):
             raise ValueError(
                 "ConditionalRandomField: emissions have zero words; every row needs at least one"
             )
-        empty_rows = ~mask[:, 0]
-        gaps = mask[:, 1:] & ~mask[:, :-1]
-        if bool(empty_rows.any()) or bool(gaps.any()):
+        # A row is bad if it starts masked or turns back on after padding; one sync checks the batch.
+        bad_rows = ~mask[:, 0] | (mask[:, 1:] & ~mask[:, :-1]).any(dim=1)
+        if bool(bad_rows.any()):
             # Building the message is the only place that leaves the vectorised path, and only on failure.
             all_masked = (~mask.any(dim=1)).nonzero().flatten().tolist()
             if all_masked:
@@ -141,7 +141,7 @@ class ConditionalRandomField(nn.Module):
                     f"ConditionalRandomField: mask rows {all_masked} have no unmasked word; "
                     "drop empty examples before the CRF"
                 )
-            not_prefix = (empty_rows | gaps.any(dim=1)).nonzero().flatten().tolist()
+            not_prefix = bad_rows.nonzero().flatten().tolist()
             row = not_prefix[0]
             raise ValueError(
                 f"ConditionalRandomField: mask rows {not_prefix} are not left-aligned (a prefix of True "
