@@ -856,6 +856,10 @@ class MGCMProcessor(ProcessorMixin):
         ]
         if self.object_labels is None and "objects" in columns:
             columns.remove("objects")
+            if any(len(objects) for objects in dataset["objects"]):
+                logger.warning(
+                    "the corpus has detected objects but the processor has no object_labels: objects are left out"
+                )
         features = self.window_row_features(columns)
 
         def encode_batch(*batch_columns_and_indices):

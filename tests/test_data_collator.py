@@ -1,5 +1,7 @@
 """MGCMDataCollator: window rows of a corpus padded into model batches, and evaluation over whole tweets."""
 
+import logging
+
 import datasets
 import numpy as np
 import pytest
@@ -272,6 +274,16 @@ def test_a_dataset_dict_is_preprocessed_split_by_split_with_split_row_indices(pr
     assert rows["valid"]["tweet_index"] == [0, 1]
     assert rows["valid"]["id"] == ["t3", "t4"]
     assert sorted(set(rows["train"]["tweet_index"])) == [0, 1, 2, 3]
+
+
+def test_objects_are_left_out_with_a_warning_when_the_processor_has_no_object_labels(tiny_bert_dir, caplog):
+    text_only = MGCMProcessor(AutoTokenizer.from_pretrained(tiny_bert_dir))
+    with caplog.at_level(logging.WARNING, logger="processing.processing_mgcm"):
+        rows = text_only.preprocess_corpus(make_corpus(5), keep_in_memory=True)
+
+    assert "object_ids" not in rows.column_names
+    assert "no object_labels" in caplog.text
+    assert "object_ids" not in MGCMDataCollator(text_only)([rows[0]])
 
 
 def test_a_corpus_without_required_columns_is_rejected(processor):
