@@ -20,6 +20,9 @@ WORDS_FILE_NAME = "words.txt"
 _DIGEST_SAMPLES = 32
 _DIGEST_BLOCK_BYTES = 1 << 16
 
+# Editors on Windows start UTF-8 files with one; it is not part of the first word.
+_BYTE_ORDER_MARK = "\ufeff"
+
 
 class WordVectorsFormatError(ValueError):
     """A word-vectors file that cannot be read as it stands; the message names the file and line."""
@@ -163,6 +166,8 @@ def _read_text_vectors(path: Path, max_words: int | None) -> WordVectors:
             if max_words is not None and len(words) >= max_words:
                 break
             line = _decode_line(path, line_number, raw).rstrip("\r\n")
+            if line_number == 1:
+                line = line.removeprefix(_BYTE_ORDER_MARK)
             # word2vec text files end each line with a space; GloVe's do not.
             fields = line.rstrip(" ").split(" ")
             if line_number == 1 and _is_header(fields):
@@ -205,7 +210,7 @@ def _read_words_file(path: Path) -> list[str]:
             f"{path}, line {line_number}: not UTF-8 (byte {data[error.start]:#04x})"
         ) from None
     # Split on "\n" only: str.splitlines would also split words at U+2028, U+0085 and friends.
-    words = [line.removesuffix("\r") for line in text.split("\n")]
+    words = [line.removesuffix("\r") for line in text.removeprefix(_BYTE_ORDER_MARK).split("\n")]
     if words and words[-1] == "":
         words.pop()
     for line_number, word in enumerate(words, start=1):

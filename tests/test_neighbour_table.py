@@ -254,6 +254,13 @@ def test_max_words_keeps_the_first_words(tmp_path):
         np.testing.assert_array_equal(loaded.vectors, expected.vectors[:4])
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_word(tmp_path):
+    (tmp_path / "glove.txt").write_text("\ufeffthe 0.1 0.2\nof 0.3 0.4\n", encoding="utf-8")
+    write_vectors_folder(tmp_path / "folder", ["\ufeffthe", "of"], np.ones((2, 2), dtype=np.float32))
+    assert load_word_vectors(tmp_path / "glove.txt").words == ["the", "of"]
+    assert load_word_vectors(tmp_path / "folder").words == ["the", "of"]
+
+
 def test_words_with_spaces_are_read_when_the_extra_fields_are_not_numbers(tmp_path):
     path = tmp_path / "glove.txt"
     path.write_text("the 0.1 0.2\n. . . 0.3 0.4\nat name@x.com 0.5 0.6\n", encoding="utf-8")
