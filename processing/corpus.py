@@ -179,8 +179,16 @@ def write_conll(dataset: Iterable[Mapping], path: str | os.PathLike) -> Path:
     for row_index, row in enumerate(dataset):
         image_id, tokens, tags = row["id"], list(row["tokens"]), list(row["ner_tags"])
         where = f"row {row_index} (id {image_id!r})"
-        if not isinstance(image_id, str) or not image_id or image_id.strip() != image_id or "\t" in image_id:
-            raise ValueError(f"{where}: an id must be a non-empty string without tabs or surrounding spaces")
+        if (
+            not isinstance(image_id, str)
+            or not image_id
+            or image_id.strip() != image_id
+            or "\t" in image_id
+            or "\n" in image_id
+        ):
+            raise ValueError(
+                f"{where}: an id must be a non-empty string without tab, newline or surrounding spaces"
+            )
         if image_id in seen_ids:
             raise ValueError(f"{where}: the id repeats an earlier row")
         seen_ids.add(image_id)
