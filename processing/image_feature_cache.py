@@ -206,10 +206,12 @@ class ImageFeatureCache:
         """Reads `index.json` and keeps only the shards that pass verification."""
         self._readers = {}
         self._reset_index()
+        self._index_text_on_disk: str | None = None
         if not self.index_path.is_file():
             return
         try:
-            index = json.loads(self.index_path.read_text(encoding="utf-8"))
+            self._index_text_on_disk = self.index_path.read_text(encoding="utf-8")
+            index = json.loads(self._index_text_on_disk)
             stored_name = index["backbone_name"]
             version = index["format_version"]
             shards = index["shards"]
@@ -283,7 +285,7 @@ class ImageFeatureCache:
         if isinstance(name, str) and SHARD_FILE_PATTERN.fullmatch(name):
             (self.directory / name).unlink(missing_ok=True)
 
-    def _write_index(self) -> None:
+    def _index_content(self) -> str:
         index = {
             "format_version": INDEX_FORMAT_VERSION,
             "backbone_name": self.backbone_name,
@@ -291,8 +293,13 @@ class ImageFeatureCache:
             "shards": list(self._shards.values()),
             "unusable": self._unusable,
         }
+        return json.dumps(index, indent=1) + "\n"
+
+    def _write_index(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.index_path, (json.dumps(index, indent=1) + "\n").encode("utf-8"))
+        text = self._index_content()
+        _write_atomically(self.index_path, text.encode("utf-8"))
+        self._index_text_on_disk = text
 
     def _next_shard_file_name(self) -> str:
         on_disk = [path.name for path in self.directory.glob("shard-*.safetensors")]
@@ -339,6 +346,8 @@ class ImageFeatureCache:
         Returns:
             The build's `ImageCacheStats` (also kept in `self.stats`).
         """
+        # Another process (or cache object) may have added shards since this one read the index.
+        self._load_index()
         stats = ImageCacheStats(backbone_name=self.backbone_name)
         calls_before = self.vision_forward_calls
         pending_images, stats.reused_ids = unique_image_entries(dataset, self._location)
@@ -353,7 +362,9 @@ class ImageFeatureCache:
             # No image decoded at all: `get` still owes zero features of the backbone's shape.
             self._compute_feature_shape()
         stats.vision_forward_calls = self.vision_forward_calls - calls_before
-        self._write_index()
+        if self._index_content() != self._index_text_on_disk:
+            # Unchanged caches are not rewritten: a finished cache may live on a read-only disk.
+            self._write_index()
         self.stats = stats
         self._log_stats(stats)
         return stats

@@ -325,6 +325,18 @@ def test_second_epoch_second_build_and_second_run_run_no_forward_pass(
     assert torch.equal(image_mask, first_mask)
 
 
+def test_a_cache_opened_before_another_one_built_reuses_its_work(tmp_path, corpus, resnet, resnet_processor):
+    opened_early = ImageFeatureCache(tmp_path / "cache", resnet, resnet_processor, "r")
+    builder = ImageFeatureCache(tmp_path / "cache", resnet, resnet_processor, "r")
+    builder.build(corpus)
+    index_file = builder.index_path.stat()
+    stats = opened_early.build(corpus)
+    assert stats.vision_forward_calls == 0 and stats.reused_ids == GOOD_IDS
+    # Nothing changed, so nothing was rewritten (os.replace would give the index a new inode).
+    assert builder.index_path.stat().st_ino == index_file.st_ino
+    assert builder.index_path.stat().st_mtime_ns == index_file.st_mtime_ns
+
+
 def test_build_only_computes_images_new_to_the_cache(tmp_path, image_folder, resnet, resnet_processor):
     cache = ImageFeatureCache(tmp_path / "cache", resnet, resnet_processor, "r", batch_size=8)
     cache.build(corpus_split(image_folder, ["rgb", "grey"]))
@@ -390,6 +402,12 @@ def test_a_damaged_shard_is_detected_and_rebuilt(tmp_path, corpus, resnet, resne
     assert "shard-00001.safetensors fail verification" in caplog.text
     with pytest.raises(KeyError, match="run build"):
         reopened.get(["grey"])
+    # A build that does not need the lost images still drops the bad shard from the index.
+    assert reopened.build(corpus["valid"]).vision_forward_calls == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="processing.image_feature_cache"):
+        ImageFeatureCache(tmp_path / "cache", resnet, resnet_processor, "r", shard_size=2)
+    assert "fail verification" not in caplog.text
     stats = reopened.build(corpus)
     assert stats.computed_ids == ["grey", "palette"]
     assert stats.reused_ids == ["rgb", "rgba", "wide"]
