@@ -217,6 +217,13 @@ class ImageFeatureCache:
             shards = index["shards"]
             unusable = index["unusable"]
             feature_shape = index["feature_shape"]
+            if not isinstance(shards, list) or not isinstance(unusable, dict):
+                raise TypeError("shards must be a list and unusable an object")
+            if feature_shape is not None and (
+                not isinstance(feature_shape, list)
+                or not all(isinstance(size, int) for size in feature_shape)
+            ):
+                raise TypeError(f"feature_shape {feature_shape!r} is not a list of sizes")
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
             logger.warning("%s is unreadable (%s); its images will be recomputed", self.index_path, error)
             return
@@ -233,16 +240,15 @@ class ImageFeatureCache:
                 INDEX_FORMAT_VERSION,
             )
             return
-        self._feature_shape = list(feature_shape) if feature_shape is not None else None
-        self._unusable = {str(key): dict(value) for key, value in unusable.items()}
+        self._feature_shape = feature_shape
+        self._unusable = {str(key): value for key, value in unusable.items() if isinstance(value, dict)}
         for shard in shards:
             problem = self._verify_shard(shard)
             if problem is not None:
                 logger.warning(
-                    "cached image features %s fail verification (%s); its %d images will be recomputed",
-                    self.directory / str(shard.get("file")),
+                    "cached image features %s fail verification (%s); its images will be recomputed",
+                    self.directory / str(shard.get("file") if isinstance(shard, dict) else shard),
                     problem,
-                    len(shard.get("ids", [])),
                 )
                 self._discard_shard_file(shard)
                 continue
@@ -253,8 +259,13 @@ class ImageFeatureCache:
 
     def _verify_shard(self, shard: Any) -> str | None:
         """None if the shard file matches its index entry, else what is wrong with it."""
-        if not isinstance(shard, dict) or not SHARD_FILE_PATTERN.fullmatch(str(shard.get("file"))):
-            return f"malformed index entry {shard!r}"
+        if (
+            not isinstance(shard, dict)
+            or not SHARD_FILE_PATTERN.fullmatch(str(shard.get("file")))
+            or not isinstance(shard.get("ids"), list)
+            or not all(isinstance(image_id, str) for image_id in shard["ids"])
+        ):
+            return f"malformed index entry {str(shard)[:200]}"
         path = self.directory / shard["file"]
         if not path.is_file():
             return "the file is missing"
@@ -271,7 +282,7 @@ class ImageFeatureCache:
                 dtypes = {reader.get_slice(name).get_dtype() for name in names}
         except (SafetensorError, OSError) as error:
             return f"unreadable safetensors file: {error}"
-        if names != set(shard.get("ids", [])):
+        if names != set(shard["ids"]):
             return "its tensor names differ from the IMGIDs in the index"
         if shapes - {True}:
             return f"a tensor's shape differs from the index's feature shape {self._feature_shape}"

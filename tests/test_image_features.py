@@ -416,10 +416,20 @@ def test_a_damaged_shard_is_detected_and_rebuilt(tmp_path, corpus, resnet, resne
     torch.testing.assert_close(features, expected)
 
 
-def test_an_unreadable_index_means_a_full_rebuild(tmp_path, corpus, resnet, resnet_processor):
+@pytest.mark.parametrize(
+    "index_text",
+    [
+        '{"format_version": 1, "shards": [',
+        '{"format_version": 1, "backbone_name": "r", "shards": "x", "unusable": [], "feature_shape": null}',
+        '{"format_version": 1, "backbone_name": "r", "shards": [{"file": "shard-00000.safetensors", "ids": 3}],'
+        ' "unusable": {}, "feature_shape": [16, 16]}',
+    ],
+    ids=["cut short", "wrong types", "malformed shard entry"],
+)
+def test_an_unreadable_index_means_a_full_rebuild(tmp_path, corpus, resnet, resnet_processor, index_text):
     cache = ImageFeatureCache(tmp_path / "cache", resnet, resnet_processor, "r")
     cache.build(corpus)
-    cache.index_path.write_text('{"format_version": 1, "shards": [')
+    cache.index_path.write_text(index_text)
     reopened = ImageFeatureCache(tmp_path / "cache", resnet, resnet_processor, "r")
     assert reopened.build(corpus).computed_ids == GOOD_IDS
 
