@@ -1,0 +1,82 @@
+"""The model card (`README.md`) of a trained MGCM folder, filled from the run's `results.json`."""
+
+from collections.abc import Mapping
+
+from .labels import ENTITY_TYPES
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def results_table(results: Mapping) -> str:
+    """A Markdown table: one row per split and seqeval mode, overall P/R/F1 and F1 per entity type."""
+    header = "| split | mode | precision | recall | F1 | " + " | ".join(ENTITY_TYPES) + " | entities |"
+    rule = "|" + "---|" * (6 + len(ENTITY_TYPES))
+    rows = [header, rule]
+    for split, by_mode in results["metrics"].items():
+        for mode, metrics in by_mode.items():
+            per_type = [_percent(metrics[t]["f1"]) if t in metrics else "-" for t in ENTITY_TYPES]
+            rows.append(
+                f"| {split} | {mode} | {_percent(metrics['overall_precision'])} | "
+                f"{_percent(metrics['overall_recall'])} | {_percent(metrics['overall_f1'])} | "
+                + " | ".join(per_type)
+                + f" | {metrics.get('overall_number', '-')} |"
+            )
+    return "\n".join(rows)
+
+
+def render_model_card(results: Mapping) -> str:
+    """The card's Markdown text: what the model is, how it was trained and selected, and its scores."""
+    run = results["run"]
+    granularities = ", ".join(run["granularities"]) or "none (text only)"
+    missing = results.get("images", {})
+    image_line = (
+        f"- Images: {missing.get('with_features', 0)} with features, {missing.get('missing', 0)} missing and "
+        f"{missing.get('corrupt', 0)} corrupt (masked out, never replaced by a placeholder).\n"
+        if missing
+        else ""
+    )
+    return f"""---
+library_name: transformers
+pipeline_tag: token-classification
+tags:
+- mgcm
+- multimodal-ner
+- named-entity-recognition
+---
+
+# MGCM multimodal NER ({run["dataset"]})
+
+MGCM (multi-granularity cross-modality representation learning, Liu et al. 2022) tags PER, LOC, ORG and
+MISC entities in a post from its words, its image, its detected objects and its image caption.
+
+- Text encoder: `{run["text_model"]}`; vision backbone: `{run.get("vision_model") or "none"}`.
+- Granularities: {granularities}; semantic augmentation: `{run["augmentation_mode"]}`; word shape:
+  {"on" if run["use_word_shape"] else "off"}; auxiliary span loss weight: {run["aux_span_loss_weight"]}.
+- Trained {results["training"]["epochs_run"]} epoch(s), {results["training"]["optimizer_steps"]} optimizer steps,
+  on {results["training"]["num_processes"]} process(es); the checkpoint kept is the epoch with the best
+  **valid** lenient F1 (epoch {results["training"]["best_epoch"]}), never selected on test.
+{image_line}
+## Results
+
+Entity-level seqeval scores (%) on every split of the corpus. **lenient** is seqeval's default
+(conlleval-like: an `I-` tag with no opening `B-` starts an entity), the convention of published
+Twitter-2015/2017 numbers; **strict** is IOB2 strict mode. Every gold entity is scored, including those of
+tweets longer than the model's window.
+
+{results_table(results)}
+
+## Use
+
+```python
+import modeling_mgcm, processing  # registers the MGCM classes
+from transformers import AutoModelForTokenClassification, AutoProcessor
+
+model = AutoModelForTokenClassification.from_pretrained("path/to/this/folder")
+processor = AutoProcessor.from_pretrained("path/to/this/folder")
+```
+"""
+
+
+__all__ = ["render_model_card", "results_table"]
