@@ -73,8 +73,12 @@ class MGCMConfig(PreTrainedConfig):
         num_neighbours: k, the number of neighbours per word.
         use_word_shape, num_word_shapes: a learned embedding of each word's shape class (capitalisation,
             digits, @, #, URL; see docs/interfaces.md), added to its state.
+        cross_modal_hidden_size: width of the cross-modal layers (visual tokens, the two-branch blocks);
+            `None` is the text encoder's width, as in the paper. A smaller width makes the MGCM layers cheap
+            beside the encoder: word states are projected to it and the fused result back.
         num_cross_attention_layers: depth of each cross-attention step of the two-branch blocks.
-        num_cross_attention_heads: heads of the MGCM attention layers; `None` takes the text encoder's.
+        num_cross_attention_heads: heads of the cross-modal attention layers; `None` takes the text
+            encoder's. The extra text self-attention layer always uses the text encoder's heads.
         hidden_dropout_prob, attention_dropout_prob: dropout inside the MGCM layers.
         fusion_dropout_prob: dropout on the concatenated granularity outputs before fusion.
         aux_span_loss_weight: weight of the auxiliary B/I/O span loss on the text stream; 0 turns it off.
@@ -107,6 +111,7 @@ class MGCMConfig(PreTrainedConfig):
     num_neighbours: int = 4
     use_word_shape: bool = False
     num_word_shapes: int = 12
+    cross_modal_hidden_size: int | None = None
     num_cross_attention_layers: int = 1
     num_cross_attention_heads: int | None = None
     hidden_dropout_prob: float | int = 0.1
@@ -122,7 +127,16 @@ class MGCMConfig(PreTrainedConfig):
         if self.id2label is None and kwargs.get("num_labels") is None:
             self.id2label = dict(enumerate(MGCM_LABEL_NAMES))
             self.label2id = {label: index for index, label in self.id2label.items()}
+        # The base class sets `attn_implementation` (None unless given) on every sub-config; a backbone config
+        # handed over from a loaded model keeps the implementation it was loaded with (usually sdpa).
+        kept_implementations = {
+            name: getattr(self, name)._attn_implementation
+            for name in ("text_config", "vision_config")
+            if isinstance(getattr(self, name), PreTrainedConfig) and "attn_implementation" not in kwargs
+        }
         super().__post_init__(**kwargs)
+        for name, implementation in kept_implementations.items():
+            getattr(self, name)._attn_implementation = implementation
         # JSON has no tuples: keep one type so that a reloaded config compares equal to the original.
         self.object_labels = list(self.object_labels)
         self._check_values()
@@ -140,8 +154,15 @@ class MGCMConfig(PreTrainedConfig):
         return tuple(name for name in GRANULARITIES if switches[name])
 
     @property
+    def cross_modal_width(self) -> int:
+        """Width of the visual tokens and the cross-modal blocks."""
+        if self.cross_modal_hidden_size is not None:
+            return self.cross_modal_hidden_size
+        return self.text_config.hidden_size
+
+    @property
     def attention_heads(self) -> int:
-        """Heads of the MGCM attention layers."""
+        """Heads of the cross-modal attention layers."""
         if self.num_cross_attention_heads is not None:
             return self.num_cross_attention_heads
         return self.text_config.num_attention_heads
@@ -195,11 +216,21 @@ class MGCMConfig(PreTrainedConfig):
             raise ValueError(
                 f"MGCMConfig: text_config ({type(self.text_config).__name__}) has no usable hidden_size: {hidden_size!r}"
             )
-        heads = self.attention_heads
-        if not isinstance(heads, int) or heads < 1 or hidden_size % heads:
+        text_heads = getattr(self.text_config, "num_attention_heads", None)
+        if not isinstance(text_heads, int) or text_heads < 1 or hidden_size % text_heads:
             raise ValueError(
-                f"MGCMConfig: the text encoder's hidden_size {hidden_size} must be a multiple of the attention "
-                f"heads {heads!r} (set num_cross_attention_heads)"
+                f"MGCMConfig: text_config needs num_attention_heads dividing its hidden_size {hidden_size}, "
+                f"got {text_heads!r}"
+            )
+        if self.cross_modal_hidden_size is not None and self.cross_modal_hidden_size < 1:
+            raise ValueError(
+                f"MGCMConfig: cross_modal_hidden_size must be >= 1 (or None), got {self.cross_modal_hidden_size}"
+            )
+        heads, width = self.attention_heads, self.cross_modal_width
+        if heads < 1 or width % heads:
+            raise ValueError(
+                f"MGCMConfig: the cross-modal width {width} must be a multiple of the cross-attention heads "
+                f"{heads} (set num_cross_attention_heads)"
             )
 
     def _resolve_image_feature_dim(self) -> None:

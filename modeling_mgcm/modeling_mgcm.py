@@ -5,7 +5,8 @@ semantic augmentation, the visual granularities (image regions, detected objects
 a two-branch gated cross-modal block, fusion with the text stream, emissions and the CRF.
 
 Shapes: B = batch, T = word pieces, W = words, R = image regions, O = objects per image, C = caption pieces,
-d = the text encoder's hidden size, L = number of labels.
+d = the text encoder's hidden size, d_c = the cross-modal width (`config.cross_modal_width`, d by default),
+L = number of labels.
 """
 
 from dataclasses import dataclass
@@ -108,15 +109,17 @@ def _drop_pooler(encoder: nn.Module) -> nn.Module:
 
 
 class MGCMImageRegionEncoder(nn.Module):
-    """Image regions to visual tokens: projection to the text width, LayerNorm, one self-attention layer."""
+    """Image regions to visual tokens: projection to the cross-modal width, LayerNorm, one self-attention
+    layer."""
 
     def __init__(self, config: MGCMConfig) -> None:
         super().__init__()
-        self.projection = nn.Linear(config.image_feature_dim, config.hidden_size)
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        width = config.cross_modal_width
+        self.projection = nn.Linear(config.image_feature_dim, width)
+        self.layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.self_attention = MGCMAttentionLayer(
-            config.hidden_size,
+            width,
             config.attention_heads,
             config.attention_dropout_prob,
             config.hidden_dropout_prob,
@@ -124,7 +127,7 @@ class MGCMImageRegionEncoder(nn.Module):
         )
 
     def forward(self, image_features: Tensor, region_mask: Tensor) -> Tensor:
-        """(B, R, D_v), (B, R) bool -> (B, R, d)."""
+        """(B, R, D_v), (B, R) bool -> (B, R, d_c)."""
         states = self.dropout(self.layer_norm(self.projection(image_features)))
         return self.self_attention(states, states, region_mask)[0]
 
@@ -135,12 +138,13 @@ class MGCMObjectEncoder(nn.Module):
     def __init__(self, config: MGCMConfig) -> None:
         super().__init__()
         self.padding_id = len(config.object_labels)
-        self.embedding = nn.Embedding(self.padding_id + 1, config.hidden_size, padding_idx=self.padding_id)
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        width = config.cross_modal_width
+        self.embedding = nn.Embedding(self.padding_id + 1, width, padding_idx=self.padding_id)
+        self.layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, object_ids: Tensor) -> Tensor:
-        """(B, O) long -> (B, O, d)."""
+        """(B, O) long -> (B, O, d_c)."""
         return self.dropout(self.layer_norm(self.embedding(object_ids)))
 
 
@@ -187,8 +191,7 @@ class MGCMModel(MGCMPreTrainedModel):
             self.vision_model = (
                 vision_model if vision_model is not None else AutoModel.from_config(config.vision_config)
             )
-            if config.freeze_vision_backbone:
-                self.vision_model.requires_grad_(False)
+            self._freeze_vision_backbone()
         self.word_shape_embeddings = (
             nn.Embedding(config.num_word_shapes, hidden_size, padding_idx=0)
             if config.use_word_shape
@@ -202,17 +205,23 @@ class MGCMModel(MGCMPreTrainedModel):
         self.word_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.text_self_attention = MGCMAttentionLayer(
             hidden_size,
-            config.attention_heads,
+            config.text_config.num_attention_heads,
             config.attention_dropout_prob,
             config.hidden_dropout_prob,
             config.layer_norm_eps,
         )
+        width = config.cross_modal_width
+        # Identity at the paper's setting (cross-modal width = encoder width).
+        self.word_projection = nn.Linear(hidden_size, width) if width != hidden_size else nn.Identity()
         self.image_encoder = MGCMImageRegionEncoder(config) if config.use_image else None
         self.object_encoder = MGCMObjectEncoder(config) if config.use_objects else None
+        self.caption_projection = (
+            nn.Linear(hidden_size, width) if config.use_caption and width != hidden_size else nn.Identity()
+        )
         self.cross_modal_blocks = nn.ModuleDict(
             {
                 name: MGCMCoupledAttentionBlock(
-                    hidden_size,
+                    width,
                     config.attention_heads,
                     config.num_cross_attention_layers,
                     config.attention_dropout_prob,
@@ -224,17 +233,23 @@ class MGCMModel(MGCMPreTrainedModel):
         )
         if config.granularities:
             self.fusion_dropout = nn.Dropout(config.fusion_dropout_prob)
-            self.fusion = nn.Linear(len(config.granularities) * hidden_size, hidden_size)
+            self.fusion = nn.Linear(len(config.granularities) * width, hidden_size)
             self.text_visual_combination = nn.Linear(2 * hidden_size, hidden_size)
         self.post_init()
 
     def train(self, mode: bool = True) -> "MGCMModel":
         """Switch train/eval mode; a frozen vision backbone stays in eval mode (its BatchNorm statistics and
-        dropout must not move)."""
+        dropout must not move) and without gradients."""
         super().train(mode)
-        if self.vision_model is not None and self.config.freeze_vision_backbone:
-            self.vision_model.eval()
+        self._freeze_vision_backbone()
         return self
+
+    def _freeze_vision_backbone(self) -> None:
+        # `from_pretrained` swaps in freshly loaded parameters (requires_grad=True) and then calls eval(), which
+        # lands in train() above: re-freezing there keeps a reloaded backbone frozen.
+        if self.vision_model is not None and self.config.freeze_vision_backbone:
+            self.vision_model.requires_grad_(False)
+            self.vision_model.eval()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_encoder.get_input_embeddings()
@@ -315,14 +330,16 @@ class MGCMModel(MGCMPreTrainedModel):
             caption_attention_mask,
         )
         gate_values, cross_attentions, granularity_states = {}, {}, []
+        word_queries = self.word_projection(word_states) if visual_inputs else None
+        absent = word_states.new_zeros(word_states.shape[:2] + (self.config.cross_modal_width,))
         for name, block in self.cross_modal_blocks.items():
             if name not in visual_inputs:
                 # Absent from the whole batch: the same zeros a masked example gets from its block.
-                granularity_states.append(torch.zeros_like(word_states))
+                granularity_states.append(absent)
                 continue
             visual_states, visual_mask = visual_inputs[name]
             fused, gate, weights = block(
-                word_states, word_mask, visual_states, visual_mask, output_attentions
+                word_queries, word_mask, visual_states, visual_mask, output_attentions
             )
             granularity_states.append(fused)
             gate_values[name] = gate
@@ -421,7 +438,7 @@ class MGCMModel(MGCMPreTrainedModel):
         caption_input_ids: Tensor | None,
         caption_attention_mask: Tensor | None,
     ) -> dict[str, tuple[Tensor, Tensor]]:
-        """Granularity name -> (visual states (B, N, d), mask (B, N) bool), for those present in the batch."""
+        """Granularity name -> (visual states (B, N, d_c), mask (B, N) bool), for those present in the batch."""
         tokens = {}
         if self.image_encoder is not None and (pixel_values is not None or image_features is not None):
             image = self._image_tokens(pixel_values, image_features, image_mask)
@@ -532,6 +549,7 @@ class MGCMModel(MGCMPreTrainedModel):
                 return_dict=True,
             ).last_hidden_state
         batch_size, caption_length = caption_input_ids.shape
+        states = self.caption_projection(states)
         all_rows = states.new_zeros((batch_size, caption_length, states.shape[-1]))
         return all_rows.index_copy(0, rows, states), caption_mask
 
