@@ -1,0 +1,664 @@
+"""MGCMModel / MGCMForTokenClassification on tiny random backbones: shapes, masks, exact absence, padding and
+batch invariance, gradients, every augmentation mode and granularity, save/reload, Auto classes,
+from_backbones, remote code, parameter groups and located input errors."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForTokenClassification, BertModel, ResNetModel
+
+from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, MGCMModel, extract_image_features
+from modeling_mgcm.cross_modal_attention import MGCMAttention
+from modeling_mgcm.semantic_augmentation import MGCMSemanticAugmentation
+
+OBJECT_LABELS = ["person", "dog", "car", "tree"]
+OBJECT_PADDING_ID = len(OBJECT_LABELS)
+FEATURE_DIM, REGIONS = 12, 4
+VECTOR_DIM, NEIGHBOURS = 6, 3
+CLS, SEP, PAD = 2, 3, 0
+GRANULARITY_KEYS = {
+    "image": ("image_features", "image_mask"),
+    "objects": ("object_ids", "object_mask"),
+    "caption": ("caption_input_ids", "caption_attention_mask"),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run fastest on one thread; on a shared CPU, two threads waiting on each other made these
+    tests a hundred times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def mgcm_config(text_config, **overrides) -> MGCMConfig:
+    """Every granularity, gated augmentation and word shape on, precomputed 12-d image features."""
+    settings = dict(
+        text_config=text_config,
+        vision_config=None,
+        image_feature_dim=FEATURE_DIM,
+        use_caption=True,
+        object_labels=OBJECT_LABELS,
+        max_objects=3,
+        augmentation_dim=VECTOR_DIM,
+        num_neighbours=NEIGHBOURS,
+        use_word_shape=True,
+    )
+    settings.update(overrides)
+    return MGCMConfig(**settings)
+
+
+def tiny_model(text_config, seed: int = 0, **overrides) -> MGCMForTokenClassification:
+    torch.manual_seed(seed)
+    return MGCMForTokenClassification(mgcm_config(text_config, **overrides)).eval()
+
+
+@dataclass
+class Example:
+    """One tweet with its inputs, unpadded."""
+
+    word_pieces: list[list[int]]
+    labels: list[int]
+    shapes: list[int]
+    neighbour_vectors: torch.Tensor
+    neighbour_weights: torch.Tensor
+    image_features: torch.Tensor | None = None
+    object_ids: list[int] = field(default_factory=list)
+    caption_ids: list[int] = field(default_factory=list)
+
+
+def random_example(
+    seed: int,
+    num_words: int,
+    image: bool = True,
+    objects: bool = True,
+    caption: bool = True,
+    vocab_size: int = 60,
+) -> Example:
+    generator = torch.Generator().manual_seed(seed)
+
+    def ints(low: int, high: int, size: int) -> list[int]:
+        return torch.randint(low, high, (size,), generator=generator).tolist()
+
+    pieces_per_word = ints(1, 4, num_words)
+    weights = torch.rand(num_words, NEIGHBOURS, generator=generator)
+    weights[0] = 0.0  # an out-of-vocabulary word
+    return Example(
+        word_pieces=[ints(5, vocab_size, count) for count in pieces_per_word],
+        labels=ints(0, 9, num_words),
+        shapes=ints(1, 12, num_words),
+        neighbour_vectors=torch.randn(num_words, NEIGHBOURS, VECTOR_DIM, generator=generator),
+        neighbour_weights=weights / weights.sum(-1, keepdim=True).clamp(min=1e-6),
+        image_features=torch.randn(REGIONS, FEATURE_DIM, generator=generator).relu() if image else None,
+        object_ids=ints(0, len(OBJECT_LABELS), int(ints(1, 4, 1)[0])) if objects else [],
+        caption_ids=[CLS] + ints(5, vocab_size, int(ints(2, 6, 1)[0])) + [SEP] if caption else [],
+    )
+
+
+def build_batch(
+    examples: list[Example],
+    extra_pieces: int = 0,
+    extra_words: int = 0,
+    extra_caption: int = 0,
+    absent_filler: float = 0.0,
+    without: tuple[str, ...] = (),
+) -> dict[str, torch.Tensor]:
+    """Pad examples into model inputs; `without` drops a granularity's inputs from the whole batch."""
+    batch_size = len(examples)
+    num_pieces = max(sum(len(p) for p in ex.word_pieces) for ex in examples) + 2 + extra_pieces
+    num_words = max(len(ex.word_pieces) for ex in examples) + extra_words
+    caption_length = max(1, max(len(ex.caption_ids) for ex in examples)) + extra_caption
+    batch = {
+        "input_ids": torch.full((batch_size, num_pieces), PAD),
+        "attention_mask": torch.zeros(batch_size, num_pieces, dtype=torch.long),
+        "word_ids": torch.full((batch_size, num_pieces), -1),
+        "word_mask": torch.zeros(batch_size, num_words, dtype=torch.long),
+        "word_shape_ids": torch.zeros(batch_size, num_words, dtype=torch.long),
+        "neighbour_vectors": torch.zeros(batch_size, num_words, NEIGHBOURS, VECTOR_DIM),
+        "neighbour_weights": torch.zeros(batch_size, num_words, NEIGHBOURS),
+        "labels": torch.full((batch_size, num_words), -100),
+        "image_features": torch.full((batch_size, REGIONS, FEATURE_DIM), absent_filler),
+        "image_mask": torch.zeros(batch_size, dtype=torch.long),
+        "object_ids": torch.full((batch_size, 3), OBJECT_PADDING_ID),
+        "object_mask": torch.zeros(batch_size, 3, dtype=torch.long),
+        "caption_input_ids": torch.full((batch_size, caption_length), PAD),
+        "caption_attention_mask": torch.zeros(batch_size, caption_length, dtype=torch.long),
+    }
+    for row, ex in enumerate(examples):
+        pieces = [CLS] + [piece for word in ex.word_pieces for piece in word] + [SEP]
+        word_of_piece = [-1] + [index for index, word in enumerate(ex.word_pieces) for _ in word] + [-1]
+        batch["input_ids"][row, : len(pieces)] = torch.tensor(pieces)
+        batch["attention_mask"][row, : len(pieces)] = 1
+        batch["word_ids"][row, : len(pieces)] = torch.tensor(word_of_piece)
+        words = len(ex.word_pieces)
+        batch["word_mask"][row, :words] = 1
+        batch["word_shape_ids"][row, :words] = torch.tensor(ex.shapes)
+        batch["neighbour_vectors"][row, :words] = ex.neighbour_vectors
+        batch["neighbour_weights"][row, :words] = ex.neighbour_weights
+        batch["labels"][row, :words] = torch.tensor(ex.labels)
+        if ex.image_features is not None:
+            batch["image_features"][row] = ex.image_features
+            batch["image_mask"][row] = 1
+        if ex.object_ids:
+            batch["object_ids"][row, : len(ex.object_ids)] = torch.tensor(ex.object_ids)
+            batch["object_mask"][row, : len(ex.object_ids)] = 1
+        if ex.caption_ids:
+            batch["caption_input_ids"][row, : len(ex.caption_ids)] = torch.tensor(ex.caption_ids)
+            batch["caption_attention_mask"][row, : len(ex.caption_ids)] = 1
+    for granularity in without:
+        for key in GRANULARITY_KEYS[granularity]:
+            del batch[key]
+    return batch
+
+
+def three_examples(**absent) -> list[Example]:
+    """Three tweets of 5, 3 and 6 words; `absent={'image': 1}` takes example 1's image away."""
+    sizes = (5, 3, 6)
+    examples = []
+    for index, size in enumerate(sizes):
+        present = {name: absent.get(name) != index for name in GRANULARITY_KEYS}
+        examples.append(random_example(index, size, **present))
+    return examples
+
+
+def run(model, batch, **kwargs):
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    with torch.no_grad():
+        return model(**inputs, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shapes, masks and exact absence
+
+
+def test_outputs_have_the_contract_shapes_and_padding(tiny_text_config):
+    model = tiny_model(tiny_text_config)
+    batch = build_batch(three_examples(), extra_words=2)
+    output = run(model, batch, output_attentions=True, output_hidden_states=True)
+    batch_size, num_words = batch["word_mask"].shape
+    assert output.logits.shape == (batch_size, num_words, 9) and output.logits.dtype == torch.float32
+    assert output.predictions.shape == (batch_size, num_words)
+    padding = batch["word_mask"] == 0
+    assert (output.predictions[padding] == -100).all()
+    assert ((output.predictions[~padding] >= 0) & (output.predictions[~padding] < 9)).all()
+    assert set(output.gate_values) == {"image", "objects", "caption"}
+    for gate in output.gate_values.values():
+        assert gate.shape == (batch_size, num_words)
+        assert (gate[padding] == 0).all() and ((gate[~padding] > 0) & (gate[~padding] < 1)).all()
+    expected_keys = {"image": REGIONS, "objects": 3, "caption": batch["caption_input_ids"].shape[1]}
+    for name, keys in expected_keys.items():
+        weights = output.cross_attentions[name]
+        assert weights.shape == (batch_size, num_words, keys)
+        # Each real word's attention is a distribution over the input's real tokens.
+        key_mask = {
+            "image": torch.ones(batch_size, REGIONS, dtype=torch.bool),
+            "objects": batch["object_mask"].bool(),
+            "caption": batch["caption_attention_mask"].bool(),
+        }[name]
+        torch.testing.assert_close(weights.sum(-1)[~padding], torch.ones((~padding).sum().item()))
+        assert (weights.masked_select(~key_mask.unsqueeze(1)) == 0).all()
+    assert len(output.hidden_states) == tiny_text_config.num_hidden_layers + 1
+
+
+def test_predictions_are_the_crf_viterbi_path(tiny_text_config):
+    model = tiny_model(tiny_text_config)
+    batch = build_batch(three_examples(), extra_words=1)
+    output = run(model, batch)
+    assert torch.equal(output.predictions, model.crf.decode(output.logits, batch["word_mask"].bool()))
+
+
+@pytest.mark.parametrize("granularity", ["image", "objects", "caption"])
+def test_an_absent_input_gives_exactly_the_output_of_a_batch_without_it(tiny_text_config, granularity):
+    """torch.equal: both batches have the same shapes, so the same kernels run on the same numbers; any
+    leak of the masked input (even 1e-9) would show."""
+    model = tiny_model(tiny_text_config)
+    # Example 1 lacks the input; a masked image row holds NaN to prove that nothing reads it.
+    masked = build_batch(three_examples(**{granularity: 1}), absent_filler=float("nan"))
+    missing = build_batch(three_examples(**{granularity: 1}), without=(granularity,))
+    with_input, without_input = run(model, masked), run(model, missing)
+    assert torch.isfinite(with_input.logits).all()
+    assert torch.equal(with_input.logits[1], without_input.logits[1])
+    assert (with_input.gate_values[granularity][1] == 0).all()
+    assert granularity not in without_input.gate_values
+    # The examples that have the input do use it.
+    assert not torch.allclose(with_input.logits[0], without_input.logits[0])
+
+
+def test_an_example_without_any_visual_input_matches_a_text_only_batch(tiny_text_config):
+    model = tiny_model(tiny_text_config)
+    examples = three_examples(image=1, objects=1, caption=1)
+    full = run(model, build_batch(examples))
+    text_only = run(model, build_batch(examples, without=("image", "objects", "caption")))
+    assert torch.equal(full.logits[1], text_only.logits[1])
+    assert text_only.gate_values == {}
+
+
+def test_padding_and_batch_composition_do_not_change_an_example(tiny_text_config):
+    """allclose at atol 1e-6: the batches have different shapes (more pieces, words, caption pieces and
+    rows), so matrix products may sum in another order and differ in the last float bits; a leak through
+    padding or across rows would be orders of magnitude larger."""
+    model = tiny_model(tiny_text_config)
+    examples = three_examples(caption=2)
+    alone = run(model, build_batch([examples[0]]))
+    crowded = run(
+        model,
+        build_batch([examples[2], examples[1], examples[0]], extra_pieces=5, extra_words=3, extra_caption=4),
+    )
+    num_words = len(examples[0].word_pieces)
+    torch.testing.assert_close(crowded.logits[2, :num_words], alone.logits[0], rtol=0, atol=1e-6)
+    assert torch.equal(crowded.predictions[2, :num_words], alone.predictions[0])
+    for name, gate in alone.gate_values.items():
+        torch.testing.assert_close(crowded.gate_values[name][2, :num_words], gate[0], rtol=0, atol=1e-6)
+
+
+def test_an_all_masked_key_row_gives_zeros_and_finite_gradients():
+    torch.manual_seed(0)
+    attention = MGCMAttention(hidden_size=8, num_heads=2, dropout_prob=0.0)
+    queries = torch.randn(2, 3, 8, requires_grad=True)
+    keys = torch.randn(2, 4, 8)
+    key_mask = torch.tensor([[True, True, False, False], [False, False, False, False]])
+    context, _ = attention(queries, keys, key_mask)
+    assert (context[1] == 0).all() and torch.isfinite(context).all()
+    context.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in attention.parameters())
+    # The eager path (used for attention weights) agrees with the fused one.
+    eager, weights = attention(queries, keys, key_mask, output_attentions=True)
+    torch.testing.assert_close(eager, context)
+    assert (weights[0, :, :, 2:] == 0).all()
+
+
+def test_output_attentions_does_not_change_the_logits(tiny_text_config):
+    model = tiny_model(tiny_text_config)
+    batch = build_batch(three_examples(objects=0))
+    plain, eager = run(model, batch), run(model, batch, output_attentions=True)
+    torch.testing.assert_close(eager.logits, plain.logits, rtol=0, atol=1e-5)
+    assert (eager.cross_attentions["objects"][0] == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gradients, frozen backbone, augmentation modes, granularities
+
+
+def pixel_batch(examples: list[Example], image_size: int = 32) -> dict[str, torch.Tensor]:
+    batch = build_batch(examples, without=("image",))
+    generator = torch.Generator().manual_seed(7)
+    batch["pixel_values"] = torch.randn(len(examples), 3, image_size, image_size, generator=generator)
+    batch["image_mask"] = torch.tensor([int(ex.image_features is not None) for ex in examples])
+    return batch
+
+
+def test_gradients_reach_every_trainable_module_and_never_the_frozen_backbone(
+    tiny_text_config, tiny_resnet_config
+):
+    model = tiny_model(tiny_text_config, vision_config=tiny_resnet_config, image_feature_dim=None)
+    model.train()
+    assert not model.mgcm.vision_model.training
+    batch = pixel_batch(three_examples(image=1))
+    output = model(**batch)
+    assert output.predictions is None  # no decoding in a training step
+    output.loss.backward()
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    without_gradient = [name for name, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert without_gradient == []
+    assert any(name.startswith("mgcm.text_encoder.") for name in trainable)
+    assert any(name.startswith("mgcm.cross_modal_blocks.caption.") for name in trainable)
+    vision = dict(model.mgcm.vision_model.named_parameters())
+    assert vision and all(not p.requires_grad and p.grad is None for p in vision.values())
+    assert not any(name.startswith("mgcm.vision_model.") for name in trainable)
+
+
+def test_an_unfrozen_vision_backbone_trains(tiny_text_config, tiny_resnet_config):
+    model = tiny_model(
+        tiny_text_config,
+        vision_config=tiny_resnet_config,
+        image_feature_dim=None,
+        freeze_vision_backbone=False,
+    )
+    model.train()
+    assert model.mgcm.vision_model.training
+    model(**pixel_batch(three_examples())).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.mgcm.vision_model.parameters())
+
+
+def test_pixel_values_give_the_same_logits_as_their_precomputed_features(
+    tiny_text_config, tiny_resnet_config
+):
+    model = tiny_model(tiny_text_config, vision_config=tiny_resnet_config, image_feature_dim=None)
+    batch = pixel_batch(three_examples(image=1))
+    from_pixels = run(model, batch)
+    features_batch = dict(batch)
+    with torch.no_grad():
+        features_batch["image_features"] = extract_image_features(
+            model.mgcm.vision_model, features_batch.pop("pixel_values")
+        )
+    torch.testing.assert_close(run(model, features_batch).logits, from_pixels.logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["none", "add", "gate", "attention"])
+def test_each_augmentation_mode_trains_and_reads_the_neighbours(tiny_text_config, mode):
+    model = tiny_model(tiny_text_config, augmentation_mode=mode)
+    batch = build_batch(three_examples())
+    model.train()
+    model(**batch).loss.backward()
+    if mode == "none":
+        assert model.mgcm.augmentation is None
+    else:
+        assert all(
+            p.grad is not None and p.grad.abs().sum() > 0 for p in model.mgcm.augmentation.parameters()
+        )
+    model.eval()
+    shuffled = dict(batch, neighbour_vectors=torch.randn_like(batch["neighbour_vectors"]))
+    changed = not torch.allclose(run(model, batch).logits, run(model, shuffled).logits)
+    assert changed == (mode != "none")
+
+
+@pytest.mark.parametrize("mode", ["add", "gate", "attention"])
+def test_words_without_neighbours_keep_their_state(mode):
+    torch.manual_seed(0)
+    augmentation = MGCMSemanticAugmentation(mode, augmentation_dim=VECTOR_DIM, hidden_size=8)
+    states = torch.randn(2, 4, 8)
+    vectors = torch.randn(2, 4, NEIGHBOURS, VECTOR_DIM)
+    weights = torch.rand(2, 4, NEIGHBOURS)
+    weights[0, 1] = 0.0
+    weights[1] = 0.0
+    augmented = augmentation(states, vectors, weights)
+    assert torch.equal(augmented[0, 1], states[0, 1]) and torch.equal(augmented[1], states[1])
+    assert not torch.allclose(augmented[0, 0], states[0, 0])
+    if mode == "add":
+        averaged = (weights.unsqueeze(-1) * vectors).sum(-2)
+        torch.testing.assert_close(augmented, states + averaged @ augmentation.projection.weight.T)
+    if mode == "attention":
+        # A neighbour with zero weight is not attended to, whatever its vector.
+        weights[0, 0, 0] = 0.0
+        reference = augmentation(states, vectors, weights)
+        vectors[0, 0, 0] = 100.0
+        torch.testing.assert_close(augmentation(states, vectors, weights), reference)
+
+
+@pytest.mark.parametrize(
+    "granularities",
+    [(), ("image",), ("objects",), ("caption",), ("image", "caption"), ("image", "objects", "caption")],
+)
+def test_each_granularity_switches_on_and_off(tiny_text_config, granularities):
+    switches = {f"use_{name}": name in granularities for name in ("image", "objects", "caption")}
+    model = tiny_model(tiny_text_config, **switches)
+    assert set(model.mgcm.cross_modal_blocks) == set(granularities)
+    assert (model.mgcm.image_encoder is None) == ("image" not in granularities)
+    assert (model.mgcm.object_encoder is None) == ("objects" not in granularities)
+    batch = build_batch(three_examples())
+    output = run(model, batch)
+    assert set(output.gate_values) == set(granularities)
+    # Inputs of switched-off granularities are ignored.
+    switched_off = tuple(name for name in GRANULARITY_KEYS if name not in granularities)
+    assert torch.equal(run(model, build_batch(three_examples(), without=switched_off)).logits, output.logits)
+    model.train()
+    model(**batch).loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_slim_cross_modal_width_projects_words_and_visual_tokens(tiny_text_config):
+    model = tiny_model(tiny_text_config, cross_modal_hidden_size=8, num_cross_attention_heads=2)
+    assert model.mgcm.word_projection.out_features == 8
+    assert model.mgcm.image_encoder.projection.out_features == 8
+    assert (
+        model.mgcm.fusion.in_features == 3 * 8
+        and model.mgcm.fusion.out_features == tiny_text_config.hidden_size
+    )
+    model.train()
+    model(**build_batch(three_examples())).loss.backward()
+    assert model.mgcm.caption_projection.weight.grad.abs().sum() > 0
+
+
+def test_deeper_cross_attention_stacks_layers(tiny_text_config):
+    model = tiny_model(tiny_text_config, num_cross_attention_layers=2)
+    block = model.mgcm.cross_modal_blocks["image"]
+    assert len(block.word_to_visual) == len(block.visual_to_word) == len(block.word_to_text_aware_visual) == 2
+    assert torch.isfinite(run(model, build_batch(three_examples())).logits).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Losses
+
+
+def test_the_loss_is_crf_nll_plus_half_the_span_crf_nll(tiny_text_config):
+    model = tiny_model(tiny_text_config)
+    batch = build_batch(three_examples(), extra_words=1)
+    # B-PER I-PER O B-LOC I-LOC ... -> B I O B I
+    batch["labels"][0, :5] = torch.tensor([1, 2, 0, 3, 4])
+    with torch.no_grad():
+        output = model(**batch)
+        encoded = model.mgcm(**{k: v for k, v in batch.items() if k != "labels"})
+        mask = batch["word_mask"].bool()
+        span_labels = model._span_labels(batch["labels"], mask)
+        expected = model.crf(output.logits, batch["labels"], mask) + 0.5 * model.span_crf(
+            model.span_classifier(encoded.text_hidden_state), span_labels, mask
+        )
+    assert span_labels[0, :5].tolist() == [1, 2, 0, 1, 2]
+    assert (span_labels[~mask] == -100).all()
+    torch.testing.assert_close(output.loss, expected)
+
+
+def test_without_crf_the_loss_is_cross_entropy_and_predictions_argmax(tiny_text_config):
+    model = tiny_model(tiny_text_config, use_crf=False, aux_span_loss_weight=0.0)
+    assert model.crf is None and model.span_classifier is None
+    batch = build_batch(three_examples(), extra_words=1)
+    with torch.no_grad():
+        output = model(**batch)
+    mask = batch["word_mask"].bool()
+    torch.testing.assert_close(output.loss, F.cross_entropy(output.logits[mask], batch["labels"][mask]))
+    assert torch.equal(output.predictions[mask], output.logits.argmax(-1)[mask])
+    assert (output.predictions[~mask] == -100).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Saving, loading, Auto classes, pretrained backbones, remote code
+
+
+def test_save_and_reload_gives_identical_logits(tiny_text_config, tiny_resnet_config, tmp_path):
+    model = tiny_model(tiny_text_config, vision_config=tiny_resnet_config, image_feature_dim=None)
+    batch = pixel_batch(three_examples(image=1, objects=2))
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert "model.safetensors" in files and not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    assert {"configuration_mgcm.py", "modeling_mgcm.py", "crf.py", "vision_features.py"} <= files
+    saved_config = json.loads((tmp_path / "config.json").read_text())
+    assert saved_config["auto_map"] == {
+        "AutoConfig": "configuration_mgcm.MGCMConfig",
+        "AutoModelForTokenClassification": "modeling_mgcm.MGCMForTokenClassification",
+    }
+    reloaded = AutoModelForTokenClassification.from_pretrained(tmp_path)
+    assert type(reloaded) is MGCMForTokenClassification
+    assert torch.equal(run(reloaded, batch).logits, run(model, batch).logits)
+    # The backbone is still frozen after loading, and stays in eval mode in training.
+    reloaded.train()
+    assert not reloaded.mgcm.vision_model.training
+    assert not any(p.requires_grad for p in reloaded.mgcm.vision_model.parameters())
+
+
+def test_auto_classes_build_mgcm_from_its_config(tiny_text_config):
+    config = mgcm_config(tiny_text_config)
+    assert type(AutoModelForTokenClassification.from_config(config)) is MGCMForTokenClassification
+    assert type(AutoModel.from_config(config)) is MGCMModel
+
+
+def test_init_weights_covers_every_parameter(tiny_text_config):
+    """Built on the meta device and materialised uninitialised (NaN), every parameter must be set by
+    `initialize_weights`, as happens to weights missing from a checkpoint."""
+    config = mgcm_config(tiny_text_config, cross_modal_hidden_size=16)
+    with torch.device("meta"):
+        model = MGCMForTokenClassification(config)
+    model.to_empty(device="cpu")
+    for tensor in list(model.parameters()):
+        tensor.data.fill_(float("nan"))
+    model.initialize_weights()
+    uninitialised = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    assert uninitialised == []
+    assert model.crf.transitions.abs().max() <= 0.1 and model.crf.transitions.std() > 0
+    assert (model.classifier.bias == 0).all()
+    assert (model.mgcm.object_encoder.embedding.weight[OBJECT_PADDING_ID] == 0).all()
+
+
+def test_a_base_model_checkpoint_loads_under_the_tagging_head(tiny_text_config, tmp_path):
+    torch.manual_seed(0)
+    base = MGCMModel(mgcm_config(tiny_text_config))
+    base.save_pretrained(tmp_path)
+    tagger = MGCMForTokenClassification.from_pretrained(tmp_path)
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(tagger.mgcm.state_dict()[name], tensor), name
+    assert torch.isfinite(tagger.crf.transitions).all() and tagger.crf.transitions.abs().max() <= 0.1
+
+
+def test_from_backbones_loads_pretrained_encoders(tiny_bert_dir, tiny_resnet_config, tmp_path):
+    torch.manual_seed(1)
+    ResNetModel(tiny_resnet_config).save_pretrained(tmp_path / "resnet")
+    model = MGCMForTokenClassification.from_backbones(
+        str(tiny_bert_dir),
+        str(tmp_path / "resnet"),
+        use_caption=True,
+        object_labels=OBJECT_LABELS,
+        augmentation_dim=VECTOR_DIM,
+        num_neighbours=NEIGHBOURS,
+    )
+    text_reference = BertModel.from_pretrained(tiny_bert_dir).state_dict()
+    text_loaded = model.mgcm.text_encoder.state_dict()
+    assert set(text_loaded) == {name for name in text_reference if not name.startswith("pooler.")}
+    assert all(torch.equal(text_loaded[name], text_reference[name]) for name in text_loaded)
+    vision_reference = ResNetModel.from_pretrained(tmp_path / "resnet").state_dict()
+    assert all(torch.equal(t, vision_reference[n]) for n, t in model.mgcm.vision_model.state_dict().items())
+    assert model.config.image_feature_dim == tiny_resnet_config.hidden_sizes[-1]
+    assert model.config.text_config._attn_implementation == "sdpa"
+    assert not any(p.requires_grad for p in model.mgcm.vision_model.parameters())
+    model.eval()
+    assert torch.isfinite(run(model, pixel_batch(three_examples())).logits).all()
+    with pytest.raises(ValueError, match="from_backbones takes text_config from the pretrained folder"):
+        MGCMForTokenClassification.from_backbones(str(tiny_bert_dir), text_config={})
+
+
+def test_a_saved_folder_loads_as_remote_code_without_the_package(tiny_text_config, tmp_path):
+    """The folder that goes to the Hub must work alone: a fresh process loads it with trust_remote_code
+    (the classes come from the copied files, not from this package) and reproduces the logits."""
+    model = tiny_model(tiny_text_config)
+    batch = {k: v for k, v in build_batch(three_examples(caption=0)).items() if k != "labels"}
+    model.save_pretrained(tmp_path / "model")
+    save_file(batch, str(tmp_path / "batch.safetensors"))
+    script = f"""
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForTokenClassification
+model = AutoModelForTokenClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+with torch.no_grad():
+    logits = model(**load_file({str(tmp_path / "batch.safetensors")!r})).logits
+save_file({{"logits": logits}}, {str(tmp_path / "logits.safetensors")!r})
+"""
+    environment = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Another process may split matrix products over other threads: equal up to float rounding.
+    remote_logits = load_file(str(tmp_path / "logits.safetensors"))["logits"]
+    torch.testing.assert_close(remote_logits, run(model, batch).logits, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Optimizer groups and input errors
+
+
+def test_parameter_groups_split_learning_rates_and_weight_decay(tiny_text_config, tiny_resnet_config):
+    model = tiny_model(tiny_text_config, vision_config=tiny_resnet_config, image_feature_dim=None)
+    groups = model.parameter_groups(lr=1e-5, fusion_lr=1e-3, crf_lr=5e-2, weight_decay=0.01)
+    grouped = [id(p) for group in groups for p in group["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(id(p) for p in trainable)
+    by_name = {group["name"]: group for group in groups}
+    assert set(by_name) == {"backbone", "backbone_no_decay", "fusion", "fusion_no_decay", "crf_no_decay"}
+    assert (by_name["backbone"]["lr"], by_name["fusion"]["lr"], by_name["crf_no_decay"]["lr"]) == (
+        1e-5,
+        1e-3,
+        5e-2,
+    )
+    for group in groups:
+        no_decay = group["name"].endswith("_no_decay")
+        assert group["weight_decay"] == (0.0 if no_decay else 0.01)
+        assert all((p.ndim < 2) == no_decay for p in group["params"] if not group["name"].startswith("crf"))
+    crf_parameters = {id(p) for p in list(model.crf.parameters()) + list(model.span_crf.parameters())}
+    assert {id(p) for p in by_name["crf_no_decay"]["params"]} == crf_parameters
+    layer_norm = model.mgcm.text_encoder.embeddings.LayerNorm.weight
+    assert any(p is layer_norm for p in by_name["backbone_no_decay"]["params"])
+    torch.optim.AdamW(groups)  # the groups are valid optimizer input
+    defaults = model.parameter_groups(lr=2e-5)
+    assert {group["lr"] for group in defaults} == {2e-5}
+
+
+def _set(key, value):
+    def mutate(batch):
+        batch[key] = value(batch)
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            _set("word_ids", lambda b: b["word_ids"].masked_fill(b["word_ids"] == 2, 9)),
+            r"word_ids\[0, \d+\] = 9 but",
+        ),
+        (
+            _set("word_ids", lambda b: b["word_ids"].masked_fill(b["word_ids"] == 2, -1)),
+            r"word 2 of row 0 is a real word .* no piece has word_ids == 2",
+        ),
+        (
+            _set("object_ids", lambda b: b["object_ids"].index_fill(1, torch.tensor([0]), 7)),
+            r"object_ids\[0, 0\] = 7",
+        ),
+        (
+            _set("word_shape_ids", lambda b: b["word_shape_ids"] + 20),
+            r"word_shape_ids\[0, 0\] = \d+ is outside 0..11",
+        ),
+        (_set("neighbour_vectors", lambda b: None), r"augmentation_mode='gate' needs neighbour_vectors"),
+        (_set("neighbour_vectors", lambda b: b["neighbour_vectors"][..., :4]), r"must be \(B, W, k, 6\)"),
+        (
+            _set("image_features", lambda b: b["image_features"][..., :5]),
+            r"image_features must be \(B, R, 12\)",
+        ),
+        (_set("pixel_values", lambda b: torch.zeros(3, 3, 8, 8)), r"pass either pixel_values or precomputed"),
+        (_set("labels", lambda b: b["labels"][:, :2]), r"labels have shape \(3, 2\), expected word-level"),
+        (_set("word_shape_ids", lambda b: None), r"use_word_shape=True needs word_shape_ids"),
+        (_set("caption_attention_mask", lambda b: None), r"caption_input_ids need caption_attention_mask"),
+    ],
+)
+def test_bad_inputs_raise_errors_that_name_the_value(tiny_text_config, mutate, message):
+    model = tiny_model(tiny_text_config)
+    batch = build_batch(three_examples())
+    mutate(batch)
+    with pytest.raises(ValueError, match=message):
+        model(**batch)
+
+
+def test_pixel_values_without_a_vision_backbone_raise(tiny_text_config):
+    model = tiny_model(tiny_text_config)
+    batch = build_batch(three_examples(), without=("image",))
+    batch["pixel_values"] = torch.zeros(3, 3, 8, 8)
+    with pytest.raises(
+        ValueError,
+        match=r"no vision_config, so the model cannot read pixel_values: pass precomputed image_features \(B, R, 12\)",
+    ):
+        model(**batch)
