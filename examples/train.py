@@ -264,7 +264,13 @@ def train_and_evaluate(args):
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )
-    for noisy in ("httpx", "datasets", "transformers.modeling_utils"):
+    for noisy in (
+        "httpx",
+        "datasets",
+        "transformers.modeling_utils",
+        "accelerate.checkpointing",
+        "accelerate.accelerator",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_seed(args.seed)
     if accelerator.is_main_process:
@@ -297,7 +303,8 @@ def train_and_evaluate(args):
 
     object_labels = object_label_vocabulary(args)
     model = build_model(args, tokenizer, neighbour_table, object_labels)
-    use_image = model.config.use_image
+    model_config = model.config
+    use_image = model_config.use_image
 
     image_processor, feature_cache, image_counts = None, None, {}
     if use_image:
@@ -326,14 +333,14 @@ def train_and_evaluate(args):
         tokenizer=tokenizer,
         image_processor=image_processor,
         neighbour_table=neighbour_table,
-        object_labels=object_labels if model.config.use_objects else None,
+        object_labels=object_labels if model_config.use_objects else None,
         max_length=args.max_length,
         stride=args.stride,
-        max_objects=model.config.max_objects,
+        max_objects=model_config.max_objects,
     )
     with accelerator.main_process_first():
         windows = processor.preprocess_corpus(corpus)
-    if not model.config.use_caption:
+    if not model_config.use_caption:
         windows = windows.remove_columns(
             [c for c in ("caption_input_ids",) if c in windows["train"].column_names]
         )
@@ -458,7 +465,7 @@ def train_and_evaluate(args):
             eval_dataloaders["valid"],
             accelerator,
             corpus["valid"],
-            model.config.id2label,
+            model_config.id2label,
             "Validating",
         )
         valid_f1 = metrics["lenient"]["overall_f1"]
@@ -537,7 +544,6 @@ def train_and_evaluate(args):
         results["unknown_object_labels"] = dict(processor.unknown_object_label_counts)
 
     if accelerator.is_main_process:
-        save_pretrained_atomically([unwrapped, processor], output_dir / "model")
         for item in (unwrapped, processor):
             item.save_pretrained(output_dir)
         write_json_atomically(output_dir / "results.json", results)

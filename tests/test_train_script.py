@@ -1,0 +1,179 @@
+"""End-to-end runs of `examples/train.py` on a small synthetic corpus, in subprocesses as a user runs it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import AutoModelForTokenClassification, AutoProcessor
+
+import modeling_mgcm  # noqa: F401  (registers the Auto classes)
+from processing import ImageFeatureCache, MGCMDataCollator, make_synthetic_corpus
+from processing.checkpointing import latest_checkpoint
+from processing.evaluation import evaluate_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO / "examples" / "train.py"
+SIZES = (64, 24, 24)
+SEED = 7
+SMALL_RUN = [
+    "--synthetic",
+    "--synthetic_sizes",
+    ",".join(map(str, SIZES)),
+    "--seed",
+    str(SEED),
+    "--per_device_train_batch_size",
+    "8",
+    "--no_text_only_baseline",
+]
+
+
+def run_environment(**overrides: str) -> dict:
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(REPO))
+    environment.pop("ACCELERATE_USE_CPU", None)
+    return environment | overrides
+
+
+def train(output_dir: Path, *extra: str, launcher: list[str] | None = None, **environment: str) -> dict:
+    command = (launcher or [sys.executable]) + [
+        str(TRAIN_SCRIPT),
+        *SMALL_RUN,
+        "--output_dir",
+        str(output_dir),
+    ]
+    completed = subprocess.run(
+        command + list(extra), env=run_environment(**environment), capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads((output_dir / "results.json").read_text())
+
+
+def overall_scores(results: dict) -> dict:
+    return {
+        (split, mode): (metrics["overall_precision"], metrics["overall_recall"], metrics["overall_f1"])
+        for split, by_mode in results["metrics"].items()
+        for mode, metrics in by_mode.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory) -> tuple[Path, dict]:
+    output_dir = tmp_path_factory.mktemp("single") / "run"
+    return output_dir, train(output_dir, "--num_train_epochs", "3", "--checkpointing_steps", "4")
+
+
+def test_run_writes_results_for_every_split_in_both_seqeval_modes(single_process_run):
+    output_dir, results = single_process_run
+    assert set(results["metrics"]) == {"train", "valid", "test"}
+    for by_mode in results["metrics"].values():
+        assert set(by_mode) == {"lenient", "strict"}
+    assert results["training"]["num_processes"] == 1
+    assert len(results["history"]) == 3
+    best = max(results["history"], key=lambda epoch: epoch["valid_f1"])
+    assert results["training"]["best_epoch"] == best["epoch"]
+    # Synthetic tweets without an image are counted, never replaced.
+    assert results["images"]["missing"] > 0 and results["images"]["with_features"] > 0
+    card = (output_dir / "README.md").read_text()
+    assert "| test | lenient |" in card and "never selected on test" in card
+
+
+def test_the_selected_model_and_processor_load_through_the_auto_classes(single_process_run):
+    output_dir, results = single_process_run
+    model = AutoModelForTokenClassification.from_pretrained(output_dir)
+    processor = AutoProcessor.from_pretrained(output_dir)
+    assert type(model).__name__ == "MGCMForTokenClassification"
+    assert type(processor).__name__ == "MGCMProcessor"
+    assert (output_dir / "model.safetensors").is_file()
+    assert not list(output_dir.glob("*.bin")), "weights must be safetensors"
+    # The reloaded model reproduces the run's test metrics: it is the selected checkpoint.
+    assert evaluate_saved_model(output_dir, "test") == results["metrics"]["test"]
+
+
+def evaluate_saved_model(output_dir: Path, split_name: str) -> dict:
+    """Single-process evaluation of a saved run, rebuilding its corpus and reading its feature cache."""
+    model = AutoModelForTokenClassification.from_pretrained(output_dir)
+    processor = AutoProcessor.from_pretrained(output_dir)
+    corpus = make_synthetic_corpus(*SIZES, seed=SEED)
+    backbone_folders = [path for path in (output_dir / "cache" / "image_features").iterdir() if path.is_dir()]
+    assert len(backbone_folders) == 1
+    cache = ImageFeatureCache(output_dir / "cache" / "image_features", None, None, backbone_folders[0].name)
+    split = corpus[split_name]
+    windows = processor.preprocess_corpus(split)
+    loader = DataLoader(
+        windows, batch_size=5, collate_fn=MGCMDataCollator(processor, cache, return_window_info=True)
+    )
+    accelerator = Accelerator()
+    model, loader = accelerator.prepare(model, loader)
+    metrics, _ = evaluate_corpus(model, loader, accelerator, split, model.config.id2label)
+    return metrics
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_metrics(single_process_run, tmp_path):
+    _, uninterrupted = single_process_run
+    output_dir = tmp_path / "killed"
+    command = [sys.executable, str(TRAIN_SCRIPT), *SMALL_RUN, "--output_dir", str(output_dir)]
+    command += ["--num_train_epochs", "3", "--checkpointing_steps", "4"]
+    process = subprocess.Popen(
+        command, env=run_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    # Kill as soon as the second checkpoint (step 8, inside epoch 1 of 8-batch epochs) is complete.
+    while time.monotonic() < deadline and process.poll() is None:
+        checkpoint = latest_checkpoint(output_dir / "checkpoints")
+        if checkpoint is not None and checkpoint.name == "step_8":
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (output_dir / "results.json").exists()
+
+    resumed = train(
+        output_dir,
+        "--num_train_epochs",
+        "3",
+        "--checkpointing_steps",
+        "4",
+        "--resume_from_checkpoint",
+        "latest",
+    )
+    assert [epoch["valid_f1"] for epoch in resumed["history"]] == [
+        epoch["valid_f1"] for epoch in uninterrupted["history"]
+    ]
+    assert overall_scores(resumed) == overall_scores(uninterrupted)
+    assert resumed["metrics"] == uninterrupted["metrics"]
+
+
+def test_two_process_cpu_run_splits_the_batches_and_gathers_every_example(tmp_path):
+    output_dir = tmp_path / "ddp"
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+    ]
+    # Without ACCELERATE_USE_CPU, --multi_gpu on a machine without GPUs starts two processes that each
+    # believe they are alone; `--cpu --num_processes 2` silently starts one.
+    results = train(output_dir, "--num_train_epochs", "1", launcher=launcher, ACCELERATE_USE_CPU="true")
+    training = results["training"]
+    assert training["num_processes"] == 2
+    assert training["train_batches_per_process"] == -(-training["train_batches_total"] // 2)
+    assert training["train_batches_seen_this_process"] == training["train_batches_per_process"]
+    # gather_for_metrics: the two-process evaluation equals a single-process one of the same model.
+    assert evaluate_saved_model(output_dir, "valid") == results["metrics"]["valid"]
