@@ -1,0 +1,843 @@
+"""Visual explanations of MGCM predictions: which granularity each entity leaned on, and where it looked.
+
+`explain(pipeline_or_model, post)` tags one post and draws, for every predicted entity, the gate value of
+each granularity (the weight of the direct word-to-visual attention branch against the coupled one) and
+the entity words' attention over the image regions (a heatmap over the image the vision backbone saw),
+over the detected objects and over the caption words. The figure is a matplotlib `Figure` (Agg, no
+pyplot state); with `output_path` it is written as a PNG and as a self-contained HTML page beside it.
+
+Image regions: `extract_image_features` flattens a CNN feature map `(C, h, w)` row by row into `h*w`
+regions and keeps a ViT/CLIP token sequence as it is, CLS token first. `image_region_grid` recovers the
+grid from the number of regions `R` alone: it assumes the regions tile the processed image row-major,
+optionally after one leading non-spatial token, and picks the factorisation closest to the image's
+aspect ratio (see its docstring).
+"""
+
+import base64
+import html
+import io
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .image_loading import load_image
+from .metrics import entity_spans
+from .processing_mgcm import WINDOW_INFO_KEYS, merge_windows
+from .tweet_tokenizer import split_tweet
+
+# The granularities in drawing order, with their colours (Okabe-Ito, readable with colour blindness).
+GRANULARITY_COLOURS = {"image": "#0072B2", "objects": "#D55E00", "caption": "#009E73"}
+ENTITY_TYPE_COLOURS = {"PER": "#E69F00", "LOC": "#56B4E9", "ORG": "#CC79A7", "MISC": "#F0E442"}
+_EXTRA_TYPE_COLOURS = ("#999999", "#BBCC33", "#EE8866", "#77AADD", "#AAAA00")
+POST_KEYS = ("text", "words", "image", "caption", "objects", "id")
+# A grid is accepted when its rows/columns ratio is within this factor of the image's aspect ratio.
+_GRID_ASPECT_TOLERANCE = 1.5
+# Caption words drawn per entity; longer captions keep their most attended words.
+MAX_CAPTION_WORDS_DRAWN = 16
+
+# Layout, in inches (the figure's size in pixels is its size in inches times `dpi`).
+_MARGIN = 0.3
+_TITLE_HEIGHT = 0.5
+_TWEET_FONT_SIZE = 13.0
+_TWEET_LINE_HEIGHT = 0.36
+_SMALL_LINE_HEIGHT = 0.26
+_ENTITY_ROW_HEIGHT = 2.4
+_PANEL_GAP = 0.35
+
+
+@dataclass
+class ExplainedEntity:
+    """One predicted entity and what the model attended to while tagging it.
+
+    Attributes:
+        entity_group: the entity type ("PER", ...).
+        word_start, word_end: its word span in the post, end exclusive.
+        text: its words, joined by spaces.
+        score: mean CRF marginal probability of its Viterbi tags.
+        gate_values: granularity -> mean gate value over its words, for the granularities the post has.
+        attention: granularity -> mean attention of its words, `(R,)` over image regions (the leading
+            non-spatial tokens included), `(num_objects,)` over the post's objects, `(num_caption_words,)`
+            over the caption words (the rest of the mass is on the caption's special tokens).
+    """
+
+    entity_group: str
+    word_start: int
+    word_end: int
+    text: str
+    score: float
+    gate_values: dict[str, float] = field(default_factory=dict)
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class PostExplanation:
+    """Everything `explain` draws, for one post.
+
+    Attributes:
+        text: the post's text (the words joined by spaces when the post gave words).
+        words: its words; `word_offsets` their `(start, end)` character spans in `text`.
+        tags: the Viterbi tag name of every word.
+        tag_probabilities: `(W,)` CRF marginal probability of each word's tag.
+        entities: the predicted entities, in text order.
+        gate_values: granularity -> `(W,)` mean gate value of every word.
+        attention: granularity -> `(W, N)` word attention, as in `ExplainedEntity.attention`.
+        model_image: `(H, W, 3)` floats in [0, 1]: the image as the vision backbone saw it, or None.
+        region_grid: `(leading_tokens, rows, columns)` of the image regions, or None.
+        object_labels: the objects the model saw, in the order of their attention columns.
+        caption_words: the caption's words, in the order of their attention columns.
+        post_id: the post's "id", if it had one.
+    """
+
+    text: str
+    words: list[str]
+    word_offsets: list[tuple[int, int]]
+    tags: list[str]
+    tag_probabilities: np.ndarray
+    entities: list[ExplainedEntity]
+    gate_values: dict[str, np.ndarray]
+    attention: dict[str, np.ndarray]
+    model_image: np.ndarray | None = None
+    region_grid: tuple[int, int, int] | None = None
+    object_labels: list[str] = field(default_factory=list)
+    caption_words: list[str] = field(default_factory=list)
+    post_id: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _model_and_processor(pipeline_or_model: Any, processor: Any) -> tuple[Any, Any]:
+    """`(model, processor)` from a pipeline, a `(model, processor)` pair or a model."""
+    if isinstance(pipeline_or_model, tuple):
+        if len(pipeline_or_model) != 2 or processor is not None:
+            raise TypeError("pass a pipeline, a (model, processor) pair, or a model with processor=...")
+        model, processor = pipeline_or_model
+    elif not isinstance(pipeline_or_model, torch.nn.Module) and hasattr(pipeline_or_model, "model"):
+        model = pipeline_or_model.model
+        if processor is None:
+            processor = getattr(pipeline_or_model, "processor", None)
+    else:
+        model = pipeline_or_model
+    if getattr(getattr(model, "config", None), "model_type", None) != "mgcm" or not hasattr(model, "crf"):
+        raise TypeError(
+            f"explain needs an MGCM token-classification model (config.model_type 'mgcm'), got "
+            f"{type(model).__name__}"
+        )
+    if processor is None or not callable(processor) or not hasattr(processor, "tokenizer"):
+        raise TypeError(
+            f"explain needs the model's MGCMProcessor (pass a (model, processor) pair), got "
+            f"{type(processor).__name__}"
+        )
+    return model, processor
+
+
+def _checked_post(post: Any) -> dict[str, Any]:
+    """Validate a post and normalise it to `text`, `words`, `word_offsets`, `image`, `caption`, `objects`."""
+    if not isinstance(post, Mapping):
+        raise TypeError(
+            f"a post is a dict with 'text' or 'words', and optional 'image', 'caption', 'objects'; got "
+            f"{type(post).__name__}"
+        )
+    unknown = sorted(set(post) - set(POST_KEYS))
+    if unknown:
+        raise ValueError(f"post has unknown keys {unknown}; the keys a post may have are {list(POST_KEYS)}")
+    if ("text" in post) == ("words" in post):
+        raise ValueError("a post needs exactly one of 'text' (a string) or 'words' (a list of strings)")
+    if "text" in post:
+        text = post["text"]
+        if not isinstance(text, str):
+            raise TypeError(f"post['text'] must be a string, got {type(text).__name__}")
+        # The pipeline's splitter: mentions, hashtags, URLs and emoji stay whole, offsets index `text`.
+        split = split_tweet(text)
+        words = [word for word, _, _ in split]
+        offsets = [(start, end) for _, start, end in split]
+    else:
+        words = post["words"]
+        if isinstance(words, str) or not isinstance(words, Sequence):
+            raise TypeError(f"post['words'] must be a list of strings, got {type(words).__name__}")
+        for index, word in enumerate(words):
+            if not isinstance(word, str) or not word or any(character.isspace() for character in word):
+                raise ValueError(f"post['words'][{index}] = {word!r} is not a non-empty word without spaces")
+        words = list(words)
+        offsets, position = [], 0
+        for word in words:
+            offsets.append((position, position + len(word)))
+            position += len(word) + 1
+        text = " ".join(words)
+    if not words:
+        raise ValueError(f"the post has no words to tag: {post.get('text', post.get('words'))!r}")
+
+    image = post.get("image")
+    if isinstance(image, str | os.PathLike | bytes):
+        image = load_image(image)
+    elif isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    elif image is not None:
+        raise TypeError(f"post['image'] must be a file path, a PIL image or None, got {type(image).__name__}")
+    caption = post.get("caption")
+    if caption is not None and not isinstance(caption, str):
+        raise TypeError(f"post['caption'] must be a string or None, got {type(caption).__name__}")
+    objects = post.get("objects")
+    if objects is not None and (isinstance(objects, str | Mapping) or not isinstance(objects, Sequence)):
+        raise TypeError(
+            f"post['objects'] must be a list of {{'label': str, 'score': float}}, got {type(objects).__name__}"
+        )
+    post_id = post.get("id")
+    return {
+        "text": text,
+        "words": words,
+        "word_offsets": offsets,
+        "image": image,
+        "caption": caption if caption and caption.strip() else None,
+        "objects": list(objects) if objects else None,
+        "id": None if post_id is None else str(post_id),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Computing the explanation
+
+
+def image_region_grid(num_regions: int, image_height: int, image_width: int) -> tuple[int, int, int]:
+    """Lay `num_regions` image region features out over the image: `(leading_tokens, rows, columns)`.
+
+    Assumes the regions tile the processed image as a row-major grid (a CNN feature map flattened by
+    `extract_image_features`), possibly after one leading non-spatial token (the CLS token of ViT and CLIP
+    vision, which comes first). Of the factorisations rows x columns of `num_regions` and of
+    `num_regions - 1`, it takes the one whose rows/columns ratio is closest to `image_height / image_width`
+    (ties keep all regions), and refuses counts whose best grid is off by more than a factor 1.5.
+    """
+    if num_regions < 1 or image_height < 1 or image_width < 1:
+        raise ValueError(
+            f"need at least one region and a non-empty image, got {num_regions} regions and a "
+            f"{image_height}x{image_width} image"
+        )
+    target = math.log(image_height / image_width)
+    best = None
+    for leading in (0, 1):
+        count = num_regions - leading
+        for rows in range(1, count + 1):
+            if count % rows:
+                continue
+            distance = abs(math.log(rows / (count // rows)) - target)
+            if best is None or distance < best[0] - 1e-9:
+                best = (distance, leading, rows, count // rows)
+    if best is None or best[0] > math.log(_GRID_ASPECT_TOLERANCE):
+        raise ValueError(
+            f"cannot lay {num_regions} image regions out as a grid over a {image_height}x{image_width} image "
+            f"(nor {num_regions - 1} after a CLS token): the vision backbone's regions are not a row-major "
+            "grid of the image's shape"
+        )
+    return best[1], best[2], best[3]
+
+
+def _model_view(pixel_values: np.ndarray, image_processor: Any) -> np.ndarray:
+    """`(3, H, W)` processed pixels -> `(H, W, 3)` in [0, 1], undoing the processor's normalisation."""
+    pixels = pixel_values.astype(np.float64)
+    mean = getattr(image_processor, "image_mean", None)
+    std = getattr(image_processor, "image_std", None)
+    normalised = getattr(image_processor, "do_normalize", False) and mean is not None and std is not None
+    if normalised:
+        pixels = pixels * np.asarray(std, dtype=np.float64).reshape(-1, 1, 1)
+        pixels = pixels + np.asarray(mean, dtype=np.float64).reshape(-1, 1, 1)
+    rescale = getattr(image_processor, "rescale_factor", None)
+    if normalised and getattr(image_processor, "do_rescale", False) and rescale is not None:
+        pixels = pixels / (float(rescale) * 255.0)
+    else:
+        # Unknown scaling: stretch to the displayable range rather than guess.
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
+    return np.clip(pixels.transpose(1, 2, 0), 0.0, 1.0)
+
+
+def _caption_word_columns(
+    processor: Any, caption: str, caption_ids: list[int]
+) -> tuple[list[str], list[int]]:
+    """Caption words and, per caption piece, the index of its word (-1 for special tokens)."""
+    encoding = processor.tokenizer(
+        caption,
+        truncation=True,
+        max_length=processor.max_caption_length,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+    )
+    if list(encoding["input_ids"]) != list(caption_ids):
+        raise RuntimeError("the caption re-tokenised differently from the processor's encoding")
+    words, columns, spans = [], [], {}
+    for piece, word in enumerate(encoding.word_ids()):
+        if word is None:
+            columns.append(-1)
+            continue
+        start, end = encoding["offset_mapping"][piece]
+        if word not in spans:
+            spans[word] = len(words)
+            words.append((start, end))
+        index = spans[word]
+        words[index] = (min(words[index][0], start), max(words[index][1], end))
+        columns.append(index)
+    return [caption[start:end] for start, end in words], columns
+
+
+@torch.inference_mode()
+def explain_post(pipeline_or_model: Any, post: Mapping[str, Any], processor: Any = None) -> PostExplanation:
+    """Tag one post and collect its per-word gate values, attention maps and entities (no drawing).
+
+    Args:
+        pipeline_or_model: an MGCM pipeline, a `(model, processor)` pair, or a model with `processor`.
+        post: `{"text": str}` or `{"words": [str, ...]}`, with optional `"image"` (a path or a PIL image),
+            `"caption"` (str), `"objects"` (`[{"label", "score"}, ...]`) and `"id"`.
+        processor: the model's `MGCMProcessor`, when `pipeline_or_model` is a model.
+    """
+    model, processor = _model_and_processor(pipeline_or_model, processor)
+    post = _checked_post(post)
+    config = model.config
+    image = post["image"] if config.use_image else None
+    objects = post["objects"] if config.use_objects else None
+    caption = post["caption"] if config.use_caption else None
+
+    encoding = processor(
+        words=[post["words"]],
+        images=None if image is None else [image],
+        objects=None if objects is None else [objects],
+        captions=None if caption is None else [caption],
+        return_tensors="pt",
+    )
+    window_info = {name: encoding.pop(name) for name in WINDOW_INFO_KEYS}
+    device = next(model.parameters()).device
+    inputs = {name: value.to(device) for name, value in encoding.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        output = model(**inputs, output_attentions=True, return_dict=True)
+    finally:
+        model.train(was_training)
+    word_mask = inputs["word_mask"].bool()
+    if model.crf is not None:
+        probabilities = model.crf.marginals(output.logits, word_mask)
+    else:
+        probabilities = torch.softmax(output.logits.float(), dim=-1)
+
+    def merged(per_window: torch.Tensor) -> np.ndarray:
+        # Long posts come in several windows; each word is read from the window where it is most central.
+        values = merge_windows(
+            per_window.float().cpu(),
+            window_info["overflow_to_sample_mapping"],
+            window_info["window_word_offset"],
+            word_mask.sum(dim=1).cpu(),
+            num_words=[len(post["words"])],
+        )[0]
+        return np.asarray(values, dtype=np.float64)
+
+    tag_ids = merged(output.predictions).astype(np.int64)
+    word_probabilities = merged(probabilities)
+    id2label = {int(index): name for index, name in config.id2label.items()}
+    tags = [id2label[int(tag)] for tag in tag_ids]
+    tag_probabilities = word_probabilities[np.arange(len(tags)), tag_ids]
+    gate_values = {name: merged(values) for name, values in (output.gate_values or {}).items()}
+    attention = {name: merged(values) for name, values in (output.cross_attentions or {}).items()}
+
+    explanation = PostExplanation(
+        text=post["text"],
+        words=post["words"],
+        word_offsets=post["word_offsets"],
+        tags=tags,
+        tag_probabilities=tag_probabilities,
+        entities=[],
+        gate_values={name: gate_values[name] for name in GRANULARITY_COLOURS if name in gate_values},
+        attention={},
+        post_id=post["id"],
+    )
+    if "image" in attention:
+        pixel_values = encoding["pixel_values"][0].float().cpu().numpy()
+        explanation.model_image = _model_view(pixel_values, processor.image_processor)
+        explanation.region_grid = image_region_grid(attention["image"].shape[1], *pixel_values.shape[1:])
+        explanation.attention["image"] = attention["image"]
+    if "objects" in attention:
+        object_ids = encoding["object_ids"][0][encoding["object_mask"][0].bool()].tolist()
+        explanation.object_labels = [processor.object_labels[index] for index in object_ids]
+        explanation.attention["objects"] = attention["objects"][:, : len(object_ids)]
+    if "caption" in attention:
+        caption_ids = encoding["caption_input_ids"][0][encoding["caption_attention_mask"][0].bool()].tolist()
+        explanation.caption_words, columns = _caption_word_columns(processor, caption, caption_ids)
+        piece_attention = attention["caption"][:, : len(columns)]
+        word_attention = np.zeros((len(tags), len(explanation.caption_words)))
+        for piece, column in enumerate(columns):
+            if column >= 0:
+                word_attention[:, column] += piece_attention[:, piece]
+        explanation.attention["caption"] = word_attention
+
+    for entity_group, start, end in sorted(entity_spans(tags), key=lambda span: span[1]):
+        explanation.entities.append(
+            ExplainedEntity(
+                entity_group=entity_group,
+                word_start=start,
+                word_end=end,
+                text=" ".join(post["words"][start:end]),
+                score=float(tag_probabilities[start:end].mean()),
+                gate_values={name: float(values[start:end].mean()) for name, values in gate_values.items()},
+                attention={
+                    name: values[start:end].mean(axis=0) for name, values in explanation.attention.items()
+                },
+            )
+        )
+    return explanation
+
+
+# --------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _type_colours(explanation: PostExplanation) -> dict[str, str]:
+    types = sorted({entity.entity_group for entity in explanation.entities})
+    extra = iter(_EXTRA_TYPE_COLOURS * (1 + len(types) // len(_EXTRA_TYPE_COLOURS)))
+    return {name: ENTITY_TYPE_COLOURS.get(name) or next(extra) for name in types}
+
+
+def _text_width(text: str, size: float) -> float:
+    """Width of `text` in inches at font `size` points, as the Agg renderer will draw it."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        width = TextToPath().get_text_width_height_descent(text, FontProperties(size=size), ismath=False)[0]
+    return width / 72.0
+
+
+def _tweet_chunks(explanation: PostExplanation) -> list[tuple[str, str | None]]:
+    """The post as `(text, entity type or None)` chunks: each entity is one chunk, other words one each."""
+    entity_at = {entity.word_start: entity for entity in explanation.entities}
+    chunks, word = [], 0
+    while word < len(explanation.words):
+        entity = entity_at.get(word)
+        if entity is not None:
+            chunks.append((entity.text, entity.entity_group))
+            word = entity.word_end
+        else:
+            chunks.append((explanation.words[word], None))
+            word += 1
+    return chunks
+
+
+def _tweet_lines(
+    chunks: list[tuple[str, str | None]], width: float
+) -> list[list[tuple[str, str | None, float]]]:
+    """Wrap chunks into lines no wider than `width` inches: lines of `(text, type, x offset)`."""
+    space = _text_width("a a", _TWEET_FONT_SIZE) - _text_width("aa", _TWEET_FONT_SIZE)
+    tag_space = 0.0
+    lines: list[list[tuple[str, str | None, float]]] = [[]]
+    x = 0.0
+    for text, entity_group in chunks:
+        chunk_width = _text_width(text, _TWEET_FONT_SIZE)
+        if entity_group is not None:
+            tag_space = _text_width(" " + entity_group, 0.6 * _TWEET_FONT_SIZE) + 0.08
+            chunk_width += tag_space
+        if lines[-1] and x + chunk_width > width:
+            lines.append([])
+            x = 0.0
+        lines[-1].append((text, entity_group, x))
+        x += chunk_width + space + (0.06 if entity_group is not None else 0.0)
+    return lines
+
+
+def _panel_kinds(explanation: PostExplanation) -> list[str]:
+    return ["entity"] + [name for name in GRANULARITY_COLOURS if name in explanation.attention]
+
+
+def _layout(explanation: PostExplanation, width: float, max_entities: int) -> tuple[list, float, int]:
+    """`(tweet lines, header height, entity rows)` for a figure `width` inches wide."""
+    lines = _tweet_lines(_tweet_chunks(explanation), width - 2 * _MARGIN)
+    extra_lines = 1 + ("caption" in explanation.attention) + ("objects" in explanation.attention)
+    header = _TITLE_HEIGHT + len(lines) * _TWEET_LINE_HEIGHT + extra_lines * _SMALL_LINE_HEIGHT + 0.2
+    rows = max(1, min(len(explanation.entities), max_entities))
+    return lines, header, rows
+
+
+def figure_size(
+    explanation: PostExplanation, width: float = 12.0, max_entities: int = 6
+) -> tuple[float, float]:
+    """The default `(width, height)` in inches of `draw_explanation`'s figure for this explanation."""
+    _, header, rows = _layout(explanation, width, max_entities)
+    return width, header + rows * _ENTITY_ROW_HEIGHT
+
+
+def _draw_header(
+    figure, explanation: PostExplanation, lines: list, colours: dict[str, str], top: float
+) -> None:
+    """Title, the highlighted tweet, the type legend, the caption and the objects, from `top` inches down."""
+    inches = figure.dpi_scale_trans
+    title = "MGCM explanation" + (f": post {explanation.post_id}" if explanation.post_id else "")
+    figure.text(_MARGIN, top - 0.35, title, transform=inches, fontsize=14, fontweight="bold")
+    y = top - _TITLE_HEIGHT - _TWEET_LINE_HEIGHT * 0.7
+    for line in lines:
+        for text, entity_group, x in line:
+            if entity_group is None:
+                figure.text(_MARGIN + x, y, text, transform=inches, fontsize=_TWEET_FONT_SIZE)
+                continue
+            figure.text(
+                _MARGIN + x,
+                y,
+                text,
+                transform=inches,
+                fontsize=_TWEET_FONT_SIZE,
+                bbox={"boxstyle": "round,pad=0.18", "facecolor": colours[entity_group], "edgecolor": "none"},
+            )
+            figure.text(
+                _MARGIN + x + _text_width(text, _TWEET_FONT_SIZE) + 0.1,
+                y,
+                entity_group,
+                transform=inches,
+                fontsize=0.6 * _TWEET_FONT_SIZE,
+                fontweight="bold",
+                color="#333333",
+            )
+        y -= _TWEET_LINE_HEIGHT
+    y -= 0.05
+    legend = "entity types:" if colours else "no entity predicted"
+    figure.text(_MARGIN, y, legend, transform=inches, fontsize=9, color="#333333")
+    x = _MARGIN + _text_width(legend, 9) + 0.15
+    for name, colour in colours.items():
+        figure.text(
+            x,
+            y,
+            name,
+            transform=inches,
+            fontsize=9,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": colour, "edgecolor": "none"},
+        )
+        x += _text_width(name, 9) + 0.3
+    details = []
+    if "caption" in explanation.attention:
+        details.append("caption: " + " ".join(explanation.caption_words))
+    if "objects" in explanation.attention:
+        details.append("objects: " + (", ".join(explanation.object_labels) or "none"))
+    for detail in details:
+        y -= _SMALL_LINE_HEIGHT
+        figure.text(_MARGIN, y, detail, transform=inches, fontsize=9, color="#333333", wrap=False)
+
+
+def _axes(figure, left: float, bottom: float, width: float, height: float):
+    """Axes placed in inches from the figure's bottom-left corner."""
+    figure_width, figure_height = figure.get_size_inches()
+    return figure.add_axes(
+        (left / figure_width, bottom / figure_height, width / figure_width, height / figure_height)
+    )
+
+
+def _style_bar_axes(axes) -> None:
+    axes.tick_params(axis="x", labelsize=7)
+    for spine in ("top", "right"):
+        axes.spines[spine].set_visible(False)
+
+
+def _bar_panel(axes, labels: list[str], values: np.ndarray, colour: str, title: str) -> None:
+    """Horizontal bars of attention weights, first label on top, scaled to the largest weight."""
+    positions = np.arange(len(labels))
+    axes.barh(positions, values, color=colour, height=0.7)
+    axes.set_yticks(positions, labels, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlim(0.0, max(1e-6, float(values.max()) * 1.25) if len(values) else 1.0)
+    axes.set_title(title, fontsize=9, loc="left")
+    _style_bar_axes(axes)
+
+
+def _gate_panel(axes, entity: ExplainedEntity) -> None:
+    names = list(entity.gate_values)
+    if not names:
+        axes.axis("off")
+        axes.text(0.0, 0.5, "text only: no image, objects\nor caption, so no gates", fontsize=9, va="center")
+        return
+    values = np.array([entity.gate_values[name] for name in names])
+    positions = np.arange(len(names))
+    axes.barh(positions, values, color=[GRANULARITY_COLOURS[name] for name in names], height=0.6)
+    axes.set_yticks(positions, names, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlim(0.0, 1.0)
+    for position, value in zip(positions, values, strict=True):
+        axes.text(min(value + 0.02, 0.82), position, f"{value:.2f}", va="center", fontsize=8)
+    axes.set_title("gate per granularity", fontsize=9, loc="left")
+    _style_bar_axes(axes)
+
+
+def _image_panel(axes, explanation: PostExplanation, entity: ExplainedEntity) -> None:
+    """The image the backbone saw, tinted where the entity's attention over the region grid is highest."""
+    leading, rows, columns = explanation.region_grid
+    regions = entity.attention["image"]
+    grid = regions[leading:].reshape(rows, columns)
+    height, width = explanation.model_image.shape[:2]
+    extent = (0, width, height, 0)
+    axes.imshow(explanation.model_image, extent=extent, interpolation="bilinear")
+    low, high = float(grid.min()), float(grid.max())
+    # Stretched between the grid's own extremes, so that structure shows even in near-uniform attention;
+    # the title gives the actual range against the uniform 1/R.
+    relative = (grid - low) / (high - low) if high > low else np.zeros_like(grid)
+    from matplotlib import colormaps
+
+    heat = colormaps["inferno"](relative)
+    heat[..., 3] = 0.15 + 0.6 * relative
+    axes.imshow(heat, extent=extent, interpolation="nearest")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    title = f"image {rows}x{columns}: {low:.4f}-{high:.4f}\n(uniform {1 / len(regions):.4f})"
+    if leading:
+        title += f", CLS {regions[:leading].sum():.2f}"
+    axes.set_title(title, fontsize=8, loc="left")
+
+
+def _caption_panel(axes, explanation: PostExplanation, entity: ExplainedEntity) -> None:
+    words = explanation.caption_words
+    values = entity.attention["caption"]
+    shown = np.arange(len(words))
+    title = "attention over caption words"
+    if len(words) > MAX_CAPTION_WORDS_DRAWN:
+        shown = np.sort(np.argsort(-values, kind="stable")[:MAX_CAPTION_WORDS_DRAWN])
+        title += f" (top {MAX_CAPTION_WORDS_DRAWN} of {len(words)})"
+    _bar_panel(axes, [words[index] for index in shown], values[shown], GRANULARITY_COLOURS["caption"], title)
+
+
+def _draw_entity_row(
+    figure, explanation: PostExplanation, entity: ExplainedEntity, colour: str, bottom: float
+) -> None:
+    """One row: the entity and its gates, then its attention over the image, the objects and the caption."""
+    inches = figure.dpi_scale_trans
+    top = bottom + _ENTITY_ROW_HEIGHT
+    figure.text(
+        _MARGIN,
+        top - 0.3,
+        entity.text,
+        transform=inches,
+        fontsize=11,
+        fontweight="bold",
+        bbox={"boxstyle": "round,pad=0.15", "facecolor": colour, "edgecolor": "none"},
+    )
+    figure.text(
+        _MARGIN + _text_width(entity.text, 11) + 0.2,
+        top - 0.3,
+        f"{entity.entity_group}, score {entity.score:.2f}, words {entity.word_start}-{entity.word_end - 1}",
+        transform=inches,
+        fontsize=9,
+    )
+    kinds = _panel_kinds(explanation)
+    panel_bottom = bottom + 0.3
+    panel_height = _ENTITY_ROW_HEIGHT - 1.05
+    label_width = {"entity": 0.65, "image": 0.0, "objects": 0.8, "caption": 1.0}
+    share = {"entity": 1.0, "objects": 1.0, "caption": 1.3}
+    image_width = panel_height + 0.4  # Room for the two-line title over the square image.
+    free = figure.get_size_inches()[0] - 2 * _MARGIN - _PANEL_GAP * (len(kinds) - 1)
+    free -= sum(label_width[kind] for kind in kinds) + (image_width if "image" in kinds else 0.0)
+    total_share = sum(share[kind] for kind in kinds if kind != "image")
+    x = _MARGIN
+    for kind in kinds:
+        x += label_width[kind]
+        width = image_width if kind == "image" else free * share[kind] / total_share
+        if kind == "image":
+            axes = _axes(figure, x, panel_bottom - 0.15, panel_height + 0.15, panel_height + 0.15)
+            _image_panel(axes, explanation, entity)
+        else:
+            axes = _axes(figure, x, panel_bottom, width, panel_height)
+            if kind == "entity":
+                _gate_panel(axes, entity)
+            elif kind == "objects":
+                _bar_panel(
+                    axes,
+                    explanation.object_labels,
+                    entity.attention["objects"],
+                    GRANULARITY_COLOURS["objects"],
+                    "attention over objects",
+                )
+            else:
+                _caption_panel(axes, explanation, entity)
+        x += width + _PANEL_GAP
+
+
+def draw_explanation(
+    explanation: PostExplanation,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = 100.0,
+    max_entities: int = 6,
+):
+    """Draw an explanation: the highlighted post on top, then one row per entity (at most `max_entities`).
+
+    Returns a `matplotlib.figure.Figure` on an Agg canvas; its pixel size is `figsize * dpi`, with `figsize`
+    by default `figure_size(explanation)` (12 inches wide, taller with more entities and text lines).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if isinstance(max_entities, bool) or not isinstance(max_entities, int) or max_entities < 1:
+        raise ValueError(f"max_entities must be an integer >= 1, got {max_entities!r}")
+    if not (isinstance(dpi, int | float) and math.isfinite(dpi) and dpi > 0):
+        raise ValueError(f"dpi must be a positive number, got {dpi!r}")
+    width, height = figure_size(explanation, max_entities=max_entities) if figsize is None else figsize
+    if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in (width, height)):
+        raise ValueError(f"figsize must be two positive numbers of inches, got {figsize!r}")
+    figure = Figure(figsize=(width, height), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(figure)
+    colours = _type_colours(explanation)
+    lines, header, _ = _layout(explanation, width, max_entities)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        _draw_header(figure, explanation, lines, colours, height)
+        shown = explanation.entities[:max_entities]
+        for row, entity in enumerate(shown):
+            bottom = height - header - (row + 1) * _ENTITY_ROW_HEIGHT
+            _draw_entity_row(figure, explanation, entity, colours[entity.entity_group], bottom)
+        hidden = len(explanation.entities) - len(shown)
+        if hidden:
+            figure.text(
+                _MARGIN,
+                0.08,
+                f"{hidden} more entities are listed in the HTML page",
+                transform=figure.dpi_scale_trans,
+                fontsize=9,
+            )
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving
+
+
+def render_html(explanation: PostExplanation, png: bytes) -> str:
+    """A self-contained HTML page: the post with its entities highlighted, a table of entities, the figure."""
+    colours = _type_colours(explanation)
+    parts, position = [], 0
+    for entity in explanation.entities:
+        start = explanation.word_offsets[entity.word_start][0]
+        end = explanation.word_offsets[entity.word_end - 1][1]
+        parts.append(html.escape(explanation.text[position:start]))
+        parts.append(
+            f'<mark style="background:{colours[entity.entity_group]}" '
+            f'title="{entity.entity_group}, score {entity.score:.2f}">{html.escape(explanation.text[start:end])}'
+            f"<sup>{entity.entity_group}</sup></mark>"
+        )
+        position = end
+    parts.append(html.escape(explanation.text[position:]))
+    legend = " ".join(
+        f'<mark style="background:{colour}">{html.escape(name)}</mark>' for name, colour in colours.items()
+    )
+    granularities = list(explanation.gate_values)
+    header_cells = "".join(f"<th>gate {html.escape(name)}</th>" for name in granularities)
+    rows = []
+    for entity in explanation.entities:
+        gates = "".join(f"<td>{entity.gate_values[name]:.3f}</td>" for name in granularities)
+        rows.append(
+            f"<tr><td>{html.escape(entity.text)}</td><td>{html.escape(entity.entity_group)}</td>"
+            f"<td>{entity.word_start}-{entity.word_end - 1}</td><td>{entity.score:.3f}</td>{gates}</tr>"
+        )
+    table = (
+        f"<table><tr><th>entity</th><th>type</th><th>words</th><th>score</th>{header_cells}</tr>{''.join(rows)}</table>"
+        if rows
+        else "<p>No entity predicted.</p>"
+    )
+    title = "MGCM explanation" + (f": post {explanation.post_id}" if explanation.post_id else "")
+    image = base64.b64encode(png).decode("ascii")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n"
+        "<style>body{font-family:sans-serif;max-width:1250px;margin:1em auto;padding:0 1em}"
+        "p.post{font-size:1.3em;line-height:1.8}mark{padding:0.1em 0.25em;border-radius:0.25em}"
+        "sup{font-size:0.6em;font-weight:bold;margin-left:0.2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left}img{max-width:100%}</style>\n"
+        "</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n"
+        f'<p class="post">{"".join(parts)}</p>\n'
+        f"<p>Entity types: {legend or 'none'}</p>\n"
+        "<p>Gate: the mean weight of the direct word-to-input attention branch against the coupled branch, "
+        "over the entity's words.</p>\n"
+        f"{table}\n"
+        f'<p><img alt="{html.escape(title)}: gates and attention maps" src="data:image/png;base64,{image}"></p>\n'
+        "</body>\n</html>\n"
+    )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _png_path(output_path: str | os.PathLike) -> Path:
+    png_path = Path(output_path)
+    if png_path.suffix.lower() != ".png":
+        raise ValueError(f"output_path must name a .png file, got {str(output_path)!r}")
+    if not png_path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {png_path}: the folder {png_path.parent} does not exist")
+    return png_path
+
+
+def save_explanation(
+    figure, explanation: PostExplanation, output_path: str | os.PathLike
+) -> tuple[Path, Path]:
+    """Write `figure` as `output_path` (.png) and the HTML page beside it (.html), each atomically."""
+    png_path = _png_path(output_path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=figure.dpi, facecolor="white")
+    png = buffer.getvalue()
+    html_path = png_path.with_suffix(".html")
+    _write_atomically(png_path, png)
+    _write_atomically(html_path, render_html(explanation, png).encode("utf-8"))
+    return png_path, html_path
+
+
+def explain(
+    pipeline_or_model: Any,
+    post: Mapping[str, Any],
+    output_path: str | os.PathLike | None = None,
+    *,
+    processor: Any = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = 100.0,
+    max_entities: int = 6,
+):
+    """Explain the model's entities in one post as a figure, optionally saved as PNG + HTML.
+
+    Args:
+        pipeline_or_model: an MGCM pipeline, a `(model, processor)` pair, or a model with `processor`.
+        post: `{"text": str}` or `{"words": [str, ...]}`, with optional `"image"` (a path or a PIL image),
+            `"caption"`, `"objects"` (`[{"label", "score"}, ...]`) and `"id"`. Inputs the model's config
+            does not use are left out; a post without image has no image panel.
+        output_path: a `.png` path in an existing folder; the HTML page (highlighted post, entity table
+            and the PNG inlined as base64) is written beside it with the suffix `.html`.
+        processor: the `MGCMProcessor`, when `pipeline_or_model` is a bare model.
+        figsize, dpi, max_entities: see `draw_explanation`.
+
+    Returns:
+        The `matplotlib.figure.Figure` (`explain_post` gives the numbers behind it).
+    """
+    if output_path is not None:
+        _png_path(output_path)
+    explanation = explain_post(pipeline_or_model, post, processor=processor)
+    figure = draw_explanation(explanation, figsize=figsize, dpi=dpi, max_entities=max_entities)
+    if output_path is not None:
+        save_explanation(figure, explanation, output_path)
+    return figure
+
+
+__all__ = [
+    "ENTITY_TYPE_COLOURS",
+    "GRANULARITY_COLOURS",
+    "ExplainedEntity",
+    "PostExplanation",
+    "draw_explanation",
+    "explain",
+    "explain_post",
+    "figure_size",
+    "image_region_grid",
+    "render_html",
+    "save_explanation",
+]
