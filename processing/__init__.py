@@ -19,9 +19,11 @@ from .labels import ENTITY_TYPES, ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, normali
 from .metrics import entity_spans, format_metrics_table, ner_metrics, score_entity_spans
 from .neighbour_table import NeighbourTable, build_neighbour_table
 from .object_detection import DetectedObjects, ObjectDetectionStats, detect_objects, write_objects_file
+from .pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
 from .processing_mgcm import WINDOW_INFO_KEYS, MGCMProcessor, merge_windows
 from .synthetic import SYNTHETIC_OBJECT_LABELS, make_synthetic_corpus, score_ambiguous_mentions
 from .tweet_normalise import NUMBER_CLASS_TOKEN, URL_CLASS_TOKEN, normalise_token
+from .tweet_tokenizer import split_tweet
 from .word_shape import NUM_WORD_SHAPES, WORD_SHAPE_NAMES, word_shape_id
 from .word_vectors import WordVectors, WordVectorsFormatError, load_word_vectors
 
@@ -79,4 +81,7 @@ __all__ = [
     "MGCMProcessor",
     "WINDOW_INFO_KEYS",
     "merge_windows",
+    "BadImageWarning",
+    "MultimodalNERPipeline",
+    "split_tweet",
 ]

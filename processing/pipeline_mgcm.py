@@ -1,0 +1,541 @@
+"""`MultimodalNERPipeline`: tag raw posts (text, image, caption, objects) with an MGCM model, registered as the
+transformers pipeline task "multimodal-ner".
+
+```python
+import processing  # registers the task
+from transformers import pipeline
+
+tagger = pipeline("multimodal-ner", model="outputs/mgcm")
+tagger({"text": "Jordan visits Phoenix", "image": "photo.jpg", "caption": "a man on a court"})
+# [{"entity_group": "PER", "word": "Jordan", "start": 0, "end": 6, "score": 0.97, "word_start": 0, "word_end": 1},
+#  ...]
+```
+
+A post is `{"text": str | list[str], "image": path | URL | bytes | PIL.Image | None, "caption": str | None,
+"objects": list | None, "image_id": str | None}` (only `text` is required), or just the text. A raw string is
+split into words with `split_tweet` (mentions, hashtags, URLs and emoji stay whole); a list of strings is taken
+as the words, and offsets then index the words joined by single spaces. `image_id` names the image in the
+`image_feature_cache` passed to the pipeline, whose precomputed features are used instead of the vision
+backbone.
+
+Outputs, per post:
+- `aggregation="entities"` (default): a list of `{"entity_group", "word", "start", "end", "score",
+  "word_start", "word_end"}`, one per entity of the CRF's Viterbi path (BIO read leniently: an `I-` tag after
+  `O` or another type opens an entity). `start`/`end` are character offsets into the text (`end` exclusive),
+  `word_start`/`word_end` word indices (`word_end` exclusive), `score` the mean CRF marginal probability of the
+  entity's Viterbi tags.
+- `aggregation="words"`: `{"text", "words", "entities", "image_error"}`: `words` holds, per word, `"word"`,
+  `"start"`, `"end"`, `"tag"`, `"score"` (marginal of the tag), `"marginals"` (label -> probability) and
+  `"gates"` (granularity -> mean gate value of that word); `image_error` is None, or why the post's image was
+  left out (`on_bad_image="mask"`).
+
+A post longer than the processor's window is split into overlapping windows and merged back (every word is
+tagged). A missing or undecodable image raises an `ImageLoadError` naming the input (`on_bad_image="error"`,
+the default) or, with `on_bad_image="mask"`, gives a `BadImageWarning` and the post is tagged without its
+image (text, caption and objects), which the "words" output records in `image_error`.
+"""
+
+import itertools
+import math
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers import AutoModelForTokenClassification, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from modeling_mgcm.vision_features import extract_image_features
+
+from .image_loading import MISSING, ImageLoadError
+from .image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT, open_post_image
+from .metrics import entity_spans
+from .processing_mgcm import merge_windows
+from .tweet_tokenizer import split_tweet
+
+TASK_NAME = "multimodal-ner"
+AGGREGATIONS = ("entities", "words")
+ON_BAD_IMAGE = ("error", "mask")
+POST_KEYS = ("text", "image", "caption", "objects", "image_id")
+
+
+class BadImageWarning(UserWarning):
+    """A post's image could not be used and the post was tagged without it (`on_bad_image="mask"`)."""
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class MultimodalNERPipeline(Pipeline):
+    """Named entity recognition on posts with an image, with an MGCM model (see the module docstring).
+
+    Args (beyond the `Pipeline` ones; each may also be given per call):
+        aggregation: "entities" (default) or "words".
+        on_bad_image: "error" (default) or "mask".
+        image_timeout: seconds allowed to fetch an image URL (default 10).
+        max_image_bytes: largest image a URL may send (default 20 MiB).
+        image_dir: folder that relative image paths are resolved against.
+        image_feature_cache: an `ImageFeatureCache` (anything with `get(ids) -> (features (n, R, D),
+            image_mask (n,))`) serving the features of posts that give an `image_id`.
+
+    `batch_size` counts posts; the windows of the posts of a batch run through the model together. The
+    model is put in eval mode. `num_workers` is not used: posts are prepared in the calling process.
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.processor is None or not callable(getattr(self.processor, "encode_windows", None)):
+            raise ValueError(
+                f"the {TASK_NAME} pipeline needs the model's MGCMProcessor: pass processor=..., or a model folder "
+                f"that holds one; got {type(self.processor).__name__}"
+            )
+        if getattr(self.model.config, "model_type", None) != "mgcm":
+            raise ValueError(
+                f"the {TASK_NAME} pipeline needs an MGCM model, got {type(self.model).__name__} "
+                f"(model_type {getattr(self.model.config, 'model_type', None)!r})"
+            )
+        self.model.eval()
+        config = self.model.config
+        self.id2label = {int(index): label for index, label in config.id2label.items()}
+        self.uses_image = bool(config.use_image)
+        self.uses_objects = bool(config.use_objects) and self.processor.object_labels is not None
+        self.uses_caption = bool(config.use_caption)
+        self.granularities = list(config.granularities)
+        self._warned_unused = set()
+
+    # ------------------------------------------------------------------------------------------------
+    # Parameters
+
+    def _sanitize_parameters(
+        self,
+        aggregation: str | None = None,
+        on_bad_image: str | None = None,
+        image_timeout: float | None = None,
+        max_image_bytes: int | None = None,
+        image_dir: str | None = None,
+        image_feature_cache: Any = None,
+        **unknown,
+    ) -> tuple[dict, dict, dict]:
+        if unknown:
+            raise TypeError(
+                f"unknown {TASK_NAME} pipeline argument(s) {sorted(unknown)}; it takes aggregation, on_bad_image, "
+                "image_timeout, max_image_bytes, image_dir, image_feature_cache, batch_size and device"
+            )
+        preprocess_params: dict[str, Any] = {}
+        postprocess_params: dict[str, Any] = {}
+        if aggregation is not None:
+            if aggregation not in AGGREGATIONS:
+                raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+            postprocess_params["aggregation"] = aggregation
+        if on_bad_image is not None:
+            if on_bad_image not in ON_BAD_IMAGE:
+                raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
+            preprocess_params["on_bad_image"] = on_bad_image
+        if image_timeout is not None:
+            if isinstance(image_timeout, bool) or not image_timeout > 0:
+                raise ValueError(f"image_timeout must be a positive number of seconds, got {image_timeout!r}")
+            preprocess_params["image_timeout"] = float(image_timeout)
+        if max_image_bytes is not None:
+            if (
+                isinstance(max_image_bytes, bool)
+                or not isinstance(max_image_bytes, int)
+                or max_image_bytes < 1
+            ):
+                raise ValueError(f"max_image_bytes must be a positive integer, got {max_image_bytes!r}")
+            preprocess_params["max_image_bytes"] = max_image_bytes
+        if image_dir is not None:
+            preprocess_params["image_dir"] = image_dir
+        if image_feature_cache is not None:
+            if not callable(getattr(image_feature_cache, "get", None)):
+                raise TypeError(
+                    "image_feature_cache must have get(ids) -> (features, image_mask), got "
+                    f"{type(image_feature_cache).__name__}"
+                )
+            preprocess_params["image_feature_cache"] = image_feature_cache
+        return preprocess_params, {}, postprocess_params
+
+    # ------------------------------------------------------------------------------------------------
+    # Calls: batches of posts, each post yielding one or more windows
+
+    def __call__(self, inputs, *args, **kwargs):
+        """Tag one post (a dict or a string) or a list of posts; a generator or `datasets.Dataset` of posts is
+        tagged lazily (an iterator of outputs is returned)."""
+        if isinstance(inputs, list | tuple) and len(inputs) == 0:
+            return []
+        return super().__call__(list(inputs) if isinstance(inputs, tuple) else inputs, *args, **kwargs)
+
+    def run_single(self, inputs, preprocess_params, forward_params, postprocess_params):
+        return next(self._tag_posts([inputs], 1, preprocess_params, forward_params, postprocess_params))
+
+    def get_iterator(
+        self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
+    ) -> Iterator[Any]:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        return self._tag_posts(inputs, batch_size, preprocess_params, forward_params, postprocess_params)
+
+    def _tag_posts(
+        self, posts: Iterable[Any], batch_size: int, preprocess_params, forward_params, postprocess_params
+    ) -> Iterator[Any]:
+        """Tags posts `batch_size` at a time, holding one batch in memory; outputs come in input order."""
+        iterator = iter(posts)
+        first_index = 0
+        while True:
+            batch = list(itertools.islice(iterator, batch_size))
+            if not batch:
+                return
+            prepared = []
+            for offset, post in enumerate(batch):
+                try:
+                    prepared.append(self.preprocess(post, **preprocess_params))
+                except ImageLoadError as error:
+                    raise ImageLoadError(
+                        f"input {first_index + offset}: image {error.source}", error.reason, error.detail
+                    ) from None
+                except (TypeError, ValueError) as error:
+                    error_type = TypeError if isinstance(error, TypeError) else ValueError
+                    raise error_type(f"input {first_index + offset}: {error}") from error
+            first_index += len(batch)
+            model_inputs, window_owners = self.collate(prepared)
+            outputs = self.forward(model_inputs, **forward_params) if model_inputs is not None else None
+            for post_index, post in enumerate(prepared):
+                yield self.postprocess(
+                    self._post_outputs(post, post_index, outputs, window_owners), **postprocess_params
+                )
+
+    # ------------------------------------------------------------------------------------------------
+    # One post -> words, windows and image
+
+    def _check_post(self, post: Any) -> dict[str, Any]:
+        if isinstance(post, str):
+            return {"text": post}
+        if not isinstance(post, Mapping):
+            raise TypeError(f"a post must be a dict with a 'text' or a string, got {type(post).__name__}")
+        unknown = sorted(set(post) - set(POST_KEYS))
+        if unknown:
+            raise ValueError(f"unknown post keys {unknown}; a post has {list(POST_KEYS)}")
+        if "text" not in post:
+            raise ValueError(f"a post needs a 'text' (str or list of words); got keys {sorted(post)}")
+        caption = post.get("caption")
+        if caption is not None and not isinstance(caption, str):
+            raise TypeError(f"'caption' must be a string or None, got {_describe(caption)}")
+        objects = post.get("objects")
+        if objects is not None and (isinstance(objects, str) or not isinstance(objects, Sequence)):
+            raise TypeError(
+                f"'objects' must be a list of {{'label', 'score'}} dicts or labels, got {_describe(objects)}"
+            )
+        image_id = post.get("image_id")
+        if image_id is not None and not isinstance(image_id, str):
+            raise TypeError(f"'image_id' must be a string, got {_describe(image_id)}")
+        return dict(post)
+
+    @staticmethod
+    def _words_and_spans(text: Any) -> tuple[str, list[str], list[tuple[int, int]]]:
+        """The text, its words and each word's `(start, end)` character offsets in the text."""
+        if isinstance(text, str):
+            triples = split_tweet(text)
+            return text, [word for word, _, _ in triples], [(start, end) for _, start, end in triples]
+        if isinstance(text, Sequence) and all(isinstance(word, str) for word in text):
+            words = list(text)
+            spans, position = [], 0
+            for word in words:
+                spans.append((position, position + len(word)))
+                position += len(word) + 1
+            return " ".join(words), words, spans
+        raise TypeError(f"'text' must be a string or a list of words (strings), got {_describe(text)}")
+
+    @staticmethod
+    def _objects(objects: Sequence[Any] | None) -> list[dict[str, Any]]:
+        # Plain labels keep their order: the processor sorts by score, stably.
+        if not objects:
+            return []
+        return [{"label": item, "score": 1.0} if isinstance(item, str) else item for item in objects]
+
+    def _warn_unused(self, what: str) -> None:
+        if what not in self._warned_unused:
+            self._warned_unused.add(what)
+            warnings.warn(f"this MGCM model does not use {what}: they are ignored", UserWarning, stacklevel=4)
+
+    def preprocess(
+        self,
+        post: Any,
+        on_bad_image: str = "error",
+        image_timeout: float = DEFAULT_URL_TIMEOUT,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        image_dir: str | None = None,
+        image_feature_cache: Any = None,
+    ) -> dict[str, Any]:
+        """One post -> `{"text", "words", "spans", "windows", "pixel_values" (3, H, W) | None,
+        "image_features" (R, D) | None, "image_error"}`; `windows` come from `processor.encode_windows`."""
+        post = self._check_post(post)
+        text, words, spans = self._words_and_spans(post["text"])
+        prepared: dict[str, Any] = {
+            "text": text,
+            "words": words,
+            "spans": spans,
+            "windows": [],
+            "pixel_values": None,
+            "image_features": None,
+            "image_error": None,
+        }
+        image, image_id = post.get("image"), post.get("image_id")
+        if image is not None and image_id is not None:
+            raise ValueError("give a post's 'image' or its 'image_id' (cached features), not both")
+        if (image is not None or image_id is not None) and not self.uses_image:
+            self._warn_unused("images")
+        elif image is not None or image_id is not None:
+            try:
+                if image_id is not None:
+                    prepared["image_features"] = self._cached_features(image_id, image_feature_cache)
+                else:
+                    prepared["pixel_values"] = self._pixel_values(
+                        open_post_image(
+                            image, timeout=image_timeout, max_bytes=max_image_bytes, image_dir=image_dir
+                        )
+                    )
+            except ImageLoadError as error:
+                if on_bad_image == "error":
+                    raise ImageLoadError(
+                        error.source,
+                        error.reason,
+                        f"{error.detail}; pass on_bad_image='mask' to tag such posts from their text",
+                    ) from None
+                prepared["image_error"] = str(error)
+                warnings.warn(
+                    f"image left out, post tagged from its text: {error}", BadImageWarning, stacklevel=2
+                )
+        if not words:
+            return prepared
+        objects = post.get("objects")
+        if objects and not self.uses_objects:
+            self._warn_unused("detected objects")
+        prepared["windows"] = self.processor.encode_windows(
+            [words],
+            captions=[post.get("caption")] if self.uses_caption else None,
+            objects=[self._objects(objects)] if self.uses_objects else None,
+        )
+        return prepared
+
+    def _pixel_values(self, image) -> torch.Tensor:
+        if self.processor.image_processor is None or self.model.mgcm.vision_model is None:
+            raise ValueError(
+                "this MGCM model reads precomputed image features, not images: pass "
+                "image_feature_cache=ImageFeatureCache(...) and give each post an 'image_id'"
+            )
+        pixel_values = self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        return torch.as_tensor(pixel_values)[0].float()
+
+    @staticmethod
+    def _cached_features(image_id: str, cache: Any) -> torch.Tensor:
+        if cache is None:
+            raise ValueError(
+                f"the post gives image_id {image_id!r} but the pipeline has no image_feature_cache"
+            )
+        try:
+            features, image_mask = cache.get([image_id])
+        except KeyError as error:
+            raise ImageLoadError(
+                f"image_id {image_id!r}", MISSING, f"not in the image feature cache: {error}"
+            ) from None
+        if int(image_mask[0]) == 0:
+            raise ImageLoadError(
+                f"image_id {image_id!r}",
+                MISSING,
+                "the image feature cache records its image as missing or corrupt",
+            )
+        return torch.as_tensor(features[0]).float()
+
+    # ------------------------------------------------------------------------------------------------
+    # Posts -> one model batch
+
+    def collate(
+        self, prepared: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[str, torch.Tensor] | None, list[int]]:
+        """Pad the windows of prepared posts into one model batch.
+
+        Returns the model inputs (None when no post has a word) and, per batch row, the index of its post.
+        Image rows: `pixel_values` (B, 3, H, W) and/or `image_features` (B, R, D), `image_mask` (B,), and when
+        both kinds are present `pixel_rows` (B,) bool marking the rows whose image is in `pixel_values`.
+        """
+        windows, owners = [], []
+        for post_index, post in enumerate(prepared):
+            windows.extend(post["windows"])
+            owners.extend([post_index] * len(post["windows"]))
+        if not windows:
+            return None, owners
+        inputs = dict(self.processor.pad_windows(windows, return_window_info=False, return_tensors="pt"))
+        pixel_rows = [row for row, owner in enumerate(owners) if prepared[owner]["pixel_values"] is not None]
+        feature_rows = [
+            row for row, owner in enumerate(owners) if prepared[owner]["image_features"] is not None
+        ]
+        if pixel_rows:
+            inputs["pixel_values"] = self._stack_rows(prepared, owners, pixel_rows, "pixel_values")
+        if feature_rows:
+            inputs["image_features"] = self._stack_rows(prepared, owners, feature_rows, "image_features")
+        if pixel_rows or feature_rows:
+            image_mask = torch.zeros(len(windows), dtype=torch.long)
+            image_mask[pixel_rows + feature_rows] = 1
+            inputs["image_mask"] = image_mask
+        if pixel_rows and feature_rows:
+            pixel_mask = torch.zeros(len(windows), dtype=torch.bool)
+            pixel_mask[pixel_rows] = True
+            inputs["pixel_rows"] = pixel_mask
+        return inputs, owners
+
+    @staticmethod
+    def _stack_rows(prepared, owners: list[int], rows: list[int], key: str) -> torch.Tensor:
+        values = [prepared[owners[row]][key] for row in rows]
+        shapes = {tuple(value.shape) for value in values}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"the posts of a batch have {key} of different shapes {sorted(shapes)}: the image processor must "
+                "give every image the same size (or use batch_size=1)"
+            )
+        stacked = torch.zeros((len(owners), *values[0].shape), dtype=torch.float32)
+        stacked[rows] = torch.stack(values)
+        return stacked
+
+    # ------------------------------------------------------------------------------------------------
+    # Model
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Model batch -> `predictions` (B, W), `marginals` (B, W, L), `word_mask` (B, W), `gate_values`
+        (name -> (B, W))."""
+        model_inputs = dict(model_inputs)
+        pixel_rows = model_inputs.pop("pixel_rows", None)
+        if pixel_rows is not None:
+            # Some rows bring raw images and some cached features: the frozen backbone turns the former into
+            # features, so the model reads one kind.
+            rows = pixel_rows.nonzero().squeeze(1)
+            pixel_values = model_inputs.pop("pixel_values")
+            features = extract_image_features(self.model.mgcm.vision_model, pixel_values[rows])
+            image_features = model_inputs["image_features"].to(features.dtype)
+            model_inputs["image_features"] = image_features.index_copy(0, rows, features)
+        model = self.model
+        for name in ("pixel_values", "image_features", "neighbour_vectors", "neighbour_weights"):
+            if name in model_inputs:
+                model_inputs[name] = model_inputs[name].to(model.dtype)
+        output = model(**model_inputs, return_dict=True)
+        word_mask = model_inputs["word_mask"].bool()
+        if model.crf is not None:
+            marginals = model.crf.marginals(output.logits, word_mask)
+        else:
+            marginals = torch.softmax(output.logits.float(), dim=-1) * word_mask.unsqueeze(-1)
+        return {
+            "predictions": output.predictions,
+            "marginals": marginals,
+            "word_mask": word_mask,
+            "gate_values": dict(output.gate_values or {}),
+        }
+
+    # ------------------------------------------------------------------------------------------------
+    # Outputs
+
+    def _post_outputs(
+        self, post: Mapping[str, Any], post_index: int, outputs: dict[str, Any] | None, owners: list[int]
+    ) -> dict[str, Any]:
+        """The merged per-word tags, marginals and gates of one post, with its text and word offsets."""
+        result = {key: post[key] for key in ("text", "words", "spans", "image_error")}
+        result.update(tags=[], marginals=[], gates=[])
+        rows = [row for row, owner in enumerate(owners) if owner == post_index]
+        if not rows:
+            return result
+        records, counts = [], []
+        for row in rows:
+            count = int(outputs["word_mask"][row].sum())
+            tags = outputs["predictions"][row, :count].tolist()
+            marginals = outputs["marginals"][row, :count].tolist()
+            # A granularity absent from the whole batch has no gate; its gate is 0, as for a masked example.
+            gates = [
+                outputs["gate_values"][name][row, :count].tolist()
+                if name in outputs["gate_values"]
+                else [0.0] * count
+                for name in self.granularities
+            ]
+            records.append(
+                [(tags[word], marginals[word], [values[word] for values in gates]) for word in range(count)]
+            )
+            counts.append(count)
+        offsets = [window["window_word_offset"] for window in post["windows"]]
+        merged = merge_windows(records, [0] * len(rows), offsets, counts, num_words=[len(post["words"])])[0]
+        result["tags"] = [record[0] for record in merged]
+        result["marginals"] = [record[1] for record in merged]
+        result["gates"] = [record[2] for record in merged]
+        return result
+
+    def postprocess(self, post_outputs: Mapping[str, Any], aggregation: str = "entities") -> Any:
+        """Per-post merged outputs -> entities (or, with `aggregation="words"`, the per-word record)."""
+        text, spans = post_outputs["text"], post_outputs["spans"]
+        tag_names = [self.id2label[tag] for tag in post_outputs["tags"]]
+        word_scores = [
+            marginal[tag]
+            for marginal, tag in zip(post_outputs["marginals"], post_outputs["tags"], strict=True)
+        ]
+        entities = []
+        for entity_type, word_start, word_end in sorted(entity_spans(tag_names), key=lambda span: span[1]):
+            start, end = spans[word_start][0], spans[word_end - 1][1]
+            entities.append(
+                {
+                    "entity_group": entity_type,
+                    "word": text[start:end],
+                    "start": start,
+                    "end": end,
+                    "score": math.fsum(word_scores[word_start:word_end]) / (word_end - word_start),
+                    "word_start": word_start,
+                    "word_end": word_end,
+                }
+            )
+        if aggregation == "entities":
+            return entities
+        label_names = [self.id2label[index] for index in range(len(self.id2label))]
+        words = [
+            {
+                "word": word,
+                "start": start,
+                "end": end,
+                "tag": tag_name,
+                "score": score,
+                "marginals": dict(zip(label_names, marginal, strict=True)),
+                "gates": dict(zip(self.granularities, gates, strict=True)),
+            }
+            for word, (start, end), tag_name, score, marginal, gates in zip(
+                post_outputs["words"],
+                spans,
+                tag_names,
+                word_scores,
+                post_outputs["marginals"],
+                post_outputs["gates"],
+                strict=True,
+            )
+        ]
+        return {
+            "text": text,
+            "words": words,
+            "entities": entities,
+            "image_error": post_outputs["image_error"],
+        }
+
+
+PIPELINE_REGISTRY.register_pipeline(
+    TASK_NAME,
+    pipeline_class=MultimodalNERPipeline,
+    pt_model=AutoModelForTokenClassification,
+    type="multimodal",
+)
+
+__all__ = [
+    "AGGREGATIONS",
+    "BadImageWarning",
+    "MultimodalNERPipeline",
+    "ON_BAD_IMAGE",
+    "POST_KEYS",
+    "TASK_NAME",
+]
