@@ -267,7 +267,12 @@ def split_tweet(text: str) -> list[tuple[str, int, int]]:
         chunk_start = position
         while position < length and not _is_separator(text[position]):
             position += 1
-        for start, end in _ChunkSplitter(text[chunk_start:position]).split():
+        chunk = text[chunk_start:position]
+        if chunk.isascii() and chunk.isalnum():
+            # Most chunks are plain words; the cluster scanner would return them whole.
+            words.append((chunk, chunk_start, position))
+            continue
+        for start, end in _ChunkSplitter(chunk).split():
             words.append(
                 (text[chunk_start + start : chunk_start + end], chunk_start + start, chunk_start + end)
             )
