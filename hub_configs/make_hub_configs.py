@@ -141,17 +141,12 @@ def published_results_table(corpus: str) -> str:
     """The paper's Twitter-`corpus` test scores as a Markdown paragraph and table."""
     scores = PUBLISHED_RESULTS[corpus]
     names = list(scores)
+    header = "| " + " | ".join(names) + " |"
+    rule = "|" + "---|" * len(names)
+    row = "| " + " | ".join(f"{scores[name]:.2f}" for name in names) + " |"
     return (
         f"The paper reports, on the Twitter-{corpus} test split (seqeval lenient, %):\n\n"
-        + "| "
-        + " | ".join(names)
-        + " |\n"
-        + "|"
-        + "---|" * len(names)
-        + "\n"
-        + "| "
-        + " | ".join(f"{scores[name]:.2f}" for name in names)
-        + " |\n"
+        f"{header}\n{rule}\n{row}\n\n"
     )
 
 
