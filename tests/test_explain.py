@@ -1,0 +1,410 @@
+"""Tests for `processing.explain`: the numbers behind the figure, the figure, its PNG and HTML files."""
+
+import base64
+import copy
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForTokenClassification, AutoProcessor, ViTConfig
+
+import modeling_mgcm  # noqa: F401  (registers the Auto classes)
+import processing  # noqa: F401
+from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
+from processing import LABEL_TO_ID, ImageLoadError, MGCMProcessor, merge_windows
+from processing.explain import (
+    draw_explanation,
+    explain,
+    explain_post,
+    figure_size,
+    image_region_grid,
+    render_html,
+)
+from processing.tiny_backbones import build_corpus_tokenizer, tiny_image_processor, tiny_text_config
+
+OBJECTS = [{"label": "car", "score": 0.4}, {"label": "person", "score": 0.9}, {"label": "dog", "score": 0.7}]
+CAPTION = "a person in the photo"  # each word is whole in the tiny vocabulary
+
+
+def _force_tags(model: MGCMForTokenClassification, first: str, second: str) -> None:
+    """Make the CRF's Viterbi path `first second O O ...` whatever the emissions' (zeroed) scores."""
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        crf = model.crf
+        crf.start_transitions.fill_(-10.0)
+        crf.start_transitions[LABEL_TO_ID[first]] = 10.0
+        crf.transitions.fill_(-10.0)
+        crf.transitions[LABEL_TO_ID[first], LABEL_TO_ID[second]] = 10.0
+        crf.transitions[LABEL_TO_ID[second], LABEL_TO_ID["O"]] = 10.0
+        crf.transitions[LABEL_TO_ID["O"], LABEL_TO_ID["O"]] = 10.0
+        crf.end_transitions.zero_()
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_mgcm_dir):
+    """The tiny full-featured model, with a CRF that tags the first two words of any post as one PER."""
+    model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir).eval()
+    _force_tags(model, "B-PER", "I-PER")
+    return model, AutoProcessor.from_pretrained(tiny_mgcm_dir)
+
+
+@pytest.fixture(scope="module")
+def red_image():
+    image = Image.new("RGB", (80, 60), (200, 30, 30))
+    image.paste((30, 30, 200), (0, 0, 40, 30))
+    return image
+
+
+def full_post(image) -> dict:
+    return {
+        "words": ["Obama", "Phoenix", "visits", "the", "photo"],
+        "image": image,
+        "caption": CAPTION,
+        "objects": OBJECTS,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The numbers
+
+
+def test_entity_gates_attention_and_scores_are_the_models_own(tagger, red_image):
+    model, processor = tagger
+    post = full_post(red_image)
+    explanation = explain_post(tagger, post)
+
+    inputs = processor(
+        words=[post["words"]], images=[red_image], objects=[OBJECTS], captions=[CAPTION], return_tensors="pt"
+    )
+    for name in ("overflow_to_sample_mapping", "window_word_offset"):
+        inputs.pop(name)
+    with torch.no_grad():
+        output = model(**inputs, output_attentions=True)
+        marginals = model.crf.marginals(output.logits, inputs["word_mask"].bool())[0]
+
+    assert explanation.tags == ["B-PER", "I-PER", "O", "O", "O"]
+    [entity] = explanation.entities
+    assert (entity.entity_group, entity.word_start, entity.word_end, entity.text) == (
+        "PER",
+        0,
+        2,
+        "Obama Phoenix",
+    )
+    expected_score = (marginals[0, LABEL_TO_ID["B-PER"]] + marginals[1, LABEL_TO_ID["I-PER"]]) / 2
+    assert entity.score == pytest.approx(float(expected_score), abs=1e-6)
+    assert set(entity.gate_values) == {"image", "objects", "caption"}
+    for name, gate in entity.gate_values.items():
+        assert gate == pytest.approx(float(output.gate_values[name][0, :2].mean()), abs=1e-6)
+        np.testing.assert_allclose(
+            explanation.gate_values[name], output.gate_values[name][0].numpy(), atol=1e-6
+        )
+
+    image_attention = output.cross_attentions["image"][0, :2].mean(0).numpy()
+    np.testing.assert_allclose(entity.attention["image"], image_attention, atol=1e-6)
+    assert explanation.region_grid == (0, 8, 8)  # the tiny ResNet's 8x8 grid over a 64x64 input
+    assert explanation.model_image.shape == (64, 64, 3)
+    assert explanation.model_image.min() >= 0.0 and explanation.model_image.max() <= 1.0
+    # The model's view of the image: its blue top-left quarter is still blue after un-normalising.
+    assert explanation.model_image[:8, :8, 2].mean() > 0.7 > explanation.model_image[:8, :8, 0].mean()
+
+    # Objects in the order the model saw them: highest score first.
+    assert explanation.object_labels == ["person", "dog", "car"]
+    np.testing.assert_allclose(
+        entity.attention["objects"], output.cross_attentions["objects"][0, :2, :3].mean(0).numpy(), atol=1e-6
+    )
+
+    # Caption pieces are summed per word; the remainder sits on [CLS] and [SEP].
+    assert explanation.caption_words == CAPTION.split()
+    caption_pieces = output.cross_attentions["caption"][0, :2].mean(0).numpy()
+    assert len(caption_pieces) == len(CAPTION.split()) + 2  # the tiny vocabulary holds each word whole
+    np.testing.assert_allclose(entity.attention["caption"], caption_pieces[1:-1], atol=1e-6)
+
+
+def test_caption_words_split_into_several_pieces_get_the_sum_of_their_pieces(tagger):
+    model, processor = tagger
+    caption = "skyscrapers downtown"  # not in the tiny vocabulary: spelled in characters
+    explanation = explain_post(tagger, {"words": ["Obama", "Phoenix", "visits"], "caption": caption})
+    encoding = processor.tokenizer(caption)
+    inputs = processor(words=[["Obama", "Phoenix", "visits"]], captions=[caption], return_tensors="pt")
+    for name in ("overflow_to_sample_mapping", "window_word_offset"):
+        inputs.pop(name)
+    with torch.no_grad():
+        pieces = model(**inputs, output_attentions=True).cross_attentions["caption"][0, :2].mean(0).numpy()
+    word_ids = encoding.word_ids()
+    expected = [sum(pieces[i] for i, word in enumerate(word_ids) if word == w) for w in (0, 1)]
+    assert explanation.caption_words == ["skyscrapers", "downtown"]
+    np.testing.assert_allclose(explanation.entities[0].attention["caption"], expected, atol=1e-6)
+
+
+def test_raw_text_is_split_like_the_pipeline_and_highlighted_in_the_original_string(tagger):
+    text = "@Obama  #Phoenix\tvisits <b>x</b> 🎉"
+    explanation = explain_post(tagger, {"text": text})
+    assert explanation.words[:2] == ["@Obama", "#Phoenix"]
+    assert all(
+        text[start:end] == word
+        for word, (start, end) in zip(explanation.words, explanation.word_offsets, strict=True)
+    )
+    page = render_html(explanation, b"png")
+    # The entity keeps the original spacing between its words; markup in the tweet is escaped.
+    assert re.search(r"<mark [^>]*>@Obama  #Phoenix<sup>PER</sup></mark>", page)
+    assert "&lt;b&gt;" in page and "<b>" not in page
+    assert "🎉" in page
+
+
+def test_a_post_longer_than_one_window_gets_one_value_per_word(tagger):
+    model, processor = tagger
+    words = ["Obama", "Phoenix"] + ["visits", "the", "photo", "person"] * 12
+    explanation = explain_post(tagger, {"words": words, "caption": CAPTION})
+    inputs = processor(words=[words], captions=[CAPTION], return_tensors="pt")
+    assert len(inputs["input_ids"]) > 1  # several windows
+    mapping, offsets = inputs.pop("overflow_to_sample_mapping"), inputs.pop("window_word_offset")
+    with torch.no_grad():
+        output = model(**inputs, output_attentions=True)
+    counts = inputs["word_mask"].sum(1)
+    expected_gates = merge_windows(output.gate_values["caption"], mapping, offsets, counts)[0]
+    assert len(explanation.tags) == len(words)
+    assert explanation.attention["caption"].shape == (len(words), len(CAPTION.split()))
+    np.testing.assert_allclose(explanation.gate_values["caption"], expected_gates, atol=1e-6)
+    assert [entity.text for entity in explanation.entities] == ["Obama Phoenix"]
+
+
+def test_inputs_the_config_does_not_use_are_left_out(tiny_mgcm_dir, red_image):
+    model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir)
+    processor = AutoProcessor.from_pretrained(tiny_mgcm_dir)
+    config = copy.deepcopy(model.config)
+    config.use_image = False
+    config.use_objects = False
+    text_and_caption = MGCMForTokenClassification(config).eval()
+    explanation = explain_post(text_and_caption, full_post(red_image), processor=processor)
+    assert set(explanation.attention) == {"caption"}
+    assert explanation.model_image is None and explanation.object_labels == []
+
+
+def test_the_models_training_mode_is_restored_and_dropout_is_off_while_explaining(tiny_mgcm_dir, red_image):
+    model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir)
+    processor = AutoProcessor.from_pretrained(tiny_mgcm_dir)
+    model.config.hidden_dropout_prob = 0.5
+    model.dropout.p = 0.5
+    model.train()
+    first = explain_post((model, processor), full_post(red_image))
+    second = explain_post((model, processor), full_post(red_image))
+    assert model.training
+    np.testing.assert_array_equal(first.tag_probabilities, second.tag_probabilities)
+
+
+# --------------------------------------------------------------------------------------------------
+# The image grid
+
+
+@pytest.mark.parametrize(
+    ("num_regions", "height", "width", "expected"),
+    [
+        (64, 64, 64, (0, 8, 8)),  # tiny ResNet
+        (49, 224, 224, (0, 7, 7)),  # ResNet-152, ConvNeXt, Swin
+        (50, 224, 224, (1, 7, 7)),  # ViT-B/32 with its CLS token
+        (197, 224, 224, (1, 14, 14)),  # ViT-B/16, CLIP ViT-B/16
+        (12, 96, 128, (0, 3, 4)),  # a CNN on a landscape image
+        (281, 224, 320, (1, 14, 20)),  # a ViT on a landscape image
+        (1, 64, 64, (0, 1, 1)),  # a pooled feature
+    ],
+)
+def test_region_grid_is_recovered_from_the_number_of_regions(num_regions, height, width, expected):
+    assert image_region_grid(num_regions, height, width) == expected
+
+
+@pytest.mark.parametrize(("num_regions", "height", "width"), [(13, 64, 64), (11, 64, 64), (0, 64, 64)])
+def test_region_counts_that_are_no_grid_of_the_image_are_refused(num_regions, height, width):
+    with pytest.raises(ValueError, match=f"{num_regions}"):
+        image_region_grid(num_regions, height, width)
+
+
+def test_a_vit_backbones_cls_token_is_dropped_from_the_heatmap(red_image):
+    tokenizer = build_corpus_tokenizer(["Obama", "visits"])
+    vision = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    config = MGCMConfig(
+        text_config=tiny_text_config(len(tokenizer), hidden_size=32),
+        vision_config=vision,
+        use_image=True,
+        use_objects=False,
+        use_caption=False,
+        augmentation_mode="none",
+    )
+    torch.manual_seed(0)
+    model = MGCMForTokenClassification(config).eval()
+    _force_tags(model, "B-LOC", "I-LOC")
+    processor = MGCMProcessor(tokenizer=tokenizer, image_processor=tiny_image_processor(32), max_length=16)
+    explanation = explain_post((model, processor), {"words": ["Obama", "visits", "x"], "image": red_image})
+    assert explanation.region_grid == (1, 4, 4)  # 16 patches of 8x8 pixels after the CLS token
+    assert explanation.attention["image"].shape == (3, 17)
+    figure = draw_explanation(explanation, dpi=30)
+    [image_axes] = [axes for axes in figure.axes if axes.images]
+    heat = image_axes.images[1].get_array()
+    assert heat.shape[:2] == (4, 4)
+    assert "CLS" in image_axes.get_title(loc="left")
+
+
+# --------------------------------------------------------------------------------------------------
+# The figure and its files
+
+
+def test_explain_writes_a_png_of_the_figure_size_and_a_self_contained_html_page(tagger, red_image, tmp_path):
+    output = tmp_path / "explanation.png"
+    figure = explain(tagger, full_post(red_image), output, figsize=(8.0, 5.0), dpi=50)
+    png = output.read_bytes()
+    with Image.open(output) as written:
+        assert written.format == "PNG"
+        assert written.size == (400, 250)
+    assert tuple(figure.get_size_inches()) == (8.0, 5.0)
+
+    page = (tmp_path / "explanation.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert re.search(r"<mark [^>]*>Obama Phoenix<sup>PER</sup></mark>", page)
+    assert "<td>Obama Phoenix</td>" in page
+    [inlined] = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert base64.b64decode(inlined) == png
+    # Self-contained: nothing is fetched from anywhere.
+    assert not re.search(r'(src|href)="(?!data:)', page)
+    # Written atomically: no temporary file is left beside the results.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["explanation.html", "explanation.png"]
+
+
+def test_default_figure_is_12_inches_wide_and_grows_with_the_entities(tagger, red_image, tmp_path):
+    explanation = explain_post(tagger, full_post(red_image))
+    width, height = figure_size(explanation)
+    assert width == 12.0
+    explain(tagger, full_post(red_image), tmp_path / "one.png", dpi=40)
+    with Image.open(tmp_path / "one.png") as written:
+        assert written.size[0] == 480 and abs(written.size[1] - height * 40) < 1
+
+    two_entities = copy.deepcopy(explanation)
+    second = copy.deepcopy(explanation.entities[0])
+    second.word_start, second.word_end, second.text = 3, 4, "the"
+    two_entities.entities.append(second)
+    assert figure_size(two_entities)[1] > height
+    figure = draw_explanation(two_entities, dpi=40)
+    # One gate, image, objects and caption panel per entity.
+    assert len(figure.axes) == 8
+    assert sum(bool(axes.images) for axes in figure.axes) == 2
+
+
+def test_text_only_post_has_no_image_panel_and_no_gates(tagger, tmp_path):
+    figure = explain(tagger, {"text": "Obama Phoenix visits"}, tmp_path / "text.png", dpi=40)
+    explanation = explain_post(tagger, {"text": "Obama Phoenix visits"})
+    assert explanation.gate_values == {} and explanation.attention == {}
+    assert explanation.entities[0].text == "Obama Phoenix"
+    assert len(figure.axes) == 1 and not figure.axes[0].images
+    page = (tmp_path / "text.html").read_text(encoding="utf-8")
+    assert "Obama Phoenix" in page and "gate image" not in page
+    with Image.open(tmp_path / "text.png") as written:
+        assert np.all(np.abs(np.array(written.size) - figure.get_size_inches() * 40) < 1)
+
+
+def test_post_with_caption_only_draws_gates_and_caption_attention(tagger):
+    figure = explain(tagger, {"words": ["Obama", "Phoenix", "visits"], "caption": CAPTION}, dpi=40)
+    titles = [axes.get_title(loc="left") for axes in figure.axes]
+    assert titles == ["gate per granularity", "attention over caption words"]
+    assert [label.get_text() for label in figure.axes[1].get_yticklabels()] == CAPTION.split()
+
+
+def test_a_post_with_no_entity_still_draws_the_tweet(tiny_mgcm_dir, tmp_path):
+    model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir).eval()
+    _force_tags(model, "O", "O")
+    processor = AutoProcessor.from_pretrained(tiny_mgcm_dir)
+    figure = explain((model, processor), {"words": ["visits", "the", "photo"]}, tmp_path / "none.png", dpi=40)
+    texts = [text.get_text() for text in figure.texts]
+    assert "no entity predicted" in texts and "visits" in texts
+    assert "No entity predicted." in (tmp_path / "none.html").read_text(encoding="utf-8")
+
+
+def test_entities_beyond_max_entities_are_left_to_the_html_page(tagger, red_image):
+    explanation = explain_post(tagger, full_post(red_image))
+    extra = copy.deepcopy(explanation.entities[0])
+    extra.word_start, extra.word_end, extra.text = 3, 4, "the"
+    explanation.entities.append(extra)
+    figure = draw_explanation(explanation, dpi=30, max_entities=1)
+    assert len(figure.axes) == 4
+    assert any("1 more entities" in text.get_text() for text in figure.texts)
+    assert "<td>the</td>" in render_html(explanation, b"")
+
+
+def test_a_pipeline_object_is_read_for_its_model_and_processor(tagger, red_image):
+    model, processor = tagger
+
+    class Pipeline:  # what explain reads of a transformers Pipeline
+        def __init__(self):
+            self.model, self.processor = model, processor
+
+    from_pipeline = explain_post(Pipeline(), full_post(red_image))
+    from_pair = explain_post(tagger, full_post(red_image))
+    from_model = explain_post(model, full_post(red_image), processor=processor)
+    for other in (from_pair, from_model):
+        assert other.entities[0].gate_values == from_pipeline.entities[0].gate_values
+
+
+# --------------------------------------------------------------------------------------------------
+# Wrong inputs
+
+
+@pytest.mark.parametrize(
+    ("post", "error", "message"),
+    [
+        ("Obama visits", TypeError, "a post is a dict"),
+        ({"text": "Obama", "words": ["Obama"]}, ValueError, "exactly one of 'text'"),
+        ({"caption": "a person"}, ValueError, "exactly one of 'text'"),
+        ({"text": "Obama", "imgae": "x.jpg"}, ValueError, r"unknown keys \['imgae'\]"),
+        ({"text": 3}, TypeError, r"post\['text'\] must be a string"),
+        ({"text": "  \t "}, ValueError, "no words"),
+        ({"words": "Obama visits"}, TypeError, r"post\['words'\] must be a list"),
+        ({"words": ["Obama", "new york"]}, ValueError, r"post\['words'\]\[1\] = 'new york'"),
+        ({"words": ["Obama", ""]}, ValueError, r"post\['words'\]\[1\] = ''"),
+        ({"text": "Obama", "image": 3}, TypeError, r"post\['image'\] must be a file path"),
+        ({"text": "Obama", "caption": ["a"]}, TypeError, r"post\['caption'\] must be a string"),
+        ({"text": "Obama", "objects": "person"}, TypeError, r"post\['objects'\] must be a list"),
+        ({"text": "Obama", "objects": [{"label": "person"}]}, ValueError, "object 0"),
+    ],
+)
+def test_malformed_posts_are_refused_with_the_offending_key(tagger, post, error, message):
+    with pytest.raises(error, match=message):
+        explain_post(tagger, post)
+
+
+def test_an_image_that_is_missing_or_not_an_image_names_the_file(tagger, tmp_path):
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(ImageLoadError, match="missing.jpg") as raised:
+        explain_post(tagger, {"text": "Obama", "image": str(missing)})
+    assert raised.value.is_missing
+    not_an_image = tmp_path / "page.jpg"
+    not_an_image.write_text("<html>404</html>")
+    with pytest.raises(ImageLoadError, match="page.jpg") as raised:
+        explain_post(tagger, {"text": "Obama", "image": not_an_image})
+    assert raised.value.reason == "not_an_image"
+
+
+def test_wrong_models_processors_and_output_paths_are_refused(tagger, tmp_path):
+    model, processor = tagger
+    with pytest.raises(TypeError, match="MGCM token-classification model"):
+        explain_post((torch.nn.Linear(2, 2), processor), {"text": "Obama"})
+    with pytest.raises(TypeError, match="needs the model's MGCMProcessor"):
+        explain_post(model, {"text": "Obama"})
+    with pytest.raises(TypeError, match=r"\(model, processor\) pair"):
+        explain_post((model, processor, None), {"text": "Obama"})
+    with pytest.raises(ValueError, match=r"must name a \.png file, got '.*explanation\.jpg'"):
+        explain(tagger, {"text": "Obama"}, tmp_path / "explanation.jpg")
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        explain(tagger, {"text": "Obama"}, tmp_path / "no_such_folder" / "x.png")
+    explanation = explain_post(tagger, {"text": "Obama"})
+    with pytest.raises(ValueError, match="max_entities"):
+        draw_explanation(explanation, max_entities=0)
+    with pytest.raises(ValueError, match="figsize"):
+        draw_explanation(explanation, figsize=(0, 3))
+    assert list(tmp_path.iterdir()) == []
