@@ -39,7 +39,7 @@ ENTITY_TYPE_COLOURS = {"PER": "#E69F00", "LOC": "#56B4E9", "ORG": "#CC79A7", "MI
 _EXTRA_TYPE_COLOURS = ("#999999", "#BBCC33", "#EE8866", "#77AADD", "#AAAA00")
 POST_KEYS = ("text", "words", "image", "caption", "objects", "id")
 # A grid is accepted when its rows/columns ratio is within this factor of the image's aspect ratio.
-_GRID_ASPECT_TOLERANCE = 1.5
+_GRID_ASPECT_TOLERANCE = 1.3
 # Caption words drawn per entity; longer captions keep their most attended words.
 MAX_CAPTION_WORDS_DRAWN = 16
 
@@ -214,7 +214,7 @@ def image_region_grid(num_regions: int, image_height: int, image_width: int) -> 
     `extract_image_features`), possibly after one leading non-spatial token (the CLS token of ViT and CLIP
     vision, which comes first). Of the factorisations rows x columns of `num_regions` and of
     `num_regions - 1`, it takes the one whose rows/columns ratio is closest to `image_height / image_width`
-    (ties keep all regions), and refuses counts whose best grid is off by more than a factor 1.5.
+    (ties keep all regions), and refuses counts whose best grid is off by more than a factor 1.3.
     """
     if num_regions < 1 or image_height < 1 or image_width < 1:
         raise ValueError(
