@@ -13,6 +13,7 @@ from .corpus import (
 from .corpus_schema import corpus_features
 from .corpus_stats import corpus_stats, format_corpus_stats
 from .data_collator import MGCMDataCollator
+from .explain import ExplainedEntity, PostExplanation, explain, explain_post
 from .image_feature_cache import ImageCacheStats, ImageFeatureCache
 from .image_loading import ImageLoadError, load_image
 from .labels import ENTITY_TYPES, ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, normalise_tag, repair_bio_tags
@@ -34,6 +35,10 @@ warnings.filterwarnings(
 )
 
 __all__ = [
+    "ExplainedEntity",
+    "PostExplanation",
+    "explain",
+    "explain_post",
     "DetectedObjects",
     "ImageCacheStats",
     "ImageFeatureCache",

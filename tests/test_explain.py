@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoModelForTokenClassification, AutoProcessor, ViTConfig
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
-import processing  # noqa: F401
+import processing
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from processing import LABEL_TO_ID, ImageLoadError, MGCMProcessor, merge_windows
 from processing.explain import (
@@ -259,7 +259,7 @@ def test_a_vit_backbones_cls_token_is_dropped_from_the_heatmap(red_image):
 
 def test_explain_writes_a_png_of_the_figure_size_and_a_self_contained_html_page(tagger, red_image, tmp_path):
     output = tmp_path / "explanation.png"
-    figure = explain(tagger, full_post(red_image), output, figsize=(8.0, 5.0), dpi=50)
+    figure = processing.explain(tagger, full_post(red_image), output, figsize=(8.0, 5.0), dpi=50)
     png = output.read_bytes()
     with Image.open(output) as written:
         assert written.format == "PNG"
