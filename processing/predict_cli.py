@@ -1,0 +1,296 @@
+"""`mgcm-predict`: tag posts with a trained MGCM folder from the command line.
+
+One post:
+
+    mgcm-predict --model outputs/mgcm --text "Jordan visits Phoenix" --image photo.jpg
+
+Many posts, streamed from JSON Lines (one `{"text", "image", "caption", "objects", "image_id", "id"}` object a
+line; only `text` is required, `id` is copied to the output):
+
+    mgcm-predict --model outputs/mgcm --input posts.jsonl --output predictions.jsonl
+
+Every input line gives exactly one output line, in order: `{"line", "id", "text", "entities"}`, plus
+`"image_error"` when the post's image was missing or undecodable (the post is then tagged from its text and
+caption), or `{"line", "id", "error"}` for a line that is not a JSON object or a post the pipeline refuses. One
+bad post never stops the run. Posts are read and tagged `--chunk_size` at a time, so memory does not grow
+with the input. A summary (posts, entities per type, masked images, errors, throughput) ends the run on
+standard error.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, TextIO
+
+from tqdm.auto import tqdm
+
+from .image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT
+from .pipeline_mgcm import TASK_NAME, BadImageWarning
+
+PASSTHROUGH_KEYS = ("id",)
+
+
+@dataclass
+class PredictionSummary:
+    """Counts of a batch run; `posts` counts input lines."""
+
+    posts: int = 0
+    tagged: int = 0
+    errors: int = 0
+    masked_images: int = 0
+    entities: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.posts += 1
+        if "error" in record:
+            self.errors += 1
+            return
+        self.tagged += 1
+        self.masked_images += "image_error" in record
+        self.entities.update(entity["entity_group"] for entity in record["entities"])
+
+    @property
+    def posts_per_second(self) -> float:
+        return self.posts / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "posts": self.posts,
+            "tagged": self.tagged,
+            "errors": self.errors,
+            "masked_images": self.masked_images,
+            "entities": dict(sorted(self.entities.items())),
+            "seconds": round(self.seconds, 3),
+            "posts_per_second": round(self.posts_per_second, 2),
+        }
+
+    def format(self) -> str:
+        entity_counts = (
+            ", ".join(f"{name} {count}" for name, count in sorted(self.entities.items())) or "none"
+        )
+        return (
+            f"posts: {self.posts} ({self.tagged} tagged, {self.errors} errors)\n"
+            f"entities: {sum(self.entities.values())} ({entity_counts})\n"
+            f"posts whose image was masked: {self.masked_images}\n"
+            f"throughput: {self.posts_per_second:.1f} posts/s ({self.seconds:.1f} s)"
+        )
+
+
+def parse_post_line(line: bytes, line_number: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """`(post for the pipeline, output record so far)`; the post is None and the record holds an "error" when
+    the line is not a usable JSON object."""
+    record: dict[str, Any] = {"line": line_number}
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        record["error"] = f"line {line_number}: not UTF-8 ({error})"
+        return None, record
+    if line_number == 1:
+        text = text.removeprefix("\ufeff")
+    if not text.strip():
+        record["error"] = f"line {line_number}: empty line, expected a JSON object"
+        return None, record
+    try:
+        post = json.loads(text)
+    except json.JSONDecodeError as error:
+        record["error"] = f"line {line_number}: invalid JSON ({error}): {text.strip()[:80]!r}"
+        return None, record
+    if not isinstance(post, dict):
+        record["error"] = (
+            f"line {line_number}: expected a JSON object with a 'text', got {type(post).__name__}"
+        )
+        return None, record
+    for key in PASSTHROUGH_KEYS:
+        if key in post:
+            record[key] = post.pop(key)
+    return post, record
+
+
+def _result_record(record: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
+    record.update(text=output["text"], entities=output["entities"])
+    if output["image_error"] is not None:
+        record["image_error"] = output["image_error"]
+    return record
+
+
+def tag_records(
+    tagger, lines: Iterable[bytes], batch_size: int = 32, chunk_size: int = 512, first_line: int = 1
+) -> Iterator[dict[str, Any]]:
+    """Output records for JSON lines, in order, `chunk_size` lines in memory at a time.
+
+    Posts of a chunk go through the pipeline together; if that fails (one post the pipeline refuses), each
+    post of the chunk is tagged alone and only the failing ones become "error" records.
+    """
+    chunk: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
+    line_number = first_line
+    for line in lines:
+        chunk.append(parse_post_line(line, line_number))
+        line_number += 1
+        if len(chunk) >= chunk_size:
+            yield from _tag_chunk(tagger, chunk, batch_size)
+            chunk = []
+    if chunk:
+        yield from _tag_chunk(tagger, chunk, batch_size)
+
+
+def _tag_chunk(tagger, chunk, batch_size: int) -> list[dict[str, Any]]:
+    posts = [post for post, _ in chunk if post is not None]
+    outputs: list[Any] = []
+    if posts:
+        try:
+            outputs = tagger(posts, batch_size=batch_size, aggregation="words", on_bad_image="mask")
+        except Exception:  # noqa: BLE001 (one bad post must not stop the run: find it below)
+            outputs = [_tag_alone(tagger, post) for post in posts]
+    records = []
+    position = 0
+    for post, record in chunk:
+        if post is not None:
+            output = outputs[position]
+            position += 1
+            if isinstance(output, Exception):
+                # The pipeline numbers its inputs; a post tagged alone is always its "input 0".
+                message = str(output).removeprefix("input 0: ")
+                record["error"] = f"line {record['line']}: {type(output).__name__}: {message}"
+            else:
+                record = _result_record(record, output)
+        records.append(record)
+    return records
+
+
+def _tag_alone(tagger, post: dict[str, Any]) -> Any:
+    try:
+        return tagger(post, aggregation="words", on_bad_image="mask")
+    except Exception as error:  # noqa: BLE001 (reported in the post's output line)
+        return error
+
+
+def run_batch(
+    tagger, source: BinaryIO, sink: TextIO, batch_size: int, chunk_size: int, progress: bool
+) -> PredictionSummary:
+    """Tag every line of `source` into `sink` (one JSON line each) and return the run's summary."""
+    summary = PredictionSummary()
+    started = time.perf_counter()
+    with tqdm(unit="post", desc="Tagging posts", disable=not progress, file=sys.stderr) as bar:
+        for record in tag_records(tagger, source, batch_size=batch_size, chunk_size=chunk_size):
+            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            summary.add(record)
+            bar.update(1)
+    sink.flush()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mgcm-predict",
+        description="Tag PER/LOC/ORG/MISC entities in posts (text, image, caption, objects) with an MGCM model.",
+    )
+    parser.add_argument("--model", required=True, help="folder of a trained MGCM model and its processor")
+    single = parser.add_argument_group("one post")
+    single.add_argument("--text", help="the post's text")
+    single.add_argument("--image", help="the post's image: a path or an http(s) URL")
+    single.add_argument("--caption", help="a caption of the image")
+    single.add_argument("--objects", help="detected object labels, comma-separated (in score order)")
+    many = parser.add_argument_group("many posts")
+    many.add_argument("--input", help="JSON Lines file of posts ('-' for standard input)")
+    many.add_argument(
+        "--output", default="-", help="JSON Lines file of predictions ('-', the default: stdout)"
+    )
+    many.add_argument("--batch_size", type=int, default=32, help="posts per model batch")
+    many.add_argument("--chunk_size", type=int, default=512, help="input lines held in memory at a time")
+    many.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--image_dir", help="folder that relative image paths are resolved against")
+    parser.add_argument(
+        "--image_timeout", type=float, default=DEFAULT_URL_TIMEOUT, help="seconds to fetch a URL"
+    )
+    parser.add_argument(
+        "--max_image_bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES, help="largest image a URL may send"
+    )
+    parser.add_argument(
+        "--device", help="'cpu', 'cuda', 'cuda:1', 'mps'... (default: the first accelerator, else CPU)"
+    )
+    return parser
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.text is None) == (args.input is None):
+        parser.error("give either --text (one post) or --input (a JSON Lines file of posts)")
+    if args.input is not None and any(
+        value is not None for value in (args.image, args.caption, args.objects)
+    ):
+        parser.error("--image, --caption and --objects go with --text; in --input files they are post fields")
+    if args.batch_size < 1 or args.chunk_size < 1:
+        parser.error(
+            f"--batch_size and --chunk_size must be >= 1, got {args.batch_size} and {args.chunk_size}"
+        )
+    if args.image_timeout <= 0 or args.max_image_bytes < 1:
+        parser.error("--image_timeout and --max_image_bytes must be positive")
+    if args.input not in (None, "-") and not os.path.isfile(args.input):
+        parser.error(f"--input {args.input}: no such file")
+    if not os.path.isdir(args.model):
+        parser.error(f"--model {args.model}: no such folder (give the output_dir of examples/train.py)")
+
+
+def _load_tagger(args: argparse.Namespace):
+    from transformers import pipeline
+
+    import modeling_mgcm  # noqa: F401  (registers the Auto classes)
+
+    device = args.device
+    if device is not None and device.lstrip("-").isdigit():
+        device = int(device)
+    return pipeline(
+        TASK_NAME,
+        model=args.model,
+        device=device,
+        image_dir=args.image_dir,
+        image_timeout=args.image_timeout,
+        max_image_bytes=args.max_image_bytes,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 when the run finished, even with bad posts)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
+    tagger = _load_tagger(args)
+    if args.text is not None:
+        post: dict[str, Any] = {"text": args.text, "image": args.image, "caption": args.caption}
+        if args.objects:
+            post["objects"] = [label.strip() for label in args.objects.split(",") if label.strip()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BadImageWarning)
+            output = tagger(post, aggregation="words", on_bad_image="mask")
+        record = _result_record({}, output)
+        if "image_error" in record:
+            print(f"mgcm-predict: image left out: {record['image_error']}", file=sys.stderr)
+        print(json.dumps(record, ensure_ascii=False, indent=2))
+        return 0
+    with ExitStack() as stack:
+        source = sys.stdin.buffer if args.input == "-" else stack.enter_context(open(args.input, "rb"))
+        sink = (
+            sys.stdout
+            if args.output == "-"
+            else stack.enter_context(open(args.output, "w", encoding="utf-8"))
+        )
+        with warnings.catch_warnings():
+            # Masked images are recorded per line and counted in the summary.
+            warnings.simplefilter("ignore", BadImageWarning)
+            summary = run_batch(tagger, source, sink, args.batch_size, args.chunk_size, not args.no_progress)
+    print(summary.format(), file=sys.stderr)
+    return 0
+
+
+__all__ = ["PredictionSummary", "build_parser", "main", "parse_post_line", "run_batch", "tag_records"]
+
+if __name__ == "__main__":
+    sys.exit(main())
