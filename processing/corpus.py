@@ -11,6 +11,7 @@ import json
 import math
 import operator
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -273,6 +274,16 @@ def read_objects_file(path: str | os.PathLike) -> dict[str, list[dict]]:
         raise CorpusFormatError(
             path, error.lineno, bad_line, f"invalid JSON ({error.msg}, column {error.colno})"
         ) from None
+    except RecursionError:
+        raise CorpusFormatError(path, None, text[:40], "invalid JSON (nested too deeply)") from None
+    except ValueError as error:
+        if isinstance(error, CorpusFormatError):
+            raise
+        # Python refuses to convert integers of more than 4300 digits; json reports it without a position.
+        digits = re.search(r"\d{4301,}", text)
+        line_number = None if digits is None else text.count("\n", 0, digits.start()) + 1
+        value = text[:40] if digits is None else digits.group()[:20] + "..."
+        raise CorpusFormatError(path, line_number, value, f"invalid JSON ({error})") from None
     if not isinstance(content, dict):
         raise CorpusFormatError(
             path, 1, type(content).__name__, 'expected a JSON object {"<IMGID>": [objects]}'
