@@ -1,0 +1,541 @@
+"""Hub packaging: the ready-made configurations of `hub_configs/` and `examples/export_to_hub.py`, whose folder
+must load as remote code in a process that cannot import this project and predict exactly as the original."""
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoProcessor
+
+import modeling_mgcm  # noqa: F401  (registers the Auto classes)
+import processing  # noqa: F401  (registers the processor)
+from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, extract_image_features
+from processing import MGCMProcessor, NeighbourTable
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_MINILM = Path("/root/.cache/mgcm-offline-models/all-MiniLM-L6-v2")
+WINDOW_KEYS = ("overflow_to_sample_mapping", "window_word_offset")
+
+
+def load_script(path: Path, name: str):
+    """Import a script of the repository (examples/ and hub_configs/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+export_to_hub = load_script(REPO / "examples" / "export_to_hub.py", "export_to_hub")
+make_hub_configs = load_script(REPO / "hub_configs" / "make_hub_configs.py", "make_hub_configs")
+HUB_CONFIG_NAMES = [configuration.name for configuration in make_hub_configs.hub_configurations()]
+
+
+@pytest.fixture
+def one_thread():
+    """The same thread count in both processes, so that float sums run in the same order."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def fake_results() -> dict:
+    """A results.json as examples/train.py writes it, with recognisable scores."""
+
+    def metrics(f1: float) -> dict:
+        per_type = {
+            name: {"precision": f1, "recall": f1, "f1": f1, "number": 7} for name in ("PER", "LOC", "ORG")
+        }
+        return {
+            "overall_precision": 0.6125,
+            "overall_recall": 0.5875,
+            "overall_f1": f1,
+            "overall_number": 21,
+            **per_type,
+        }
+
+    return {
+        "metrics": {"valid": {"lenient": metrics(0.6042), "strict": metrics(0.5931)}},
+        "history": [{"epoch": 1, "valid_f1": 0.6042}],
+        "run": {
+            "dataset": "synthetic",
+            "text_model": "tiny random BERT",
+            "vision_model": "tiny random ResNet",
+            "granularities": ["image", "objects", "caption"],
+            "augmentation_mode": "gate",
+            "use_word_shape": True,
+            "aux_span_loss_weight": 0.5,
+            "seed": 0,
+            "args": {},
+        },
+        "training": {"num_processes": 1, "optimizer_steps": 3, "epochs_run": 1, "best_epoch": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def training_dir(tiny_mgcm_dir, tmp_path_factory) -> Path:
+    """A copy of the tiny MGCM folder with the results.json of a training run."""
+    folder = tmp_path_factory.mktemp("train-output") / "run"
+    shutil.copytree(tiny_mgcm_dir, folder)
+    (folder / "results.json").write_text(json.dumps(fake_results()), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported_dir(training_dir, tmp_path_factory) -> Path:
+    """The Hub folder exported from `training_dir` through the command line entry point."""
+    output = tmp_path_factory.mktemp("export") / "mgcm-hub"
+    export_to_hub.main([str(training_dir), str(output)])
+    return output
+
+
+# ------------------------------------------------------------------------------------------------------
+# The test that matters: remote code in a clean process
+
+
+def fixed_batch(folder: Path) -> dict:
+    """Three tweets with images (one absent), objects, captions (one empty); the long one spans two windows."""
+    rng = np.random.default_rng(5)
+    image_paths = []
+    for index, size in enumerate([(48, 40), (64, 64)]):
+        path = folder / f"image_{index}.png"
+        Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(path)
+        image_paths.append(str(path))
+    long_tweet = ("Jordan visits Phoenix with Obama in Paris at the photo " * 4).split()
+    return {
+        "words": [["Obama", "visits", "Paris"], long_tweet, ["photo", "of", "Jordan", "#Phoenix", "@obama"]],
+        "images": [image_paths[0], None, image_paths[1]],
+        "objects": [
+            [{"label": "person", "score": 0.9}, {"label": "car", "score": 0.8}],
+            [],
+            [
+                {"label": "dog", "score": 0.7},
+                {"label": "person", "score": 0.95},
+                {"label": "cup", "score": 0.5},
+            ],
+        ],
+        "captions": ["a man waving to a crowd", "", "a dog in front of a logo"],
+    }
+
+
+# Runs in the clean process: only the standard library and site-packages are importable, not this project.
+CLEAN_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, sysconfig
+
+    # -I -S gave a sys.path without site-packages and without this project's editable install (a .pth
+    # hook); add the installed third-party packages back, and nothing else.
+    for key in ("purelib", "platlib"):
+        if sysconfig.get_paths()[key] not in sys.path:
+            sys.path.append(sysconfig.get_paths()[key])
+    for name in ("processing", "modeling_mgcm"):
+        try:
+            __import__(name)
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise SystemExit(f"the project package {name} is importable in the clean process")
+
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+    from transformers import AutoModelForTokenClassification, AutoProcessor
+
+    exported, batch_file, result_file = sys.argv[1:4]
+    torch.set_num_threads(1)
+    batch = json.load(open(batch_file))
+    model = AutoModelForTokenClassification.from_pretrained(exported, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(exported, trust_remote_code=True)
+    images = [None if path is None else Image.open(path).convert("RGB") for path in batch["images"]]
+    inputs = processor(words=batch["words"], images=images, objects=batch["objects"], captions=batch["captions"])
+    model_inputs = {key: value for key, value in inputs.items() if key not in ("overflow_to_sample_mapping", "window_word_offset")}
+    with torch.no_grad():
+        output = model(**model_inputs)
+        marginals = model.crf.marginals(output.logits, inputs["word_mask"].bool())
+    tensors = {"inputs." + key: value.contiguous() for key, value in inputs.items()}
+    tensors.update(logits=output.logits, predictions=output.predictions, marginals=marginals)
+    save_file(tensors, result_file)
+    project_modules = sorted(m for m in sys.modules if m.split(".")[0] in ("processing", "modeling_mgcm"))
+    print(json.dumps({"model": type(model).__module__, "processor": type(processor).__module__,
+                      "project_modules": project_modules}))
+    """
+)
+
+
+def test_exported_folder_loads_in_a_clean_process_with_identical_predictions(
+    exported_dir, tiny_mgcm_dir, tmp_path, one_thread
+):
+    batch = fixed_batch(tmp_path)
+    (tmp_path / "batch.json").write_text(json.dumps(batch), encoding="utf-8")
+    (tmp_path / "clean_load.py").write_text(CLEAN_PROCESS_SCRIPT, encoding="utf-8")
+    work_dir = tmp_path / "elsewhere"
+    work_dir.mkdir()
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS"))
+    }
+    environment.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    completed = subprocess.run(
+        [sys.executable, "-I", "-S", str(tmp_path / "clean_load.py"), str(exported_dir)]
+        + [str(tmp_path / "batch.json"), str(tmp_path / "remote.safetensors")],
+        cwd=work_dir,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    loaded = json.loads(completed.stdout.strip().splitlines()[-1])
+    # The classes came from the exported files, copied into the dynamic-module cache, not from this project.
+    assert loaded["model"].startswith("transformers_modules.") and loaded["model"].endswith(".modeling_mgcm")
+    assert loaded["processor"].startswith("transformers_modules.") and loaded["processor"].endswith(
+        ".processing_mgcm"
+    )
+    assert loaded["project_modules"] == []
+    assert (tmp_path / "modules" / "transformers_modules").is_dir()
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiny_mgcm_dir)
+    assert type(model) is MGCMForTokenClassification and type(processor) is MGCMProcessor
+    images = [None if path is None else Image.open(path).convert("RGB") for path in batch["images"]]
+    inputs = processor(
+        words=batch["words"], images=images, objects=batch["objects"], captions=batch["captions"]
+    )
+    with torch.no_grad():
+        output = model(**{key: value for key, value in inputs.items() if key not in WINDOW_KEYS})
+        marginals = model.crf.marginals(output.logits, inputs["word_mask"].bool())
+
+    # The batch really exercises every input: two windows for the long tweet, an image present and absent,
+    # objects, a caption present and absent, neighbour vectors.
+    assert inputs["overflow_to_sample_mapping"].tolist().count(1) >= 2
+    assert inputs["image_mask"].tolist() == [1] + [0] * (len(inputs["image_mask"]) - 2) + [1]
+    assert inputs["object_mask"].sum() > 0 and inputs["caption_attention_mask"][1:-1].sum() == 0
+    assert inputs["caption_attention_mask"][0].sum() > 0 and inputs["neighbour_weights"].abs().sum() > 0
+
+    remote = load_file(str(tmp_path / "remote.safetensors"))
+    assert sorted(key for key in remote if key.startswith("inputs.")) == sorted(
+        "inputs." + key for key in inputs
+    )
+    for key, value in inputs.items():
+        assert torch.equal(remote["inputs." + key], value), key
+    assert torch.equal(remote["predictions"], output.predictions)
+    assert torch.equal(remote["logits"], output.logits)
+    assert torch.equal(remote["marginals"], marginals)
+
+
+# ------------------------------------------------------------------------------------------------------
+# What the exported folder holds
+
+
+def test_export_writes_auto_maps_flat_code_safetensors_and_a_filled_card(exported_dir, training_dir):
+    config = json.loads((exported_dir / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_mgcm.MGCMConfig",
+        "AutoModel": "modeling_mgcm.MGCMModel",
+        "AutoModelForTokenClassification": "modeling_mgcm.MGCMForTokenClassification",
+    }
+    processor_config = json.loads((exported_dir / "processor_config.json").read_text())
+    assert processor_config["auto_map"] == {"AutoProcessor": "processing_mgcm.MGCMProcessor"}
+    assert processor_config["processor_class"] == "MGCMProcessor"
+
+    files = {path.relative_to(exported_dir).as_posix() for path in exported_dir.rglob("*") if path.is_file()}
+    assert "model.safetensors" in files and "neighbour_table/neighbour_table.safetensors" in files
+    assert not [name for name in files if name.endswith(export_to_hub.PICKLED_WEIGHT_SUFFIXES)]
+    code = sorted(name for name in files if name.endswith(".py"))
+    assert all("/" not in name for name in code)
+    assert {"configuration_mgcm.py", "modeling_mgcm.py", "processing_mgcm.py", "neighbour_table.py"} <= set(
+        code
+    )
+    assert {"word_shape.py", "tweet_normalise.py", "word_vectors.py"} <= set(code)
+    sources = {name: (exported_dir / name).read_text() for name in code}
+    assert "from modeling_mgcm import" not in sources["processing_mgcm.py"]
+    assert "from .configuration_mgcm import MGCMConfig" in sources["processing_mgcm.py"]
+    # Every import of a project module is gone, and every relative import names a shipped file.
+    for module in export_to_hub.third_party_modules(sources):
+        assert module not in export_to_hub.PROJECT_PACKAGES
+    for name, source in sources.items():
+        for line in source.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("from .") and " import" in stripped:
+                assert stripped.split()[1][1:] + ".py" in sources, (name, line)
+    assert {"torch", "transformers", "numpy", "safetensors"} <= set(
+        export_to_hub.third_party_modules(sources)
+    )
+
+    assert json.loads((exported_dir / "results.json").read_text()) == json.loads(
+        (training_dir / "results.json").read_text()
+    )
+    card = (exported_dir / "README.md").read_text()
+    assert "| valid | lenient | 61.25 | 58.75 | 60.42 |" in card and "| valid | strict |" in card
+    assert "trust_remote_code=True" in card and "import modeling_mgcm" not in card
+    assert "`torch`" in card and "`pillow`" in card
+
+
+def test_card_template_from_hub_configs_is_filled_from_results(training_dir, tmp_path):
+    template = REPO / "hub_configs" / "mgcm-paper-twitter2017" / "README.md"
+    output = export_to_hub.export_to_hub(training_dir, tmp_path / "out", template, repo_id="someone/mgcm-t17")
+    card = (output / "README.md").read_text()
+    assert "{{" not in card and "}}" not in card
+    assert "| valid | lenient | 61.25 | 58.75 | 60.42 |" in card
+    assert 'from_pretrained("someone/mgcm-t17", trust_remote_code=True)' in card
+    assert "Trained on `synthetic` for 1 epoch(s)" in card and "epoch 1, the best on the valid split" in card
+    # The template's fixed text stays: the paper's published scores, for comparison.
+    assert "| 86.03 | 86.16 | 86.09 |" in card
+
+
+# ------------------------------------------------------------------------------------------------------
+# Refusals, each naming what is wrong
+
+
+def test_export_refuses_a_folder_without_results_or_safetensors_and_a_used_output(training_dir, tmp_path):
+    no_results = tmp_path / "no_results"
+    shutil.copytree(training_dir, no_results)
+    (no_results / "results.json").unlink()
+    with pytest.raises(export_to_hub.ExportError, match=r"no_results/results\.json does not exist"):
+        export_to_hub.export_to_hub(no_results, tmp_path / "a")
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(training_dir, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(export_to_hub.ExportError, match=r"no model\*\.safetensors.*pytorch_model\.bin"):
+        export_to_hub.export_to_hub(pickled, tmp_path / "b")
+
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "something.txt").write_text("x")
+    with pytest.raises(export_to_hub.ExportError, match="used exists and is not an empty folder"):
+        export_to_hub.export_to_hub(training_dir, used)
+    with pytest.raises(export_to_hub.ExportError, match="is the training folder"):
+        export_to_hub.export_to_hub(training_dir, training_dir)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(training_dir, broken)
+    (broken / "results.json").write_text('{"metrics": {}\n  "run": 1}')
+    with pytest.raises(export_to_hub.ExportError, match=r"broken/results\.json, line 2: not valid JSON"):
+        export_to_hub.export_to_hub(broken, tmp_path / "c")
+
+
+def test_export_refuses_weights_that_do_not_match_the_config(training_dir, tmp_path):
+    """Weights from another version of the model code would load half-initialised: refuse instead."""
+    changed = tmp_path / "changed"
+    shutil.copytree(training_dir, changed)
+    config = json.loads((changed / "config.json").read_text())
+    config["use_word_shape"] = not config["use_word_shape"]
+    (changed / "config.json").write_text(json.dumps(config))
+    with pytest.raises(export_to_hub.ExportError, match="do not match its config.json.*word_shape"):
+        export_to_hub.export_to_hub(changed, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_card_template_with_an_unknown_placeholder_names_file_and_line(tmp_path):
+    template = tmp_path / "card.md"
+    template.write_text("# Card\n\n{{ results_table }}\n{{ results_tabel }}\n")
+    with pytest.raises(
+        export_to_hub.ExportError, match=r"card\.md, line 4: unknown placeholder '\{\{ results_tabel \}\}'"
+    ):
+        export_to_hub.fill_card_template(template.read_text(), {"results_table": "x"}, str(template))
+    assert export_to_hub.fill_card_template("a {{results_table}} b", {"results_table": "T"}, "t") == "a T b"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Flattening a package tree into one folder of relative imports
+
+
+@pytest.fixture
+def two_packages(tmp_path, monkeypatch):
+    """`pkg_core` (a class re-exported by its __init__, a constant) and `pkg_io`, which imports from it."""
+    root = tmp_path / "src"
+    files = {
+        "pkg_core/__init__.py": "from .shapes import Square, SIDES\n",
+        "pkg_core/shapes.py": "SIDES = 4\n\n\nclass Square:\n    sides = SIDES\n",
+        "pkg_io/__init__.py": "",
+        "pkg_io/helpers.py": "def double(x):\n    return 2 * x\n",
+        "pkg_io/reader.py": (
+            "from pkg_core import Square\n"
+            "\n"
+            "from .helpers import (\n"
+            "    double,\n"
+            ")\n"
+            "\n"
+            "\n"
+            "def perimeter():\n"
+            "    from pkg_core.shapes import SIDES as count\n"
+            "\n"
+            "    return double(Square.sides) + count\n"
+        ),
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(export_to_hub, "PROJECT_PACKAGES", ("pkg_core", "pkg_io"))
+    yield root
+    for name in [name for name in sys.modules if name.split(".")[0] in ("pkg_core", "pkg_io", "flat")]:
+        del sys.modules[name]
+
+
+def test_flat_module_sources_rewrites_project_imports_and_runs(two_packages, tmp_path, monkeypatch):
+    sources = export_to_hub.flat_module_sources(["pkg_io.reader"])
+    assert sorted(sources) == ["helpers.py", "reader.py", "shapes.py"]
+    reader = sources["reader.py"]
+    # A name imported from a package comes from the submodule that defines it; function-level imports and
+    # aliases are kept; a sibling import already relative is left as written.
+    assert "from .shapes import Square\n" in reader
+    assert "    from .shapes import SIDES as count\n" in reader
+    assert "from .helpers import (\n    double,\n)\n" in reader
+    assert "pkg_core" not in reader
+    flat = tmp_path / "flat_root" / "flat"
+    flat.mkdir(parents=True)
+    (flat / "__init__.py").write_text("")
+    for name, text in sources.items():
+        (flat / name).write_text(text)
+    monkeypatch.syspath_prepend(str(flat.parent))
+    monkeypatch.setattr(export_to_hub, "PROJECT_PACKAGES", ())
+    flat_reader = importlib.import_module("flat.reader")
+    assert flat_reader.perimeter() == 12 and flat_reader.Square.__module__ == "flat.shapes"
+
+
+def test_flat_module_sources_refuses_what_it_cannot_rewrite(two_packages):
+    reader = two_packages / "pkg_io" / "reader.py"
+    reader.write_text("import pkg_core\n")
+    with pytest.raises(
+        export_to_hub.ExportError, match=r"reader\.py, line 1: `import pkg_core` cannot be shipped"
+    ):
+        export_to_hub.flat_module_sources(["pkg_io.reader"])
+    # A constant has no defining module to import it from.
+    reader.write_text("x = 1\nfrom pkg_core import SIDES\n")
+    with pytest.raises(
+        export_to_hub.ExportError, match=r"reader\.py, line 2: .*'SIDES' has no defining submodule"
+    ):
+        export_to_hub.flat_module_sources(["pkg_io.reader"])
+    # Two modules with the same file name cannot share one flat folder.
+    (two_packages / "pkg_io" / "shapes.py").write_text("from pkg_core.shapes import SIDES\n")
+    reader.write_text("from .shapes import SIDES\n")
+    with pytest.raises(export_to_hub.ExportError, match="would both be exported as shapes.py"):
+        export_to_hub.flat_module_sources(["pkg_io.reader"])
+
+
+# ------------------------------------------------------------------------------------------------------
+# hub_configs/
+
+
+def test_hub_config_files_are_in_sync_with_mgcm_config():
+    """The committed files are exactly what make_hub_configs.py writes from today's MGCMConfig."""
+    assert sorted(path.name for path in (REPO / "hub_configs").iterdir() if path.is_dir()) == sorted(
+        HUB_CONFIG_NAMES
+    )
+    assert make_hub_configs.outdated_files() == []
+
+
+def architecture(config: MGCMConfig) -> dict:
+    """The config's values, without where it was loaded from."""
+    return {key: value for key, value in config.to_dict().items() if key != "_name_or_path"}
+
+
+def test_paper_configs_are_mgcm_defaults_with_resnet152_grid_and_bert_base_cased():
+    paper = architecture(make_hub_configs.hub_configurations()[0].config)
+    assert architecture(MGCMConfig()) == paper
+    for name in ("mgcm-paper-twitter2015", "mgcm-paper-twitter2017"):
+        config = AutoConfig.from_pretrained(REPO / "hub_configs" / name)
+        assert type(config) is MGCMConfig and architecture(config) == paper
+        assert config.granularities == ("image", "objects") and not config.use_word_shape
+        assert (config.num_neighbours, config.augmentation_dim, config.max_objects) == (4, 200, 5)
+        assert len(config.object_labels) == 80 and config.text_config.vocab_size == 28996
+        assert [config.id2label[index] for index in range(9)] == list(processing.LABEL_NAMES)
+        with torch.device("meta"):
+            model = MGCMForTokenClassification(config)
+        assert next(model.parameters()).device.type == "meta"
+        # bert-base-cased without its pooler (108,310,272 - 590,592) and ResNet-152 without its classifier.
+        assert sum(p.numel() for p in model.mgcm.text_encoder.parameters()) == 107_719_680
+        assert sum(p.numel() for p in model.mgcm.vision_model.parameters()) == 58_143_808
+        regions = extract_image_features(model.mgcm.vision_model, torch.empty(1, 3, 224, 224, device="meta"))
+        assert tuple(regions.shape) == (1, 49, 2048)
+
+
+@pytest.mark.parametrize("name, hidden_size", [("mgcm-offline-minilm", 384), ("mgcm-offline-mpnet", 768)])
+def test_offline_configs_build_text_and_caption_models_without_vision(name, hidden_size):
+    config = MGCMConfig.from_pretrained(REPO / "hub_configs" / name)
+    assert config.granularities == ("caption",) and config.vision_config is None and config.use_word_shape
+    assert (config.augmentation_mode, config.augmentation_dim, config.num_neighbours) == ("gate", 50, 4)
+    assert config.hidden_size == hidden_size
+    with torch.device("meta"):
+        model = MGCMForTokenClassification(config)
+    assert model.mgcm.vision_model is None
+    assert type(model.mgcm.text_encoder).__name__ == {"mgcm-offline-minilm": "BertModel"}.get(
+        name, "MPNetModel"
+    )
+
+
+@pytest.mark.skipif(
+    not OFFLINE_MINILM.is_dir(), reason="the offline all-MiniLM-L6-v2 folder is not on this machine"
+)
+def test_minilm_config_matches_the_downloaded_encoder_weights():
+    on_disk = json.loads((OFFLINE_MINILM / "config.json").read_text())
+    assert {
+        key: on_disk[key] for key in make_hub_configs.ALL_MINILM_L6_V2
+    } == make_hub_configs.ALL_MINILM_L6_V2
+    config = MGCMConfig.from_pretrained(REPO / "hub_configs" / "mgcm-offline-minilm")
+    with torch.device("meta"):
+        model = MGCMForTokenClassification(config)
+    expected = {name: tuple(p.shape) for name, p in model.mgcm.text_encoder.state_dict().items()}
+    with safe_open(str(OFFLINE_MINILM / "model.safetensors"), "pt") as weights:
+        # The checkpoint also holds the pooler (unused) and an old position-id buffer.
+        stored = {
+            name: tuple(weights.get_slice(name).get_shape())
+            for name in weights.keys()
+            if not name.startswith("pooler.") and name != "embeddings.position_ids"
+        }
+    assert stored == {name: shape for name, shape in expected.items() if name in stored}
+    assert sum(math.prod(shape) for shape in stored.values()) == sum(
+        p.numel() for p in model.mgcm.text_encoder.parameters()
+    )
+
+
+@pytest.mark.parametrize("name", HUB_CONFIG_NAMES)
+def test_hub_processor_settings_load_into_mgcm_processor(name, tiny_tokenizer, tmp_path):
+    """Next to a tokenizer and a neighbour table, each processor_config.json loads as MGCMProcessor with the
+    configuration's settings, and encodes a post as the model configuration expects."""
+    folder = tmp_path / name
+    shutil.copytree(REPO / "hub_configs" / name, folder)
+    config = MGCMConfig.from_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    words = ["obama", "paris", "london", "the", "in", "at"]
+    vectors = np.random.default_rng(0).normal(size=(len(words), config.augmentation_dim))
+    NeighbourTable.from_embeddings(words, vectors, k=config.num_neighbours).save_pretrained(
+        folder / "neighbour_table"
+    )
+
+    processor = MGCMProcessor.from_pretrained(folder)
+    settings = json.loads((folder / "processor_config.json").read_text())
+    # Compared as JSON, the form both are stored in (tuples and lists read back alike).
+    assert json.loads(json.dumps(processor.to_dict())) == settings
+    assert (processor.image_processor is not None) == config.use_image
+    assert processor.object_labels == (config.object_labels if config.use_objects else None)
+    assert processor.max_objects == config.max_objects
+
+    image = Image.new("RGB", (300, 200), (200, 30, 30)) if config.use_image else None
+    objects = [{"label": "person", "score": 0.9}] if config.use_objects else None
+    inputs = processor(
+        words=["Obama", "in", "Paris"],
+        images=image,
+        objects=objects,
+        captions="a man in a city" if config.use_caption else None,
+    )
+    assert inputs["neighbour_vectors"].shape == (1, 3, config.num_neighbours, config.augmentation_dim)
+    if config.use_image:
+        assert tuple(inputs["pixel_values"].shape) == (1, 3, 224, 224)
+    if config.use_objects:
+        assert inputs["object_ids"].tolist() == [[0] + [80] * 4]
