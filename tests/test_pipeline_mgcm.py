@@ -1,0 +1,402 @@
+"""The "multimodal-ner" pipeline: loading, outputs checked against the model's own Viterbi path and CRF
+marginals, offsets, batching, windows, text-only posts, bad images in both modes, URLs and cached features."""
+
+import http.server
+import io
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
+
+import modeling_mgcm  # noqa: F401  (registers the Auto classes)
+import processing  # noqa: F401  (registers the pipeline task)
+from processing import ImageFeatureCache, ImageLoadError, make_synthetic_corpus
+from processing.pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
+from processing.tweet_tokenizer import split_tweet
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_mgcm_dir):
+    return pipeline("multimodal-ner", model=str(tiny_mgcm_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def synthetic_posts():
+    """Test tweets of the synthetic corpus as raw posts (text, PIL image or None, caption, objects)."""
+    corpus = make_synthetic_corpus(0, 0, 8, seed=3)["test"]
+    return [
+        {
+            "text": " ".join(row["tokens"]),
+            "image": row["image"],
+            "caption": row["caption"],
+            "objects": row["objects"],
+        }
+        for row in corpus
+    ]
+
+
+def image_file(folder, name="photo.png", colour=(200, 30, 30)):
+    path = folder / name
+    Image.new("RGB", (48, 40), colour).save(path)
+    return path
+
+
+def strip_scores(outputs):
+    return [
+        [{key: value for key, value in entity.items() if key != "score"} for entity in post]
+        for post in outputs
+    ]
+
+
+def assert_same_outputs(left, right):
+    assert strip_scores(left) == strip_scores(right)
+    for left_post, right_post in zip(left, right, strict=True):
+        for left_entity, right_entity in zip(left_post, right_post, strict=True):
+            assert left_entity["score"] == pytest.approx(right_entity["score"], abs=1e-5)
+
+
+def lenient_entities(tags):
+    """(type, first word, end word) of a BIO tag list, an I- after O or another type opening an entity."""
+    entities, current = [], None
+    for index, tag in enumerate([*tags, "O"]):
+        kind = None if tag == "O" else tag[2:]
+        if current is not None and (kind != current[0] or tag.startswith("B-")):
+            entities.append((current[0], current[1], index))
+            current = None
+        if kind is not None and current is None:
+            current = (kind, index)
+    return entities
+
+
+def test_pipeline_loads_model_and_processor_from_the_folder(tagger, tiny_mgcm_dir):
+    assert isinstance(tagger, MultimodalNERPipeline)
+    assert type(tagger.processor).__name__ == "MGCMProcessor"
+    assert tagger.model.config.model_type == "mgcm" and not tagger.model.training
+    # The same pipeline from objects given explicitly.
+    model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir)
+    explicit = pipeline("multimodal-ner", model=model, processor=AutoProcessor.from_pretrained(tiny_mgcm_dir))
+    text = "Jordan visits Phoenix with Obama in Paris"
+    assert_same_outputs([explicit(text)], [tagger(text)])
+
+
+def test_entities_are_the_viterbi_path_scored_by_mean_crf_marginals(tagger, tmp_path):
+    post = {
+        "text": "Jordan visits Phoenix with Obama , at the Paris photo",
+        "image": image_file(tmp_path),
+        "caption": "a person in Paris",
+        "objects": [{"label": "person", "score": 0.9}],
+    }
+    entities = tagger(post)
+    words = post["text"].split()
+    # Reference: the processor and the model called directly.
+    inputs = tagger.processor(
+        words=words,
+        images=Image.open(post["image"]).convert("RGB"),
+        captions=post["caption"],
+        objects=post["objects"],
+    )
+    inputs.pop("overflow_to_sample_mapping")
+    inputs.pop("window_word_offset")
+    with torch.no_grad():
+        output = tagger.model(**inputs)
+        marginals = tagger.model.crf.marginals(output.logits, inputs["word_mask"].bool())[0]
+    tags = [tagger.model.config.id2label[int(tag)] for tag in output.predictions[0]]
+    expected = lenient_entities(tags)
+    assert expected, "the untrained model should still predict some entity on this post"
+    assert [(e["entity_group"], e["word_start"], e["word_end"]) for e in entities] == expected
+    for entity in entities:
+        span = range(entity["word_start"], entity["word_end"])
+        tag_ids = [int(output.predictions[0, word]) for word in span]
+        mean_marginal = sum(
+            float(marginals[word, tag]) for word, tag in zip(span, tag_ids, strict=True)
+        ) / len(span)
+        assert entity["score"] == pytest.approx(mean_marginal, abs=1e-6)
+        assert entity["word"] == " ".join(words[entity["word_start"] : entity["word_end"]])
+
+
+def test_synthetic_corpus_offsets_round_trip_and_scores_are_probabilities(tagger, synthetic_posts):
+    words_outputs = tagger(synthetic_posts, batch_size=4, aggregation="words")
+    assert len(words_outputs) == len(synthetic_posts)
+    assert tagger(synthetic_posts[:3], batch_size=4) == [output["entities"] for output in words_outputs[:3]]
+    found = 0
+    for post, words_output in zip(synthetic_posts, words_outputs, strict=True):
+        text = post["text"]
+        assert words_output["text"] == text and words_output["image_error"] is None
+        assert [word["word"] for word in words_output["words"]] == [word for word, _, _ in split_tweet(text)]
+        for word in words_output["words"]:
+            assert text[word["start"] : word["end"]] == word["word"]
+            assert 0.0 <= word["score"] <= 1.0
+            assert sum(word["marginals"].values()) == pytest.approx(1.0, abs=1e-5)
+            assert word["score"] == pytest.approx(word["marginals"][word["tag"]])
+            assert set(word["gates"]) == {"image", "objects", "caption"}
+        for entity in words_output["entities"]:
+            found += 1
+            assert text[entity["start"] : entity["end"]] == entity["word"]
+            first, last = (
+                words_output["words"][entity["word_start"]],
+                words_output["words"][entity["word_end"] - 1],
+            )
+            assert (entity["start"], entity["end"]) == (first["start"], last["end"])
+            assert 0.0 <= entity["score"] <= 1.0
+    assert found > 0
+
+
+def test_batched_and_one_by_one_outputs_are_equal(tagger, synthetic_posts, tmp_path):
+    long_text = " ".join(["Obama visits Paris , Jordan at Phoenix !"] * 6)  # several windows of 32 pieces
+    posts = [
+        *synthetic_posts[:3],
+        {"text": long_text, "image": image_file(tmp_path), "caption": "a person"},
+        "Jordan in Phoenix",
+        {"text": ["Obama", "in", "Paris"], "caption": ""},
+        {"text": "", "caption": "nothing to tag"},
+    ]
+    one_by_one = [tagger(post, aggregation="words") for post in posts]
+    for batch_size in (3, 8):
+        assert_same_outputs(tagger(posts, batch_size=batch_size), [alone["entities"] for alone in one_by_one])
+    for alone, batched in zip(one_by_one, tagger(posts, batch_size=8, aggregation="words"), strict=True):
+        assert [w["tag"] for w in alone["words"]] == [w["tag"] for w in batched["words"]]
+        for alone_word, batched_word in zip(alone["words"], batched["words"], strict=True):
+            assert batched_word["score"] == pytest.approx(alone_word["score"], abs=1e-5)
+            for name, gate in alone_word["gates"].items():
+                assert batched_word["gates"][name] == pytest.approx(gate, abs=1e-5)
+
+
+def test_long_posts_tag_every_word_across_windows(tagger):
+    text = " ".join(f"Paris{index % 7} Obama visits" for index in range(40))
+    output = tagger(text, aggregation="words")
+    assert len(output["words"]) == len(split_tweet(text)) == 120
+    assert len(tagger.processor.encode_windows([[w["word"] for w in output["words"]]])) > 3
+    assert all(text[w["start"] : w["end"]] == w["word"] for w in output["words"])
+
+
+def test_text_only_posts_need_no_image_and_match_an_absent_image(tagger, tmp_path):
+    text = "Jordan visits Phoenix with Obama"
+    alone = tagger(text)
+    assert tagger({"text": text}) == alone
+    assert tagger({"text": text, "image": None, "caption": None, "objects": None}) == alone
+    # Batched beside a post with an image, the text-only post keeps its text-only output.
+    batched = tagger([{"text": "Paris photo", "image": image_file(tmp_path)}, text], batch_size=2)
+    assert_same_outputs([batched[1]], [alone])
+    assert tagger({"text": text}, aggregation="words")["words"][0]["gates"]["image"] == 0.0
+
+
+def test_pre_split_words_are_offsets_into_the_words_joined_by_spaces(tagger):
+    output = tagger({"text": ["Jordan", "in", "São", "Paulo"]}, aggregation="words")
+    assert output["text"] == "Jordan in São Paulo"
+    assert [(w["start"], w["end"]) for w in output["words"]] == [(0, 6), (7, 9), (10, 13), (14, 19)]
+
+
+def test_empty_input_gives_no_entities(tagger):
+    assert tagger("") == [] and tagger(" \u00a0 ") == [] and tagger([]) == []
+    assert tagger("  ", aggregation="words") == {
+        "text": "  ",
+        "words": [],
+        "entities": [],
+        "image_error": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (None, "missing image"),
+        (b"<html>404 not found</html>", "not an image"),
+        ("truncated", "truncated image"),
+    ],
+)
+def test_bad_images_raise_an_error_naming_the_input_by_default(tagger, tmp_path, content, reason):
+    path = tmp_path / "bad.jpg"
+    if content == "truncated":
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), "blue").save(buffer, format="JPEG")
+        path.write_bytes(buffer.getvalue()[:200])
+    elif content is not None:
+        path.write_bytes(content)
+    posts = ["Paris", {"text": "Jordan visits Phoenix", "image": str(path)}]
+    with pytest.raises(ImageLoadError, match=rf"input 1: image .*bad\.jpg: {reason}.*on_bad_image='mask'"):
+        tagger(posts, batch_size=2)
+
+
+def test_bad_images_are_masked_with_a_warning_and_recorded(tagger, tmp_path):
+    text = "Jordan visits Phoenix with Obama"
+    (tmp_path / "broken.jpg").write_bytes(b"GIF89a garbage")
+    with pytest.warns(BadImageWarning, match="broken.jpg"):
+        masked = tagger(
+            {"text": text, "image": tmp_path / "broken.jpg"}, on_bad_image="mask", aggregation="words"
+        )
+    assert "broken.jpg" in masked["image_error"] and "not an image" in masked["image_error"]
+    text_only = tagger(text, aggregation="words")
+    assert masked["entities"] == text_only["entities"]
+    with pytest.warns(BadImageWarning, match="missing image"):
+        entities = tagger({"text": text, "image": "no/such/file.png"}, on_bad_image="mask")
+    assert entities == text_only["entities"]
+
+
+def test_options_and_posts_are_checked_with_clear_errors(tagger):
+    with pytest.raises(ValueError, match="unknown post keys \\['imgae'\\]"):
+        tagger({"text": "Paris", "imgae": "x.jpg"})
+    with pytest.raises(ValueError, match="needs a 'text'"):
+        tagger({"caption": "a photo"})
+    with pytest.raises(TypeError, match="input 1: 'text' must be a string or a list of words"):
+        tagger(["Paris", {"text": 42}], batch_size=2)
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        tagger("Paris", aggregation="simple")
+    with pytest.raises(ValueError, match="on_bad_image must be one of"):
+        tagger("Paris", on_bad_image="skip")
+    with pytest.raises(TypeError, match="unknown multimodal-ner pipeline argument"):
+        tagger("Paris", stride=3)
+
+
+def test_generators_are_tagged_lazily_one_batch_at_a_time(tagger):
+    pulled = []
+
+    def posts():
+        for index in range(10):
+            pulled.append(index)
+            yield f"Obama visits Paris {index}"
+
+    outputs = tagger(posts(), batch_size=3)
+    first = next(outputs)
+    assert isinstance(first, list) and len(pulled) == 3
+    assert len([first, *outputs]) == 10 and len(pulled) == 10
+
+
+class _ImageServer(http.server.BaseHTTPRequestHandler):
+    """Serves /photo.png, /big (declares 10 MB), /stream-big (no length, 3 MB), /slow and 404 otherwise."""
+
+    photo = b""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path == "/photo.png":
+            self._send(200, self.photo)
+        elif self.path == "/big":
+            self.send_response(200)
+            self.send_header("Content-Length", str(10_000_000))
+            self.end_headers()
+        elif self.path == "/stream-big":
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(48):
+                self.wfile.write(b"\0" * 65536)
+        elif self.path == "/slow":
+            time.sleep(1.5)
+            self._send(200, self.photo)
+        else:
+            self._send(404, b"not found")
+
+    def _send(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def image_server():
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(buffer, format="PNG")
+    _ImageServer.photo = buffer.getvalue()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageServer)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_image_urls_are_fetched_and_decoded(tagger, image_server, tmp_path):
+    text = "Jordan visits Phoenix"
+    from_url = tagger({"text": text, "image": f"{image_server}/photo.png"})
+    from_file = tagger({"text": text, "image": image_file(tmp_path)})
+    assert_same_outputs([from_url], [from_file])
+
+
+@pytest.mark.parametrize(
+    "path, options, message",
+    [
+        ("/missing.png", {}, "missing image .*HTTP 404"),
+        ("/big", {"max_image_bytes": 1_000_000}, "too large.*Content-Length 10000000 exceeds 1000000"),
+        ("/stream-big", {"max_image_bytes": 1_000_000}, "too large.*exceeds 1000000 bytes"),
+        ("/slow", {"image_timeout": 0.3}, "unreadable image file.*(timed out|longer than)"),
+    ],
+)
+def test_image_urls_have_a_size_limit_and_a_timeout(tagger, image_server, path, options, message):
+    started = time.monotonic()
+    with pytest.raises(ImageLoadError, match=message):
+        tagger({"text": "Paris", "image": image_server + path}, **options)
+    assert time.monotonic() - started < 1.2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadImageWarning)
+        masked = tagger(
+            {"text": "Paris", "image": image_server + path},
+            on_bad_image="mask",
+            aggregation="words",
+            **options,
+        )
+    assert image_server + path in masked["image_error"]
+
+
+def test_cached_image_features_give_the_outputs_of_the_raw_images(tagger, tiny_mgcm_dir, tmp_path):
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+
+    paths = [image_file(tmp_path, f"{index}.png", (40 * index, 90, 200 - 30 * index)) for index in range(3)]
+    dataset = Dataset.from_dict(
+        {"id": ["a", "b", "gone"], "image": [str(paths[0]), str(paths[1]), str(tmp_path / "gone.png")]}
+    ).cast_column("image", ImageFeature())
+    cache = ImageFeatureCache(
+        tmp_path / "cache",
+        tagger.model.mgcm.vision_model,
+        tagger.processor.image_processor,
+        backbone_name="tiny-resnet",
+        storage_dtype=torch.float32,
+        show_progress=False,
+    )
+    cache.build(dataset)
+    texts = ["Jordan visits Phoenix", "Obama in Paris with Jordan"]
+    from_images = [tagger({"text": text, "image": path}) for text, path in zip(texts, paths, strict=False)]
+    from_cache = tagger(
+        [{"text": text, "image_id": image_id} for text, image_id in zip(texts, "ab", strict=True)],
+        batch_size=2,
+        image_feature_cache=cache,
+    )
+    assert_same_outputs(from_cache, from_images)
+    # One post with cached features and one with a raw image in the same batch.
+    mixed = tagger(
+        [{"text": texts[0], "image_id": "a"}, {"text": texts[1], "image": paths[1]}],
+        batch_size=2,
+        image_feature_cache=cache,
+    )
+    assert_same_outputs(mixed, from_images)
+    with pytest.raises(ImageLoadError, match="image_id 'gone'.*missing or corrupt"):
+        tagger({"text": "Paris", "image_id": "gone"}, image_feature_cache=cache)
+    with pytest.raises(ImageLoadError, match="image_id 'unknown'.*not in the image feature cache"):
+        tagger({"text": "Paris", "image_id": "unknown"}, image_feature_cache=cache)
+    with pytest.raises(ValueError, match="no image_feature_cache"):
+        tagger({"text": "Paris", "image_id": "a"})
+
+
+def test_device_choice_is_honoured(tiny_mgcm_dir):
+    tagger = pipeline("multimodal-ner", model=str(tiny_mgcm_dir), device=-1)
+    assert tagger.device == torch.device("cpu") and tagger.model.device == torch.device("cpu")
+    assert isinstance(tagger("Obama in Paris"), list)
+
+
+def test_marginals_are_a_distribution_over_the_labels_even_without_a_crf(tiny_mgcm_dir):
+    model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir)
+    model.crf = None  # argmax decoding, softmax scores
+    tagger = pipeline("multimodal-ner", model=model, processor=AutoProcessor.from_pretrained(tiny_mgcm_dir))
+    output = tagger("Jordan visits Phoenix", aggregation="words")
+    for word in output["words"]:
+        assert sum(word["marginals"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert word["tag"] == max(word["marginals"], key=word["marginals"].get)
+    assert np.isfinite([word["score"] for word in output["words"]]).all()
