@@ -350,6 +350,19 @@ def test_card_template_with_an_unknown_placeholder_names_file_and_line(tmp_path)
     assert export_to_hub.fill_card_template("a {{results_table}} b", {"results_table": "T"}, "t") == "a T b"
 
 
+def test_push_to_hub_without_a_login_says_how_to_log_in(exported_dir, tmp_path, monkeypatch):
+    """No token: a clear error before any request (the upload itself needs the Hub and is not tested here)."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(
+        export_to_hub.ExportError, match="needs a Hub login: run `hf auth login` or set HF_TOKEN"
+    ):
+        export_to_hub.push_folder_to_hub(exported_dir, "someone/mgcm", private=False)
+
+
 # ------------------------------------------------------------------------------------------------------
 # Flattening a package tree into one folder of relative imports
 
