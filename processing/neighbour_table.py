@@ -9,6 +9,7 @@ processor. Neighbour vectors are stored once each and referenced by index, not c
 
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -27,6 +28,10 @@ from .word_vectors import WordVectors, load_word_vectors
 TABLE_FILE_NAME = "neighbour_table.safetensors"
 TABLE_FORMAT = "mgcm-neighbour-table"
 TABLE_FORMAT_VERSION = "1"
+# Metadata key of the sha256 of the tensors and the other metadata: a damaged file is detected, not trusted.
+CHECKSUM_KEY = "content_sha256"
+
+logger = logging.getLogger(__name__)
 
 # Candidates are scanned in blocks of this many columns: see `_top_k_columns`.
 _SELECTION_BLOCK = 64
@@ -153,6 +158,7 @@ class NeighbourTable:
             "vocabulary": json.dumps(self.vocabulary, ensure_ascii=False),
             "neighbour_words": json.dumps(self.neighbour_words, ensure_ascii=False),
         }
+        metadata[CHECKSUM_KEY] = _content_digest(tensors, metadata)
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(descriptor)
         try:
@@ -164,7 +170,11 @@ class NeighbourTable:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "NeighbourTable":
-        """Loads a table written by `save_pretrained` (a folder, or the `.safetensors` file itself)."""
+        """Loads a table written by `save_pretrained` (a folder, or the `.safetensors` file itself).
+
+        Raises `FileNotFoundError` when there is no table, and `ValueError` naming the file when it is not a
+        readable table or its contents do not match the checksum written with them.
+        """
         path = Path(directory)
         if path.is_dir():
             path = path / TABLE_FILE_NAME
@@ -173,7 +183,7 @@ class NeighbourTable:
         return cls._read_file(path)
 
     @classmethod
-    def _read_file(cls, path: Path) -> "NeighbourTable":
+    def _read_file(cls, path: Path, require_checksum: bool = False) -> "NeighbourTable":
         try:
             with safe_open(str(path), framework="np") as stream:
                 metadata = stream.metadata() or {}
@@ -188,6 +198,12 @@ class NeighbourTable:
         missing = {"neighbour_indices", "neighbour_weights", "neighbour_vectors"} - set(tensors)
         if missing:
             raise ValueError(f"{path}: missing tensors {sorted(missing)}")
+        if CHECKSUM_KEY in metadata or require_checksum:
+            # Tables written before the checksum existed still load; a cache file must carry one.
+            if metadata.get(CHECKSUM_KEY) != _content_digest(tensors, metadata):
+                raise ValueError(
+                    f"{path}: contents do not match their {CHECKSUM_KEY} (damaged or altered file)"
+                )
         try:
             vocabulary = json.loads(metadata["vocabulary"])
             neighbour_words = json.loads(metadata["neighbour_words"])
@@ -216,6 +232,18 @@ class NeighbourTable:
         return build_neighbour_table(
             words, word_vectors, k=k, normalise=normalise, keep_top_n=len(word_vectors)
         )
+
+
+def _content_digest(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
+    """sha256 over every tensor (name, dtype, shape, bytes) and every metadata entry but the checksum."""
+    hasher = hashlib.sha256()
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        hasher.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        hasher.update(array.tobytes())
+    described = {key: value for key, value in metadata.items() if key != CHECKSUM_KEY}
+    hasher.update(json.dumps(described, sort_keys=True).encode())
+    return hasher.hexdigest()
 
 
 @contextmanager
@@ -361,7 +389,10 @@ def build_neighbour_table(
         key = _cache_key(word_vectors, k, normalise, vocabulary)
         cache_path = Path(cache_dir) / f"neighbour_table-{key[:40]}.safetensors"
         if cache_path.is_file():
-            return NeighbourTable.from_pretrained(cache_path)
+            try:
+                return NeighbourTable._read_file(cache_path, require_checksum=True)
+            except ValueError as error:
+                logger.warning("%s: rebuilding the cached neighbour table", error)
 
     device = torch.device(device) if device is not None else torch.get_default_device()
     with _all_cpu_threads():

@@ -3,6 +3,7 @@ remote code needed by the installed package."""
 
 import ast
 import json
+import logging
 import pickle
 from pathlib import Path
 
@@ -10,15 +11,19 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from safetensors import safe_open
+from safetensors.numpy import save_file
 from transformers import AutoModelForTokenClassification, AutoProcessor
 
 import modeling_mgcm
 import processing
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from processing import LABEL_NAMES
+from processing import neighbour_table as neighbour_table_module
 from processing.checkpointing import load_checkpoint, save_checkpoint
+from processing.neighbour_table import CHECKSUM_KEY, TABLE_FILE_NAME, NeighbourTable, build_neighbour_table
 from processing.tiny_backbones import tiny_text_config
-from processing.word_vectors import WordVectorsFormatError, load_word_vectors
+from processing.word_vectors import WordVectors, WordVectorsFormatError, load_word_vectors
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_SOURCES = sorted(
@@ -207,3 +212,112 @@ def test_a_training_checkpoint_holding_code_is_refused_on_resume(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="weights_only"):
         load_checkpoint(accelerator, checkpoint)
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Neighbour tables: a damaged file is detected; a damaged cache file is rebuilt
+
+
+@pytest.fixture
+def counted_searches(monkeypatch):
+    """Counts the nearest-neighbour searches that `build_neighbour_table` runs."""
+    calls = []
+    search = neighbour_table_module._nearest_neighbours
+
+    def counting_search(*args, **kwargs):
+        calls.append(args)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(neighbour_table_module, "_nearest_neighbours", counting_search)
+    return calls
+
+
+def small_vectors() -> WordVectors:
+    rng = np.random.default_rng(0)
+    words = ["paris", "london", "rome", "obama", "trump", "merkel", "goal", "match"]
+    return WordVectors(words, rng.normal(size=(len(words), 6)).astype(np.float32))
+
+
+def same_table(first: NeighbourTable, second: NeighbourTable) -> bool:
+    return (first.vocabulary, first.neighbour_words) == (second.vocabulary, second.neighbour_words) and all(
+        np.array_equal(getattr(first, name), getattr(second, name))
+        for name in ("neighbour_indices", "neighbour_weights", "neighbour_vectors")
+    )
+
+
+def rewrite_table_file(path: Path, change) -> None:
+    """Rewrite a table file as a valid safetensors file after `change(tensors, metadata)`."""
+    with safe_open(str(path), framework="np") as stream:
+        metadata = stream.metadata()
+        tensors = {name: stream.get_tensor(name) for name in stream.keys()}
+    change(tensors, metadata)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-9])
+
+
+def flip_a_data_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def alter_a_weight(path: Path) -> None:
+    rewrite_table_file(path, lambda tensors, metadata: tensors["neighbour_weights"].__setitem__((0, 0), 0.99))
+
+
+def alter_a_word(path: Path) -> None:
+    def change(tensors, metadata):
+        metadata["vocabulary"] = metadata["vocabulary"].replace("paris", "pariz")
+
+    rewrite_table_file(path, change)
+
+
+def drop_the_checksum(path: Path) -> None:
+    rewrite_table_file(path, lambda tensors, metadata: metadata.pop(CHECKSUM_KEY))
+
+
+def not_safetensors(path: Path) -> None:
+    path.write_bytes(b"\x80\x04K\x01.")  # a pickle
+
+
+DAMAGES = [truncate, flip_a_data_byte, alter_a_weight, alter_a_word, drop_the_checksum, not_safetensors]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_neighbour_table_cache_file_is_rebuilt_not_trusted(
+    tmp_path, counted_searches, damage, caplog
+):
+    vectors = small_vectors()
+    original = build_neighbour_table(vectors.words, vectors, k=2, cache_dir=tmp_path)
+    (cache_file,) = tmp_path.glob("neighbour_table-*.safetensors")
+    damage(cache_file)
+    with caplog.at_level(logging.WARNING, logger="processing.neighbour_table"):
+        rebuilt = build_neighbour_table(vectors.words, vectors, k=2, cache_dir=tmp_path)
+    assert len(counted_searches) == 2, "the damaged cache file was used instead of rebuilt"
+    assert str(cache_file) in caplog.text and "rebuilding" in caplog.text
+    assert same_table(rebuilt, original)
+    # The rebuilt file replaced the damaged one: the next build reads it.
+    assert same_table(build_neighbour_table(vectors.words, vectors, k=2, cache_dir=tmp_path), original)
+    assert len(counted_searches) == 2
+
+
+@pytest.mark.parametrize(
+    "damage", [truncate, flip_a_data_byte, alter_a_weight, alter_a_word, not_safetensors]
+)
+def test_a_damaged_saved_neighbour_table_is_refused_naming_the_file(tmp_path, damage):
+    vectors = small_vectors()
+    build_neighbour_table(vectors.words, vectors, k=2).save_pretrained(tmp_path)
+    damage(tmp_path / TABLE_FILE_NAME)
+    with pytest.raises(ValueError, match=str(tmp_path / TABLE_FILE_NAME)):
+        NeighbourTable.from_pretrained(tmp_path)
+
+
+def test_a_table_saved_before_checksums_existed_still_loads(tmp_path):
+    vectors = small_vectors()
+    table = build_neighbour_table(vectors.words, vectors, k=2)
+    table.save_pretrained(tmp_path)
+    drop_the_checksum(tmp_path / TABLE_FILE_NAME)
+    assert same_table(NeighbourTable.from_pretrained(tmp_path), table)
