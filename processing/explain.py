@@ -545,7 +545,8 @@ def _bar_panel(axes, labels: list[str], values: np.ndarray, colour: str, title: 
     axes.barh(positions, values, color=colour, height=0.7)
     axes.set_yticks(positions, labels, fontsize=8)
     axes.invert_yaxis()
-    axes.set_xlim(0.0, max(1e-6, float(values.max()) * 1.25) if len(values) else 1.0)
+    # Weights are at most 1; room for the longest bar, without an axis that runs past 1.
+    axes.set_xlim(0.0, min(1.0, max(1e-6, float(values.max()) * 1.25)) if len(values) else 1.0)
     axes.set_title(title, fontsize=9, loc="left")
     _style_bar_axes(axes)
 
@@ -587,7 +588,7 @@ def _image_panel(axes, explanation: PostExplanation, entity: ExplainedEntity) ->
     axes.imshow(heat, extent=extent, interpolation="nearest")
     axes.set_xticks([])
     axes.set_yticks([])
-    title = f"image {rows}x{columns}: {low:.4f}-{high:.4f}\n(uniform {1 / len(regions):.4f})"
+    title = f"attention over {rows}x{columns} image regions\n{low:.4f}-{high:.4f} (uniform {1 / len(regions):.4f})"
     if leading:
         title += f", CLS {regions[:leading].sum():.2f}"
     axes.set_title(title, fontsize=8, loc="left")
@@ -629,7 +630,17 @@ def _draw_entity_row(
     kinds = _panel_kinds(explanation)
     panel_bottom = bottom + 0.3
     panel_height = _ENTITY_ROW_HEIGHT - 1.05
-    label_width = {"entity": 0.65, "image": 0.0, "objects": 0.8, "caption": 1.0}
+    # Room left of each bar panel for its tick labels, as wide as the longest one.
+    tick_labels = {
+        "entity": list(entity.gate_values),
+        "image": [],
+        "objects": explanation.object_labels,
+        "caption": explanation.caption_words,
+    }
+    label_width = {
+        kind: max((_text_width(label, 8) for label in labels), default=0.0) + (0.15 if labels else 0.0)
+        for kind, labels in tick_labels.items()
+    }
     share = {"entity": 1.0, "objects": 1.0, "caption": 1.3}
     image_width = panel_height + 0.4  # Room for the two-line title over the square image.
     free = figure.get_size_inches()[0] - 2 * _MARGIN - _PANEL_GAP * (len(kinds) - 1)
