@@ -22,16 +22,18 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .image_loading import load_image
+from .image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT, open_post_image
 from .metrics import entity_spans
 from .processing_mgcm import WINDOW_INFO_KEYS, merge_windows
 from .tweet_tokenizer import split_tweet
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # The granularities in drawing order, with their colours (Okabe-Ito, readable with colour blindness).
 GRANULARITY_COLOURS = {"image": "#0072B2", "objects": "#D55E00", "caption": "#009E73"}
@@ -140,56 +142,62 @@ def _model_and_processor(pipeline_or_model: Any, processor: Any) -> tuple[Any, A
     return model, processor
 
 
-def _checked_post(post: Any) -> dict[str, Any]:
+def _words_of(post: Mapping[str, Any]) -> tuple[str, list[str], list[tuple[int, int]]]:
+    """The post's text, words and each word's `(start, end)` in the text, as the pipeline reads them."""
+    key = "text" if "text" in post else "words"
+    value = post[key]
+    if isinstance(value, str) and key == "text":
+        # The pipeline's splitter: mentions, hashtags, URLs and emoji stay whole, offsets index `text`.
+        split = split_tweet(value)
+        return value, [word for word, _, _ in split], [(start, end) for _, start, end in split]
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        expected = "a string or a list of words" if key == "text" else "a list of words"
+        raise TypeError(f"post[{key!r}] must be {expected}, got {type(value).__name__}")
+    for index, word in enumerate(value):
+        if not isinstance(word, str) or not word or any(character.isspace() for character in word):
+            raise ValueError(f"post[{key!r}][{index}] = {word!r} is not a non-empty word without spaces")
+    offsets, position = [], 0
+    for word in value:
+        offsets.append((position, position + len(word)))
+        position += len(word) + 1
+    return " ".join(value), list(value), offsets
+
+
+def _checked_post(post: Any, image_timeout: float, max_image_bytes: int) -> dict[str, Any]:
     """Validate a post and normalise it to `text`, `words`, `word_offsets`, `image`, `caption`, `objects`."""
+    if isinstance(post, str):
+        post = {"text": post}
     if not isinstance(post, Mapping):
         raise TypeError(
-            f"a post is a dict with 'text' or 'words', and optional 'image', 'caption', 'objects'; got "
-            f"{type(post).__name__}"
+            f"a post is a string or a dict with 'text' or 'words', and optional 'image', 'caption', "
+            f"'objects'; got {type(post).__name__}"
+        )
+    if "image_id" in post:
+        raise ValueError(
+            "explain draws the image itself: give the post's 'image' (a path, URL, bytes or PIL image), not "
+            "its cached features' 'image_id'"
         )
     unknown = sorted(set(post) - set(POST_KEYS))
     if unknown:
         raise ValueError(f"post has unknown keys {unknown}; the keys a post may have are {list(POST_KEYS)}")
     if ("text" in post) == ("words" in post):
         raise ValueError("a post needs exactly one of 'text' (a string) or 'words' (a list of strings)")
-    if "text" in post:
-        text = post["text"]
-        if not isinstance(text, str):
-            raise TypeError(f"post['text'] must be a string, got {type(text).__name__}")
-        # The pipeline's splitter: mentions, hashtags, URLs and emoji stay whole, offsets index `text`.
-        split = split_tweet(text)
-        words = [word for word, _, _ in split]
-        offsets = [(start, end) for _, start, end in split]
-    else:
-        words = post["words"]
-        if isinstance(words, str) or not isinstance(words, Sequence):
-            raise TypeError(f"post['words'] must be a list of strings, got {type(words).__name__}")
-        for index, word in enumerate(words):
-            if not isinstance(word, str) or not word or any(character.isspace() for character in word):
-                raise ValueError(f"post['words'][{index}] = {word!r} is not a non-empty word without spaces")
-        words = list(words)
-        offsets, position = [], 0
-        for word in words:
-            offsets.append((position, position + len(word)))
-            position += len(word) + 1
-        text = " ".join(words)
+    text, words, offsets = _words_of(post)
     if not words:
-        raise ValueError(f"the post has no words to tag: {post.get('text', post.get('words'))!r}")
+        raise ValueError(f"the post has no words to tag: {text!r}")
 
     image = post.get("image")
-    if isinstance(image, str | os.PathLike | bytes):
-        image = load_image(image)
-    elif isinstance(image, Image.Image):
-        image = image.convert("RGB")
-    elif image is not None:
-        raise TypeError(f"post['image'] must be a file path, a PIL image or None, got {type(image).__name__}")
+    if image is not None:
+        # Paths, http(s) URLs (fetched with a timeout and a size limit), bytes or PIL images, as the pipeline.
+        image = open_post_image(image, timeout=image_timeout, max_bytes=max_image_bytes)
     caption = post.get("caption")
     if caption is not None and not isinstance(caption, str):
         raise TypeError(f"post['caption'] must be a string or None, got {type(caption).__name__}")
     objects = post.get("objects")
     if objects is not None and (isinstance(objects, str | Mapping) or not isinstance(objects, Sequence)):
         raise TypeError(
-            f"post['objects'] must be a list of {{'label': str, 'score': float}}, got {type(objects).__name__}"
+            f"post['objects'] must be a list of labels or of {{'label': str, 'score': float}}, got "
+            f"{type(objects).__name__}"
         )
     post_id = post.get("id")
     return {
@@ -198,7 +206,10 @@ def _checked_post(post: Any) -> dict[str, Any]:
         "word_offsets": offsets,
         "image": image,
         "caption": caption if caption and caption.strip() else None,
-        "objects": list(objects) if objects else None,
+        # A plain label counts as a sure detection; the processor keeps equal scores in their order.
+        "objects": [{"label": item, "score": 1.0} if isinstance(item, str) else item for item in objects]
+        if objects
+        else None,
         "id": None if post_id is None else str(post_id),
     }
 
@@ -288,17 +299,30 @@ def _caption_word_columns(
 
 
 @torch.inference_mode()
-def explain_post(pipeline_or_model: Any, post: Mapping[str, Any], processor: Any = None) -> PostExplanation:
+def explain_post(
+    pipeline_or_model: Any,
+    post: Mapping[str, Any] | str,
+    processor: Any = None,
+    image_timeout: float = DEFAULT_URL_TIMEOUT,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> PostExplanation:
     """Tag one post and collect its per-word gate values, attention maps and entities (no drawing).
 
     Args:
         pipeline_or_model: an MGCM pipeline, a `(model, processor)` pair, or a model with `processor`.
-        post: `{"text": str}` or `{"words": [str, ...]}`, with optional `"image"` (a path or a PIL image),
-            `"caption"` (str), `"objects"` (`[{"label", "score"}, ...]`) and `"id"`.
+        post: as the "multimodal-ner" pipeline takes it: `{"text": str | [str, ...]}` (or `"words"`: a list of
+            words), with optional `"image"` (a path, an http(s) URL, bytes or a PIL image), `"caption"`,
+            `"objects"` (`[{"label", "score"}, ...]` or labels) and `"id"` (the figure's title); or the text.
+            A raw text is split with `split_tweet`; a word list's offsets index the words joined by spaces.
         processor: the model's `MGCMProcessor`, when `pipeline_or_model` is a model.
+        image_timeout, max_image_bytes: limits for fetching an image URL.
+
+    Raises:
+        ImageLoadError: the image is missing, cannot be fetched or cannot be decoded (naming it).
+        TypeError, ValueError: a malformed post (naming the key and value), or no MGCM model and processor.
     """
     model, processor = _model_and_processor(pipeline_or_model, processor)
-    post = _checked_post(post)
+    post = _checked_post(post, image_timeout, max_image_bytes)
     config = model.config
     image = post["image"] if config.use_image else None
     objects = post["objects"] if config.use_objects else None
@@ -675,7 +699,7 @@ def draw_explanation(
     figsize: tuple[float, float] | None = None,
     dpi: float = 100.0,
     max_entities: int = 6,
-):
+) -> "Figure":
     """Draw an explanation: the highlighted post on top, then one row per entity (at most `max_entities`).
 
     Returns a `matplotlib.figure.Figure` on an Agg canvas; its pixel size is `figsize * dpi`, with `figsize`
@@ -792,7 +816,7 @@ def _png_path(output_path: str | os.PathLike) -> Path:
 
 
 def save_explanation(
-    figure, explanation: PostExplanation, output_path: str | os.PathLike
+    figure: "Figure", explanation: PostExplanation, output_path: str | os.PathLike
 ) -> tuple[Path, Path]:
     """Write `figure` as `output_path` (.png) and the HTML page beside it (.html), each atomically."""
     png_path = _png_path(output_path)
@@ -807,32 +831,40 @@ def save_explanation(
 
 def explain(
     pipeline_or_model: Any,
-    post: Mapping[str, Any],
+    post: Mapping[str, Any] | str,
     output_path: str | os.PathLike | None = None,
     *,
     processor: Any = None,
     figsize: tuple[float, float] | None = None,
     dpi: float = 100.0,
     max_entities: int = 6,
-):
+    image_timeout: float = DEFAULT_URL_TIMEOUT,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> "Figure":
     """Explain the model's entities in one post as a figure, optionally saved as PNG + HTML.
 
     Args:
         pipeline_or_model: an MGCM pipeline, a `(model, processor)` pair, or a model with `processor`.
-        post: `{"text": str}` or `{"words": [str, ...]}`, with optional `"image"` (a path or a PIL image),
-            `"caption"`, `"objects"` (`[{"label", "score"}, ...]`) and `"id"`. Inputs the model's config
-            does not use are left out; a post without image has no image panel.
+        post: a post as `explain_post` takes it. Inputs the model's config does not use are left out; a post
+            without an image has no image panel.
         output_path: a `.png` path in an existing folder; the HTML page (highlighted post, entity table
             and the PNG inlined as base64) is written beside it with the suffix `.html`.
         processor: the `MGCMProcessor`, when `pipeline_or_model` is a bare model.
         figsize, dpi, max_entities: see `draw_explanation`.
+        image_timeout, max_image_bytes: limits for fetching an image URL.
 
     Returns:
         The `matplotlib.figure.Figure` (`explain_post` gives the numbers behind it).
     """
     if output_path is not None:
         _png_path(output_path)
-    explanation = explain_post(pipeline_or_model, post, processor=processor)
+    explanation = explain_post(
+        pipeline_or_model,
+        post,
+        processor=processor,
+        image_timeout=image_timeout,
+        max_image_bytes=max_image_bytes,
+    )
     figure = draw_explanation(explanation, figsize=figsize, dpi=dpi, max_entities=max_entities)
     if output_path is not None:
         save_explanation(figure, explanation, output_path)

@@ -2,13 +2,14 @@
 
 import base64
 import copy
+import io
 import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForTokenClassification, AutoProcessor, ViTConfig
+from transformers import AutoModelForTokenClassification, AutoProcessor, ViTConfig, pipeline
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 import processing
@@ -337,18 +338,52 @@ def test_entities_beyond_max_entities_are_left_to_the_html_page(tagger, red_imag
     assert "<td>the</td>" in render_html(explanation, b"")
 
 
-def test_a_pipeline_object_is_read_for_its_model_and_processor(tagger, red_image):
+def test_a_pipeline_gives_the_same_entities_and_scores_as_its_own_output(tiny_mgcm_dir, red_image):
+    model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir).eval()
+    _force_tags(model, "B-ORG", "I-ORG")
+    tagger = pipeline("multimodal-ner", model=model, processor=AutoProcessor.from_pretrained(tiny_mgcm_dir))
+    post = {
+        "text": "@Obama #Phoenix visits the photo 🎉",
+        "image": red_image,
+        "caption": CAPTION,
+        "objects": OBJECTS,
+    }
+    [predicted] = tagger(post)
+    [entity] = explain_post(tagger, post).entities
+    assert (entity.entity_group, entity.word_start, entity.word_end) == (
+        predicted["entity_group"],
+        predicted["word_start"],
+        predicted["word_end"],
+    )
+    assert entity.text == predicted["word"] == "@Obama #Phoenix"
+    assert entity.score == pytest.approx(predicted["score"], abs=1e-5)
+    words = tagger(post, aggregation="words")["words"]
+    explanation = explain_post(tagger, post)
+    for name in ("image", "objects", "caption"):
+        np.testing.assert_allclose(
+            explanation.gate_values[name], [word["gates"][name] for word in words], atol=1e-5
+        )
+
+
+def test_posts_in_the_pipelines_forms_are_read_alike(tagger, red_image):
+    as_words = explain_post(tagger, {"words": ["Obama", "Phoenix", "visits"], "objects": ["person", "dog"]})
+    as_list = explain_post(tagger, {"text": ["Obama", "Phoenix", "visits"], "objects": ["person", "dog"]})
+    as_text = explain_post(tagger, "Obama Phoenix visits")
+    assert as_words.words == as_list.words == as_text.words
+    assert as_words.object_labels == ["person", "dog"]  # plain labels keep their order
+    np.testing.assert_array_equal(as_words.tag_probabilities, as_list.tag_probabilities)
+    buffer = io.BytesIO()
+    red_image.save(buffer, format="PNG")
+    from_bytes = explain_post(tagger, {"text": "Obama Phoenix", "image": buffer.getvalue()})
+    from_pil = explain_post(tagger, {"text": "Obama Phoenix", "image": red_image})
+    np.testing.assert_allclose(from_bytes.attention["image"], from_pil.attention["image"], atol=1e-6)
+
+
+def test_a_bare_model_takes_its_processor_as_a_keyword(tagger, red_image):
     model, processor = tagger
-
-    class Pipeline:  # what explain reads of a transformers Pipeline
-        def __init__(self):
-            self.model, self.processor = model, processor
-
-    from_pipeline = explain_post(Pipeline(), full_post(red_image))
-    from_pair = explain_post(tagger, full_post(red_image))
     from_model = explain_post(model, full_post(red_image), processor=processor)
-    for other in (from_pair, from_model):
-        assert other.entities[0].gate_values == from_pipeline.entities[0].gate_values
+    from_pair = explain_post(tagger, full_post(red_image))
+    assert from_model.entities[0].gate_values == from_pair.entities[0].gate_values
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,16 +393,17 @@ def test_a_pipeline_object_is_read_for_its_model_and_processor(tagger, red_image
 @pytest.mark.parametrize(
     ("post", "error", "message"),
     [
-        ("Obama visits", TypeError, "a post is a dict"),
+        (3, TypeError, "a post is a string or a dict"),
         ({"text": "Obama", "words": ["Obama"]}, ValueError, "exactly one of 'text'"),
         ({"caption": "a person"}, ValueError, "exactly one of 'text'"),
         ({"text": "Obama", "imgae": "x.jpg"}, ValueError, r"unknown keys \['imgae'\]"),
-        ({"text": 3}, TypeError, r"post\['text'\] must be a string"),
+        ({"text": "Obama", "image_id": "16_05_01_127"}, ValueError, "not its cached features' 'image_id'"),
+        ({"text": 3}, TypeError, r"post\['text'\] must be a string or a list of words, got int"),
         ({"text": "  \t "}, ValueError, "no words"),
-        ({"words": "Obama visits"}, TypeError, r"post\['words'\] must be a list"),
+        ({"words": "Obama visits"}, TypeError, r"post\['words'\] must be a list of words, got str"),
         ({"words": ["Obama", "new york"]}, ValueError, r"post\['words'\]\[1\] = 'new york'"),
-        ({"words": ["Obama", ""]}, ValueError, r"post\['words'\]\[1\] = ''"),
-        ({"text": "Obama", "image": 3}, TypeError, r"post\['image'\] must be a file path"),
+        ({"text": ["Obama", ""]}, ValueError, r"post\['text'\]\[1\] = ''"),
+        ({"text": "Obama", "image": 3}, TypeError, "an image must be a path, an http"),
         ({"text": "Obama", "caption": ["a"]}, TypeError, r"post\['caption'\] must be a string"),
         ({"text": "Obama", "objects": "person"}, TypeError, r"post\['objects'\] must be a list"),
         ({"text": "Obama", "objects": [{"label": "person"}]}, ValueError, "object 0"),
