@@ -27,7 +27,9 @@ from .word_vectors import WordVectors, load_word_vectors
 
 TABLE_FILE_NAME = "neighbour_table.safetensors"
 TABLE_FORMAT = "mgcm-neighbour-table"
-TABLE_FORMAT_VERSION = "1"
+# Version 2 tables carry a checksum; version 1 files (without one) are refused, so that a damaged file cannot
+# pass as an old one.
+TABLE_FORMAT_VERSION = "2"
 # Metadata key of the sha256 of the tensors and the other metadata: a damaged file is detected, not trusted.
 CHECKSUM_KEY = "content_sha256"
 
@@ -183,7 +185,7 @@ class NeighbourTable:
         return cls._read_file(path)
 
     @classmethod
-    def _read_file(cls, path: Path, require_checksum: bool = False) -> "NeighbourTable":
+    def _read_file(cls, path: Path) -> "NeighbourTable":
         try:
             with safe_open(str(path), framework="np") as stream:
                 metadata = stream.metadata() or {}
@@ -198,12 +200,8 @@ class NeighbourTable:
         missing = {"neighbour_indices", "neighbour_weights", "neighbour_vectors"} - set(tensors)
         if missing:
             raise ValueError(f"{path}: missing tensors {sorted(missing)}")
-        if CHECKSUM_KEY in metadata or require_checksum:
-            # Tables written before the checksum existed still load; a cache file must carry one.
-            if metadata.get(CHECKSUM_KEY) != _content_digest(tensors, metadata):
-                raise ValueError(
-                    f"{path}: contents do not match their {CHECKSUM_KEY} (damaged or altered file)"
-                )
+        if metadata.get(CHECKSUM_KEY) != _content_digest(tensors, metadata):
+            raise ValueError(f"{path}: contents do not match their {CHECKSUM_KEY} (damaged or altered file)")
         try:
             vocabulary = json.loads(metadata["vocabulary"])
             neighbour_words = json.loads(metadata["neighbour_words"])
@@ -390,7 +388,7 @@ def build_neighbour_table(
         cache_path = Path(cache_dir) / f"neighbour_table-{key[:40]}.safetensors"
         if cache_path.is_file():
             try:
-                return NeighbourTable._read_file(cache_path, require_checksum=True)
+                return NeighbourTable._read_file(cache_path)
             except ValueError as error:
                 logger.warning("%s: rebuilding the cached neighbour table", error)
 

@@ -304,9 +304,7 @@ def test_a_damaged_neighbour_table_cache_file_is_rebuilt_not_trusted(
     assert len(counted_searches) == 2
 
 
-@pytest.mark.parametrize(
-    "damage", [truncate, flip_a_data_byte, alter_a_weight, alter_a_word, not_safetensors]
-)
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_a_damaged_saved_neighbour_table_is_refused_naming_the_file(tmp_path, damage):
     vectors = small_vectors()
     build_neighbour_table(vectors.words, vectors, k=2).save_pretrained(tmp_path)
@@ -315,9 +313,15 @@ def test_a_damaged_saved_neighbour_table_is_refused_naming_the_file(tmp_path, da
         NeighbourTable.from_pretrained(tmp_path)
 
 
-def test_a_table_saved_before_checksums_existed_still_loads(tmp_path):
+def test_a_table_of_the_format_before_checksums_is_refused_naming_both_versions(tmp_path):
+    """Accepting version 1 files (no checksum) would let a damaged file pass as an old one."""
     vectors = small_vectors()
-    table = build_neighbour_table(vectors.words, vectors, k=2)
-    table.save_pretrained(tmp_path)
-    drop_the_checksum(tmp_path / TABLE_FILE_NAME)
-    assert same_table(NeighbourTable.from_pretrained(tmp_path), table)
+    build_neighbour_table(vectors.words, vectors, k=2).save_pretrained(tmp_path)
+
+    def as_version_1(tensors, metadata):
+        metadata.pop(CHECKSUM_KEY)
+        metadata["format_version"] = "1"
+
+    rewrite_table_file(tmp_path / TABLE_FILE_NAME, as_version_1)
+    with pytest.raises(ValueError, match=r"of version 2 \(format='mgcm-neighbour-table', version='1'\)"):
+        NeighbourTable.from_pretrained(tmp_path)
