@@ -53,6 +53,8 @@ _TWEET_LINE_HEIGHT = 0.36
 _SMALL_LINE_HEIGHT = 0.26
 _ENTITY_ROW_HEIGHT = 2.4
 _PANEL_GAP = 0.35
+_FOOTER_FONT_SIZE = 9.0
+_FOOTER_LINE_HEIGHT = 0.22
 
 
 @dataclass
@@ -477,21 +479,39 @@ def _panel_kinds(explanation: PostExplanation) -> list[str]:
     return ["entity"] + [name for name in GRANULARITY_COLOURS if name in explanation.attention]
 
 
-def _layout(explanation: PostExplanation, width: float, max_entities: int) -> tuple[list, float, int]:
-    """`(tweet lines, header height, entity rows)` for a figure `width` inches wide."""
+def _wrapped(text: str, size: float, width: float) -> list[str]:
+    """`text` broken at spaces into lines no wider than `width` inches at font `size`."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and _text_width(lines[-1] + " " + word, size) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def _layout(
+    explanation: PostExplanation, width: float, max_entities: int, note: str | None
+) -> tuple[list, float, int, list[str]]:
+    """`(tweet lines, header height, entity rows, footer lines)` for a figure `width` inches wide."""
     lines = _tweet_lines(_tweet_chunks(explanation), width - 2 * _MARGIN)
     extra_lines = 1 + ("caption" in explanation.attention) + ("objects" in explanation.attention)
     header = _TITLE_HEIGHT + len(lines) * _TWEET_LINE_HEIGHT + extra_lines * _SMALL_LINE_HEIGHT + 0.2
-    rows = max(1, min(len(explanation.entities), max_entities))
-    return lines, header, rows
+    rows = min(len(explanation.entities), max_entities)
+    footer = []
+    if len(explanation.entities) > rows:
+        footer.append(f"{len(explanation.entities) - rows} more entities are listed in the HTML page.")
+    if note:
+        footer += _wrapped(note, _FOOTER_FONT_SIZE, width - 2 * _MARGIN)
+    return lines, header, rows, footer
 
 
 def figure_size(
-    explanation: PostExplanation, width: float = 12.0, max_entities: int = 6
+    explanation: PostExplanation, width: float = 12.0, max_entities: int = 6, note: str | None = None
 ) -> tuple[float, float]:
     """The default `(width, height)` in inches of `draw_explanation`'s figure for this explanation."""
-    _, header, rows = _layout(explanation, width, max_entities)
-    return width, header + rows * _ENTITY_ROW_HEIGHT
+    _, header, rows, footer = _layout(explanation, width, max_entities, note)
+    return width, header + rows * _ENTITY_ROW_HEIGHT + len(footer) * _FOOTER_LINE_HEIGHT + 0.1
 
 
 def _draw_header(
@@ -699,11 +719,14 @@ def draw_explanation(
     figsize: tuple[float, float] | None = None,
     dpi: float = 100.0,
     max_entities: int = 6,
+    note: str | None = None,
 ) -> "Figure":
-    """Draw an explanation: the highlighted post on top, then one row per entity (at most `max_entities`).
+    """Draw an explanation: the highlighted post on top, then one row per entity (at most `max_entities`),
+    then `note` (e.g. which model made it), if any.
 
     Returns a `matplotlib.figure.Figure` on an Agg canvas; its pixel size is `figsize * dpi`, with `figsize`
-    by default `figure_size(explanation)` (12 inches wide, taller with more entities and text lines).
+    by default `figure_size(explanation, max_entities=max_entities, note=note)` (12 inches wide, taller with
+    more entities and text lines).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -712,28 +735,35 @@ def draw_explanation(
         raise ValueError(f"max_entities must be an integer >= 1, got {max_entities!r}")
     if not (isinstance(dpi, int | float) and math.isfinite(dpi) and dpi > 0):
         raise ValueError(f"dpi must be a positive number, got {dpi!r}")
-    width, height = figure_size(explanation, max_entities=max_entities) if figsize is None else figsize
-    if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in (width, height)):
+    if note is not None and not isinstance(note, str):
+        raise TypeError(f"note must be a string, got {type(note).__name__}")
+    if figsize is None:
+        figsize = figure_size(explanation, max_entities=max_entities, note=note)
+    if len(figsize) != 2 or not all(
+        isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in figsize
+    ):
         raise ValueError(f"figsize must be two positive numbers of inches, got {figsize!r}")
+    width, height = figsize
     figure = Figure(figsize=(width, height), dpi=dpi, facecolor="white")
     FigureCanvasAgg(figure)
     colours = _type_colours(explanation)
-    lines, header, _ = _layout(explanation, width, max_entities)
+    lines, header, rows, footer = _layout(explanation, width, max_entities, note)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         _draw_header(figure, explanation, lines, colours, height)
-        shown = explanation.entities[:max_entities]
-        for row, entity in enumerate(shown):
+        for row, entity in enumerate(explanation.entities[:rows]):
             bottom = height - header - (row + 1) * _ENTITY_ROW_HEIGHT
             _draw_entity_row(figure, explanation, entity, colours[entity.entity_group], bottom)
-        hidden = len(explanation.entities) - len(shown)
-        if hidden:
+        y = height - header - rows * _ENTITY_ROW_HEIGHT
+        for line in footer:
+            y -= _FOOTER_LINE_HEIGHT
             figure.text(
                 _MARGIN,
-                0.08,
-                f"{hidden} more entities are listed in the HTML page",
+                y,
+                line,
                 transform=figure.dpi_scale_trans,
-                fontsize=9,
+                fontsize=_FOOTER_FONT_SIZE,
+                color="#333333",
             )
     return figure
 
@@ -742,8 +772,9 @@ def draw_explanation(
 # Saving
 
 
-def render_html(explanation: PostExplanation, png: bytes) -> str:
-    """A self-contained HTML page: the post with its entities highlighted, a table of entities, the figure."""
+def render_html(explanation: PostExplanation, png: bytes, note: str | None = None) -> str:
+    """A self-contained HTML page: the post with its entities highlighted, a table of entities, `note`, and
+    the figure (`png`, inlined as base64)."""
     colours = _type_colours(explanation)
     parts, position = [], 0
     for entity in explanation.entities:
@@ -776,24 +807,30 @@ def render_html(explanation: PostExplanation, png: bytes) -> str:
     )
     title = "MGCM explanation" + (f": post {explanation.post_id}" if explanation.post_id else "")
     image = base64.b64encode(png).decode("ascii")
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n"
+    page = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        '<head>\n<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1250px;margin:1em auto;padding:0 1em}"
         "p.post{font-size:1.3em;line-height:1.8}mark{padding:0.1em 0.25em;border-radius:0.25em}"
         "sup{font-size:0.6em;font-weight:bold;margin-left:0.2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left}img{max-width:100%}</style>\n"
-        "</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n"
-        f'<p class="post">{"".join(parts)}</p>\n'
-        f"<p>Entity types: {legend or 'none'}</p>\n"
+        "td,th{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left}img{max-width:100%}</style>",
+        "</head>\n<body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="post">{"".join(parts)}</p>',
+        f"<p>Entity types: {legend or 'none'}</p>",
         "<p>Gate: the mean weight of the direct word-to-input attention branch against the coupled branch, "
-        "over the entity's words.</p>\n"
-        f"{table}\n"
-        f'<p><img alt="{html.escape(title)}: gates and attention maps" src="data:image/png;base64,{image}"></p>\n'
-        "</body>\n</html>\n"
-    )
+        "over the entity's words.</p>",
+        table,
+    ]
+    if note:
+        page.append(f"<p>{html.escape(note)}</p>")
+    page += [
+        f'<p><img alt="{html.escape(title)}: gates and attention maps" src="data:image/png;base64,{image}"></p>',
+        "</body>\n</html>\n",
+    ]
+    return "\n".join(page)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -816,7 +853,7 @@ def _png_path(output_path: str | os.PathLike) -> Path:
 
 
 def save_explanation(
-    figure: "Figure", explanation: PostExplanation, output_path: str | os.PathLike
+    figure: "Figure", explanation: PostExplanation, output_path: str | os.PathLike, note: str | None = None
 ) -> tuple[Path, Path]:
     """Write `figure` as `output_path` (.png) and the HTML page beside it (.html), each atomically."""
     png_path = _png_path(output_path)
@@ -825,7 +862,7 @@ def save_explanation(
     png = buffer.getvalue()
     html_path = png_path.with_suffix(".html")
     _write_atomically(png_path, png)
-    _write_atomically(html_path, render_html(explanation, png).encode("utf-8"))
+    _write_atomically(html_path, render_html(explanation, png, note=note).encode("utf-8"))
     return png_path, html_path
 
 
@@ -838,6 +875,7 @@ def explain(
     figsize: tuple[float, float] | None = None,
     dpi: float = 100.0,
     max_entities: int = 6,
+    note: str | None = None,
     image_timeout: float = DEFAULT_URL_TIMEOUT,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> "Figure":
@@ -851,6 +889,7 @@ def explain(
             and the PNG inlined as base64) is written beside it with the suffix `.html`.
         processor: the `MGCMProcessor`, when `pipeline_or_model` is a bare model.
         figsize, dpi, max_entities: see `draw_explanation`.
+        note: a line for the figure's foot and the HTML page, e.g. which model made the explanation.
         image_timeout, max_image_bytes: limits for fetching an image URL.
 
     Returns:
@@ -865,9 +904,9 @@ def explain(
         image_timeout=image_timeout,
         max_image_bytes=max_image_bytes,
     )
-    figure = draw_explanation(explanation, figsize=figsize, dpi=dpi, max_entities=max_entities)
+    figure = draw_explanation(explanation, figsize=figsize, dpi=dpi, max_entities=max_entities, note=note)
     if output_path is not None:
-        save_explanation(figure, explanation, output_path)
+        save_explanation(figure, explanation, output_path, note=note)
     return figure
 
 

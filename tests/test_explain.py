@@ -338,6 +338,27 @@ def test_entities_beyond_max_entities_are_left_to_the_html_page(tagger, red_imag
     assert "<td>the</td>" in render_html(explanation, b"")
 
 
+def test_a_note_is_wrapped_at_the_foot_of_the_figure_and_added_to_the_html(tagger):
+    explanation = explain_post(tagger, {"text": "Obama Phoenix visits"})
+    note = "Model: trained on the synthetic corpus with tiny random backbones & <no> real data. " * 4
+    figure = draw_explanation(explanation, dpi=40, note=note)
+    texts = figure.texts
+    footer = next(
+        texts[-count:]
+        for count in range(1, len(texts) + 1)
+        if " ".join(text.get_text() for text in texts[-count:]).split() == note.split()
+    )
+    assert len(footer) >= 2  # too long for one line of a 12-inch figure
+    renderer = figure.canvas.get_renderer()
+    assert all(text.get_window_extent(renderer).x1 <= figure.bbox.width for text in footer)
+    assert figure_size(explanation, note=note)[1] > figure_size(explanation)[1]
+    assert f"<p>{note.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')}</p>" in render_html(
+        explanation, b"", note=note
+    )
+    with pytest.raises(TypeError, match="note must be a string"):
+        draw_explanation(explanation, note=3)
+
+
 def test_a_pipeline_gives_the_same_entities_and_scores_as_its_own_output(tiny_mgcm_dir, red_image):
     model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir).eval()
     _force_tags(model, "B-ORG", "I-ORG")
