@@ -57,6 +57,12 @@ TASK_NAME = "multimodal-ner"
 AGGREGATIONS = ("entities", "words")
 ON_BAD_IMAGE = ("error", "mask")
 POST_KEYS = ("text", "image", "caption", "objects", "image_id")
+# A batch of posts runs as at most this many model calls over length-sorted windows, each of at least
+# MIN_WINDOWS_PER_MODEL_CALL windows: less padding, still large matrix products.
+MAX_MODEL_CALLS_PER_BATCH = 4
+MIN_WINDOWS_PER_MODEL_CALL = 8
+# Per word of a window: (Viterbi tag id, marginals over the labels, gate value per granularity).
+WindowOutput = list[tuple[int, list[float], list[float]]]
 
 
 class BadImageWarning(UserWarning):
@@ -80,8 +86,8 @@ class MultimodalNERPipeline(Pipeline):
         image_feature_cache: an `ImageFeatureCache` (anything with `get(ids) -> (features (n, R, D),
             image_mask (n,))`) serving the features of posts that give an `image_id`.
 
-    `batch_size` counts posts; the windows of the posts of a batch run through the model together. The
-    model is put in eval mode. `num_workers` is not used: posts are prepared in the calling process.
+    `batch_size` counts posts; the windows of a batch's posts are sorted by length and run through the model
+    in a few calls (see `model_batches`). The model is put in eval mode and runs under `torch.inference_mode`. `num_workers` is not used: posts are prepared in the calling process.
     """
 
     _load_processor = True
@@ -204,12 +210,13 @@ class MultimodalNERPipeline(Pipeline):
                     error_type = TypeError if isinstance(error, TypeError) else ValueError
                     raise error_type(f"input {first_index + offset}: {error}") from error
             first_index += len(batch)
-            model_inputs, window_owners = self.collate(prepared)
-            outputs = self.forward(model_inputs, **forward_params) if model_inputs is not None else None
+            window_outputs: dict[tuple[int, int], WindowOutput] = {}
+            for model_inputs, window_keys in self.model_batches(prepared):
+                outputs = self.forward(model_inputs, **forward_params)
+                window_outputs.update(zip(window_keys, self.window_outputs(outputs), strict=True))
             for post_index, post in enumerate(prepared):
-                yield self.postprocess(
-                    self._post_outputs(post, post_index, outputs, window_owners), **postprocess_params
-                )
+                windows = [window_outputs[(post_index, index)] for index in range(len(post["windows"]))]
+                yield self.postprocess(self._post_outputs(post, windows), **postprocess_params)
 
     # ------------------------------------------------------------------------------------------------
     # One post -> words, windows and image
@@ -354,23 +361,45 @@ class MultimodalNERPipeline(Pipeline):
         return torch.as_tensor(features[0]).float()
 
     # ------------------------------------------------------------------------------------------------
-    # Posts -> one model batch
+    # Posts -> model batches of windows of similar length
 
-    def collate(
+    def model_batches(
         self, prepared: Sequence[Mapping[str, Any]]
-    ) -> tuple[dict[str, torch.Tensor] | None, list[int]]:
-        """Pad the windows of prepared posts into one model batch.
+    ) -> list[tuple[dict[str, torch.Tensor], list[tuple[int, int]]]]:
+        """Pad the windows of prepared posts into model batches.
 
-        Returns the model inputs (None when no post has a word) and, per batch row, the index of its post.
-        Image rows: `pixel_values` (B, 3, H, W) and/or `image_features` (B, R, D), `image_mask` (B,), and when
-        both kinds are present `pixel_rows` (B,) bool marking the rows whose image is in `pixel_values`.
+        Windows are sorted by length and cut into at most `MAX_MODEL_CALLS_PER_BATCH` batches of at least
+        `MIN_WINDOWS_PER_MODEL_CALL` windows, so that short tweets are not padded to the longest one (tweets
+        vary from a few to a hundred word pieces). Padding does not change a window's outputs.
+
+        Returns `(model inputs, (post index, window index) of each row)` per model batch; none when no post
+        has a word. Image rows: `pixel_values` (B, 3, H, W) and/or `image_features` (B, R, D), `image_mask`
+        (B,), and when both kinds are present `pixel_rows` (B,) bool marking the rows in `pixel_values`.
         """
-        windows, owners = [], []
-        for post_index, post in enumerate(prepared):
-            windows.extend(post["windows"])
-            owners.extend([post_index] * len(post["windows"]))
-        if not windows:
-            return None, owners
+        keys = [
+            (post_index, index)
+            for post_index, post in enumerate(prepared)
+            for index in range(len(post["windows"]))
+        ]
+        if not keys:
+            return []
+
+        def length(key: tuple[int, int]) -> tuple[int, int]:
+            window = prepared[key[0]]["windows"][key[1]]
+            return len(window["input_ids"]), len(window.get("caption_input_ids") or ())
+
+        keys.sort(key=length)
+        group_size = max(MIN_WINDOWS_PER_MODEL_CALL, math.ceil(len(keys) / MAX_MODEL_CALLS_PER_BATCH))
+        return [
+            (self._pad_windows(prepared, keys[start : start + group_size]), keys[start : start + group_size])
+            for start in range(0, len(keys), group_size)
+        ]
+
+    def _pad_windows(
+        self, prepared: Sequence[Mapping[str, Any]], keys: list[tuple[int, int]]
+    ) -> dict[str, torch.Tensor]:
+        windows = [prepared[post_index]["windows"][index] for post_index, index in keys]
+        owners = [post_index for post_index, _ in keys]
         inputs = dict(self.processor.pad_windows(windows, return_window_info=False, return_tensors="pt"))
         pixel_rows = [row for row, owner in enumerate(owners) if prepared[owner]["pixel_values"] is not None]
         feature_rows = [
@@ -388,7 +417,7 @@ class MultimodalNERPipeline(Pipeline):
             pixel_mask = torch.zeros(len(windows), dtype=torch.bool)
             pixel_mask[pixel_rows] = True
             inputs["pixel_rows"] = pixel_mask
-        return inputs, owners
+        return inputs
 
     @staticmethod
     def _stack_rows(prepared, owners: list[int], rows: list[int], key: str) -> torch.Tensor:
@@ -405,6 +434,9 @@ class MultimodalNERPipeline(Pipeline):
 
     # ------------------------------------------------------------------------------------------------
     # Model
+
+    def get_inference_context(self):
+        return torch.inference_mode
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Model batch -> `predictions` (B, W), `marginals` (B, W, L), `word_mask` (B, W), `gate_values`
@@ -439,17 +471,10 @@ class MultimodalNERPipeline(Pipeline):
     # ------------------------------------------------------------------------------------------------
     # Outputs
 
-    def _post_outputs(
-        self, post: Mapping[str, Any], post_index: int, outputs: dict[str, Any] | None, owners: list[int]
-    ) -> dict[str, Any]:
-        """The merged per-word tags, marginals and gates of one post, with its text and word offsets."""
-        result = {key: post[key] for key in ("text", "words", "spans", "image_error")}
-        result.update(tags=[], marginals=[], gates=[])
-        rows = [row for row, owner in enumerate(owners) if owner == post_index]
-        if not rows:
-            return result
-        records, counts = [], []
-        for row in rows:
+    def window_outputs(self, outputs: Mapping[str, Any]) -> list[WindowOutput]:
+        """Per batch row, its words' Viterbi tags, marginal vectors and gate vectors (config granularities)."""
+        results = []
+        for row in range(outputs["word_mask"].shape[0]):
             count = int(outputs["word_mask"][row].sum())
             tags = outputs["predictions"][row, :count].tolist()
             marginals = outputs["marginals"][row, :count].tolist()
@@ -460,12 +485,23 @@ class MultimodalNERPipeline(Pipeline):
                 else [0.0] * count
                 for name in self.granularities
             ]
-            records.append(
+            results.append(
                 [(tags[word], marginals[word], [values[word] for values in gates]) for word in range(count)]
             )
-            counts.append(count)
+        return results
+
+    @staticmethod
+    def _post_outputs(post: Mapping[str, Any], windows: list[WindowOutput]) -> dict[str, Any]:
+        """The per-word tags, marginals and gates of one post, windows merged, with its text and word offsets."""
+        result = {key: post[key] for key in ("text", "words", "spans", "image_error")}
+        result.update(tags=[], marginals=[], gates=[])
+        if not windows:
+            return result
         offsets = [window["window_word_offset"] for window in post["windows"]]
-        merged = merge_windows(records, [0] * len(rows), offsets, counts, num_words=[len(post["words"])])[0]
+        counts = [len(window) for window in windows]
+        merged = merge_windows(windows, [0] * len(windows), offsets, counts, num_words=[len(post["words"])])[
+            0
+        ]
         result["tags"] = [record[0] for record in merged]
         result["marginals"] = [record[1] for record in merged]
         result["gates"] = [record[2] for record in merged]

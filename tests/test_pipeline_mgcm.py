@@ -174,6 +174,26 @@ def test_long_posts_tag_every_word_across_windows(tagger):
     assert all(text[w["start"] : w["end"]] == w["word"] for w in output["words"])
 
 
+def test_windows_are_batched_by_length_each_exactly_once(tagger):
+    texts = [
+        " ".join(["Obama"] * length)
+        for length in (3, 40, 1, 25, 7, 60, 2, 12, 33, 5, 18, 9, 50, 4, 28, 6, 15, 44)
+    ]
+    prepared = [tagger.preprocess(text) for text in texts]
+    batches = tagger.model_batches(prepared)
+    keys = [key for _, batch_keys in batches for key in batch_keys]
+    assert sorted(keys) == [
+        (post, window) for post, item in enumerate(prepared) for window in range(len(item["windows"]))
+    ]
+    assert 1 < len(batches) <= 4 and all(len(batch_keys) >= 8 for _, batch_keys in batches[:-1])
+    lengths = [inputs["attention_mask"].sum(1).tolist() for inputs, _ in batches]
+    flat = [length for batch in lengths for length in batch]
+    assert flat == sorted(flat)
+    # Sorting cuts padding: the padded pieces are fewer than with the windows in input order.
+    padded = sum(inputs["input_ids"].numel() for inputs, _ in batches)
+    assert padded < len(flat) * max(flat)
+
+
 def test_text_only_posts_need_no_image_and_match_an_absent_image(tagger, tmp_path):
     text = "Jordan visits Phoenix with Obama"
     alone = tagger(text)
@@ -294,6 +314,13 @@ class _ImageServer(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def handle_one_request(self):
+        # The client hangs up on purpose on the oversized and slow answers.
+        try:
+            super().handle_one_request()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
     def log_message(self, *args):
         pass
