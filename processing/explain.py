@@ -55,6 +55,8 @@ _ENTITY_ROW_HEIGHT = 2.4
 _PANEL_GAP = 0.35
 _FOOTER_FONT_SIZE = 9.0
 _FOOTER_LINE_HEIGHT = 0.22
+# Text is measured without hinting; Agg's hinted glyphs come out up to ~5% wider at some resolutions.
+_WRAP_SAFETY = 0.93
 
 
 @dataclass
@@ -494,7 +496,8 @@ def _layout(
     explanation: PostExplanation, width: float, max_entities: int, note: str | None
 ) -> tuple[list, float, int, list[str]]:
     """`(tweet lines, header height, entity rows, footer lines)` for a figure `width` inches wide."""
-    lines = _tweet_lines(_tweet_chunks(explanation), width - 2 * _MARGIN)
+    text_width = _WRAP_SAFETY * (width - 2 * _MARGIN)
+    lines = _tweet_lines(_tweet_chunks(explanation), text_width)
     extra_lines = 1 + ("caption" in explanation.attention) + ("objects" in explanation.attention)
     header = _TITLE_HEIGHT + len(lines) * _TWEET_LINE_HEIGHT + extra_lines * _SMALL_LINE_HEIGHT + 0.2
     rows = min(len(explanation.entities), max_entities)
@@ -502,7 +505,7 @@ def _layout(
     if len(explanation.entities) > rows:
         footer.append(f"{len(explanation.entities) - rows} more entities are listed in the HTML page.")
     if note:
-        footer += _wrapped(note, _FOOTER_FONT_SIZE, width - 2 * _MARGIN)
+        footer += _wrapped(note, _FOOTER_FONT_SIZE, text_width)
     return lines, header, rows, footer
 
 
