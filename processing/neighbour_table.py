@@ -62,8 +62,22 @@ class NeighbourTable:
         normalise: bool = True,
         source: str = "",
     ):
+        for name, words in (("vocabulary", vocabulary), ("neighbour_words", neighbour_words)):
+            if isinstance(words, str | bytes) or not isinstance(words, Sequence | np.ndarray):
+                raise ValueError(f"{name} must be a list of words, got {type(words).__name__}")
+            if not all(isinstance(word, str) for word in words):
+                raise ValueError(f"{name} must hold strings only")
         vocabulary = list(vocabulary)
         neighbour_words = list(neighbour_words)
+        # A table with float indices or non-finite values would give the model garbage or NaN, silently.
+        if not np.issubdtype(neighbour_indices.dtype, np.integer):
+            raise ValueError(f"neighbour_indices must be integers, got {neighbour_indices.dtype}")
+        for name, values in (
+            ("neighbour_weights", neighbour_weights),
+            ("neighbour_vectors", neighbour_vectors),
+        ):
+            if not np.issubdtype(values.dtype, np.floating) or not np.isfinite(values).all():
+                raise ValueError(f"{name} must be finite floating-point numbers ({values.dtype})")
         if neighbour_indices.ndim != 2 or neighbour_weights.shape != neighbour_indices.shape:
             raise ValueError(
                 f"neighbour_indices {neighbour_indices.shape} and neighbour_weights {neighbour_weights.shape} "
@@ -208,6 +222,10 @@ class NeighbourTable:
             normalise = json.loads(metadata["normalise"])
         except (KeyError, json.JSONDecodeError) as error:
             raise ValueError(f"{path}: broken metadata ({error!r})") from None
+        if not isinstance(normalise, bool):
+            raise ValueError(
+                f"{path}: metadata normalise must be true or false, got {metadata['normalise']!r}"
+            )
         try:
             return cls(
                 vocabulary,
