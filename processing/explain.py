@@ -66,7 +66,7 @@ class ExplainedEntity:
     Attributes:
         entity_group: the entity type ("PER", ...).
         word_start, word_end: its word span in the post, end exclusive.
-        text: its words, joined by spaces.
+        text: its span of the post's text (the original string, spaces included).
         score: mean CRF marginal probability of its Viterbi tags.
         gate_values: granularity -> mean gate value over its words, for the granularities the post has.
         attention: granularity -> mean attention of its words, `(R,)` over image regions (the leading
@@ -403,15 +403,18 @@ def explain_post(
                 word_attention[:, column] += piece_attention[:, piece]
         explanation.attention["caption"] = word_attention
 
+    offsets = post["word_offsets"]
     for entity_group, start, end in sorted(entity_spans(tags), key=lambda span: span[1]):
         explanation.entities.append(
             ExplainedEntity(
                 entity_group=entity_group,
                 word_start=start,
                 word_end=end,
-                text=" ".join(post["words"][start:end]),
+                text=post["text"][offsets[start][0] : offsets[end - 1][1]],
                 score=float(tag_probabilities[start:end].mean()),
-                gate_values={name: float(values[start:end].mean()) for name, values in gate_values.items()},
+                gate_values={
+                    name: float(values[start:end].mean()) for name, values in explanation.gate_values.items()
+                },
                 attention={
                     name: values[start:end].mean(axis=0) for name, values in explanation.attention.items()
                 },
@@ -441,6 +444,11 @@ def _text_width(text: str, size: float) -> float:
     return width / 72.0
 
 
+def _drawn_words(explanation: PostExplanation, entity: ExplainedEntity) -> str:
+    # The figure lays words out itself: tabs and line breaks of the original text would upset it.
+    return " ".join(explanation.words[entity.word_start : entity.word_end])
+
+
 def _tweet_chunks(explanation: PostExplanation) -> list[tuple[str, str | None]]:
     """The post as `(text, entity type or None)` chunks: each entity is one chunk, other words one each."""
     entity_at = {entity.word_start: entity for entity in explanation.entities}
@@ -448,7 +456,7 @@ def _tweet_chunks(explanation: PostExplanation) -> list[tuple[str, str | None]]:
     while word < len(explanation.words):
         entity = entity_at.get(word)
         if entity is not None:
-            chunks.append((entity.text, entity.entity_group))
+            chunks.append((_drawn_words(explanation, entity), entity.entity_group))
             word = entity.word_end
         else:
             chunks.append((explanation.words[word], None))
@@ -658,17 +666,18 @@ def _draw_entity_row(
     """One row: the entity and its gates, then its attention over the image, the objects and the caption."""
     inches = figure.dpi_scale_trans
     top = bottom + _ENTITY_ROW_HEIGHT
+    words = _drawn_words(explanation, entity)
     figure.text(
         _MARGIN,
         top - 0.3,
-        entity.text,
+        words,
         transform=inches,
         fontsize=11,
         fontweight="bold",
         bbox={"boxstyle": "round,pad=0.15", "facecolor": colour, "edgecolor": "none"},
     )
     figure.text(
-        _MARGIN + _text_width(entity.text, 11) + 0.2,
+        _MARGIN + _text_width(words, 11) + 0.2,
         top - 0.3,
         f"{entity.entity_group}, score {entity.score:.2f}, words {entity.word_start}-{entity.word_end - 1}",
         transform=inches,

@@ -141,18 +141,24 @@ def test_caption_words_split_into_several_pieces_get_the_sum_of_their_pieces(tag
 
 
 def test_raw_text_is_split_like_the_pipeline_and_highlighted_in_the_original_string(tagger):
-    text = "@Obama  #Phoenix\tvisits <b>x</b> 🎉"
+    text = "@Obama \n #Phoenix\tvisits <b>x</b> 🎉"
     explanation = explain_post(tagger, {"text": text})
     assert explanation.words[:2] == ["@Obama", "#Phoenix"]
+    assert (
+        explanation.entities[0].text == "@Obama \n #Phoenix"
+    )  # as the pipeline's "word": a slice of the text
     assert all(
         text[start:end] == word
         for word, (start, end) in zip(explanation.words, explanation.word_offsets, strict=True)
     )
     page = render_html(explanation, b"png")
     # The entity keeps the original spacing between its words; markup in the tweet is escaped.
-    assert re.search(r"<mark [^>]*>@Obama  #Phoenix<sup>PER</sup></mark>", page)
+    assert re.search(r"<mark [^>]*>@Obama \n #Phoenix<sup>PER</sup></mark>", page)
     assert "&lt;b&gt;" in page and "<b>" not in page
     assert "🎉" in page
+    # The figure lays the words out on one line, single-spaced.
+    drawn = [text.get_text() for text in draw_explanation(explanation, dpi=30).texts]
+    assert "@Obama #Phoenix" in drawn and "🎉" in drawn
 
 
 def test_a_post_longer_than_one_window_gets_one_value_per_word(tagger):
