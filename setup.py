@@ -30,5 +30,5 @@ setup(
     extras_require={
         "test": ["pytest>=8.0", "hypothesis>=6.100", "ruff>=0.6", "matplotlib>=3.7", "tensorboard>=2.14"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["mgcm-predict = processing.predict_cli:main"]},
 )
