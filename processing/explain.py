@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ POST_KEYS = ("text", "words", "image", "caption", "objects", "id")
 # A grid is accepted when its rows/columns ratio is within this factor of the image's aspect ratio.
 _GRID_ASPECT_TOLERANCE = 1.3
 # Caption words drawn per entity; longer captions keep their most attended words.
-MAX_CAPTION_WORDS_DRAWN = 16
+MAX_CAPTION_WORDS_DRAWN = 10
 
 # Layout, in inches (the figure's size in pixels is its size in inches times `dpi`).
 _MARGIN = 0.3
@@ -53,7 +53,7 @@ _TWEET_LINE_HEIGHT = 0.36
 _SMALL_LINE_HEIGHT = 0.26
 _ENTITY_ROW_HEIGHT = 2.4
 _PANEL_GAP = 0.35
-_FOOTER_FONT_SIZE = 9.0
+_SMALL_FONT_SIZE = 9.0
 _FOOTER_LINE_HEIGHT = 0.22
 # Text is measured without hinting; Agg's hinted glyphs come out up to ~5% wider at some resolutions.
 _WRAP_SAFETY = 0.93
@@ -98,6 +98,7 @@ class PostExplanation:
         model_image: `(H, W, 3)` floats in [0, 1]: the image as the vision backbone saw it, or None.
         region_grid: `(leading_tokens, rows, columns)` of the image regions, or None.
         object_labels: the objects the model saw, in the order of their attention columns.
+        caption: the caption as far as the model read it ("…" marks a truncated one), or None.
         caption_words: the caption's words, in the order of their attention columns.
         post_id: the post's "id", if it had one.
     """
@@ -113,6 +114,7 @@ class PostExplanation:
     model_image: np.ndarray | None = None
     region_grid: tuple[int, int, int] | None = None
     object_labels: list[str] = field(default_factory=list)
+    caption: str | None = None
     caption_words: list[str] = field(default_factory=list)
     post_id: str | None = None
 
@@ -276,8 +278,9 @@ def _model_view(pixel_values: np.ndarray, image_processor: Any) -> np.ndarray:
 
 def _caption_word_columns(
     processor: Any, caption: str, caption_ids: list[int]
-) -> tuple[list[str], list[int]]:
-    """Caption words and, per caption piece, the index of its word (-1 for special tokens)."""
+) -> tuple[list[str], list[int], str]:
+    """Caption words, per caption piece the index of its word (-1 for special tokens), and the part of the
+    caption the model read (the processor truncates it to `max_caption_length` pieces)."""
     encoding = processor.tokenizer(
         caption,
         truncation=True,
@@ -299,7 +302,10 @@ def _caption_word_columns(
         index = spans[word]
         words[index] = (min(words[index][0], start), max(words[index][1], end))
         columns.append(index)
-    return [caption[start:end] for start, end in words], columns
+    read = caption[: words[-1][1]] if words else ""
+    if read.strip() != caption.strip():
+        read = read.rstrip() + " …"
+    return [caption[start:end] for start, end in words], columns, read
 
 
 @torch.inference_mode()
@@ -395,7 +401,9 @@ def explain_post(
         explanation.attention["objects"] = attention["objects"][:, : len(object_ids)]
     if "caption" in attention:
         caption_ids = encoding["caption_input_ids"][0][encoding["caption_attention_mask"][0].bool()].tolist()
-        explanation.caption_words, columns = _caption_word_columns(processor, caption, caption_ids)
+        explanation.caption_words, columns, explanation.caption = _caption_word_columns(
+            processor, caption, caption_ids
+        )
         piece_attention = attention["caption"][:, : len(columns)]
         word_attention = np.zeros((len(tags), len(explanation.caption_words)))
         for piece, column in enumerate(columns):
@@ -469,14 +477,13 @@ def _tweet_lines(
 ) -> list[list[tuple[str, str | None, float]]]:
     """Wrap chunks into lines no wider than `width` inches: lines of `(text, type, x offset)`."""
     space = _text_width("a a", _TWEET_FONT_SIZE) - _text_width("aa", _TWEET_FONT_SIZE)
-    tag_space = 0.0
     lines: list[list[tuple[str, str | None, float]]] = [[]]
     x = 0.0
     for text, entity_group in chunks:
         chunk_width = _text_width(text, _TWEET_FONT_SIZE)
         if entity_group is not None:
-            tag_space = _text_width(" " + entity_group, 0.6 * _TWEET_FONT_SIZE) + 0.08
-            chunk_width += tag_space
+            # The small type tag drawn after the highlighted entity.
+            chunk_width += _text_width(" " + entity_group, 0.6 * _TWEET_FONT_SIZE) + 0.08
         if lines[-1] and x + chunk_width > width:
             lines.append([])
             x = 0.0
@@ -500,40 +507,51 @@ def _wrapped(text: str, size: float, width: float) -> list[str]:
     return lines
 
 
-def _layout(
-    explanation: PostExplanation, width: float, max_entities: int, note: str | None
-) -> tuple[list, float, int, list[str]]:
-    """`(tweet lines, header height, entity rows, footer lines)` for a figure `width` inches wide."""
+class _Layout(NamedTuple):
+    tweet_lines: list  # lines of (text, entity type or None, x offset in inches)
+    detail_lines: list[str]  # the caption and the objects, wrapped
+    header_height: float
+    entity_rows: int
+    footer_lines: list[str]
+
+
+def _layout(explanation: PostExplanation, width: float, max_entities: int, note: str | None) -> _Layout:
+    """Where things go in a figure `width` inches wide."""
     text_width = _WRAP_SAFETY * (width - 2 * _MARGIN)
-    lines = _tweet_lines(_tweet_chunks(explanation), text_width)
-    extra_lines = 1 + ("caption" in explanation.attention) + ("objects" in explanation.attention)
-    header = _TITLE_HEIGHT + len(lines) * _TWEET_LINE_HEIGHT + extra_lines * _SMALL_LINE_HEIGHT + 0.2
+    tweet_lines = _tweet_lines(_tweet_chunks(explanation), text_width)
+    details = []
+    if "caption" in explanation.attention:
+        details += _wrapped(f"caption: {explanation.caption}", _SMALL_FONT_SIZE, text_width)
+    if "objects" in explanation.attention:
+        details += _wrapped("objects: " + ", ".join(explanation.object_labels), _SMALL_FONT_SIZE, text_width)
+    # Title, tweet lines, the type legend and the details.
+    header = _TITLE_HEIGHT + len(tweet_lines) * _TWEET_LINE_HEIGHT + (1 + len(details)) * _SMALL_LINE_HEIGHT
     rows = min(len(explanation.entities), max_entities)
     footer = []
     if len(explanation.entities) > rows:
         footer.append(f"{len(explanation.entities) - rows} more entities are listed in the HTML page.")
     if note:
-        footer += _wrapped(note, _FOOTER_FONT_SIZE, text_width)
-    return lines, header, rows, footer
+        footer += _wrapped(note, _SMALL_FONT_SIZE, text_width)
+    return _Layout(tweet_lines, details, header + 0.2, rows, footer)
 
 
 def figure_size(
     explanation: PostExplanation, width: float = 12.0, max_entities: int = 6, note: str | None = None
 ) -> tuple[float, float]:
     """The default `(width, height)` in inches of `draw_explanation`'s figure for this explanation."""
-    _, header, rows, footer = _layout(explanation, width, max_entities, note)
-    return width, header + rows * _ENTITY_ROW_HEIGHT + len(footer) * _FOOTER_LINE_HEIGHT + 0.1
+    layout = _layout(explanation, width, max_entities, note)
+    footer = len(layout.footer_lines) * _FOOTER_LINE_HEIGHT
+    return width, layout.header_height + layout.entity_rows * _ENTITY_ROW_HEIGHT + footer + 0.1
 
 
-def _draw_header(
-    figure, explanation: PostExplanation, lines: list, colours: dict[str, str], top: float
-) -> None:
-    """Title, the highlighted tweet, the type legend, the caption and the objects, from `top` inches down."""
+def _draw_header(figure, explanation: PostExplanation, layout: _Layout, colours: dict[str, str]) -> None:
+    """Title, the highlighted tweet, the type legend, the caption and the objects, from the top down."""
     inches = figure.dpi_scale_trans
+    top = figure.get_size_inches()[1]
     title = "MGCM explanation" + (f": post {explanation.post_id}" if explanation.post_id else "")
     figure.text(_MARGIN, top - 0.35, title, transform=inches, fontsize=14, fontweight="bold")
     y = top - _TITLE_HEIGHT - _TWEET_LINE_HEIGHT * 0.7
-    for line in lines:
+    for line in layout.tweet_lines:
         for text, entity_group, x in line:
             if entity_group is None:
                 figure.text(_MARGIN + x, y, text, transform=inches, fontsize=_TWEET_FONT_SIZE)
@@ -558,26 +576,21 @@ def _draw_header(
         y -= _TWEET_LINE_HEIGHT
     y -= 0.05
     legend = "entity types:" if colours else "no entity predicted"
-    figure.text(_MARGIN, y, legend, transform=inches, fontsize=9, color="#333333")
-    x = _MARGIN + _text_width(legend, 9) + 0.15
+    figure.text(_MARGIN, y, legend, transform=inches, fontsize=_SMALL_FONT_SIZE, color="#333333")
+    x = _MARGIN + _text_width(legend, _SMALL_FONT_SIZE) + 0.15
     for name, colour in colours.items():
         figure.text(
             x,
             y,
             name,
             transform=inches,
-            fontsize=9,
+            fontsize=_SMALL_FONT_SIZE,
             bbox={"boxstyle": "round,pad=0.15", "facecolor": colour, "edgecolor": "none"},
         )
-        x += _text_width(name, 9) + 0.3
-    details = []
-    if "caption" in explanation.attention:
-        details.append("caption: " + " ".join(explanation.caption_words))
-    if "objects" in explanation.attention:
-        details.append("objects: " + (", ".join(explanation.object_labels) or "none"))
-    for detail in details:
+        x += _text_width(name, _SMALL_FONT_SIZE) + 0.3
+    for line in layout.detail_lines:
         y -= _SMALL_LINE_HEIGHT
-        figure.text(_MARGIN, y, detail, transform=inches, fontsize=9, color="#333333", wrap=False)
+        figure.text(_MARGIN, y, line, transform=inches, fontsize=_SMALL_FONT_SIZE, color="#333333")
 
 
 def _axes(figure, left: float, bottom: float, width: float, height: float):
@@ -598,7 +611,9 @@ def _bar_panel(axes, labels: list[str], values: np.ndarray, colour: str, title: 
     """Horizontal bars of attention weights, first label on top, scaled to the largest weight."""
     positions = np.arange(len(labels))
     axes.barh(positions, values, color=colour, height=0.7)
-    axes.set_yticks(positions, labels, fontsize=8)
+    # Labels no taller than three quarters of a bar's share of the panel, so that they never overlap.
+    panel_points = 72.0 * axes.get_position().height * axes.figure.get_figheight()
+    axes.set_yticks(positions, labels, fontsize=min(8.0, 0.75 * panel_points / max(1, len(labels))))
     axes.invert_yaxis()
     # Weights are at most 1; room for the longest bar, without an axis that runs past 1.
     axes.set_xlim(0.0, min(1.0, max(1e-6, float(values.max()) * 1.25)) if len(values) else 1.0)
@@ -759,22 +774,22 @@ def draw_explanation(
     figure = Figure(figsize=(width, height), dpi=dpi, facecolor="white")
     FigureCanvasAgg(figure)
     colours = _type_colours(explanation)
-    lines, header, rows, footer = _layout(explanation, width, max_entities, note)
+    layout = _layout(explanation, width, max_entities, note)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        _draw_header(figure, explanation, lines, colours, height)
-        for row, entity in enumerate(explanation.entities[:rows]):
-            bottom = height - header - (row + 1) * _ENTITY_ROW_HEIGHT
+        _draw_header(figure, explanation, layout, colours)
+        for row, entity in enumerate(explanation.entities[: layout.entity_rows]):
+            bottom = height - layout.header_height - (row + 1) * _ENTITY_ROW_HEIGHT
             _draw_entity_row(figure, explanation, entity, colours[entity.entity_group], bottom)
-        y = height - header - rows * _ENTITY_ROW_HEIGHT
-        for line in footer:
+        y = height - layout.header_height - layout.entity_rows * _ENTITY_ROW_HEIGHT
+        for line in layout.footer_lines:
             y -= _FOOTER_LINE_HEIGHT
             figure.text(
                 _MARGIN,
                 y,
                 line,
                 transform=figure.dpi_scale_trans,
-                fontsize=_FOOTER_FONT_SIZE,
+                fontsize=_SMALL_FONT_SIZE,
                 color="#333333",
             )
     return figure
@@ -870,7 +885,10 @@ def save_explanation(
     """Write `figure` as `output_path` (.png) and the HTML page beside it (.html), each atomically."""
     png_path = _png_path(output_path)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=figure.dpi, facecolor="white")
+    with warnings.catch_warnings():
+        # DejaVu has no emoji: they are drawn as boxes, which is all a missing glyph can be.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        figure.savefig(buffer, format="png", dpi=figure.dpi, facecolor="white")
     png = buffer.getvalue()
     html_path = png_path.with_suffix(".html")
     _write_atomically(png_path, png)
@@ -925,6 +943,8 @@ def explain(
 __all__ = [
     "ENTITY_TYPE_COLOURS",
     "GRANULARITY_COLOURS",
+    "MAX_CAPTION_WORDS_DRAWN",
+    "POST_KEYS",
     "ExplainedEntity",
     "PostExplanation",
     "draw_explanation",

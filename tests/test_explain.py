@@ -4,6 +4,7 @@ import base64
 import copy
 import io
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import processing
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from processing import LABEL_TO_ID, ImageLoadError, MGCMProcessor, merge_windows
 from processing.explain import (
+    MAX_CAPTION_WORDS_DRAWN,
     draw_explanation,
     explain,
     explain_post,
@@ -342,6 +344,42 @@ def test_entities_beyond_max_entities_are_left_to_the_html_page(tagger, red_imag
     assert len(figure.axes) == 4
     assert any("1 more entities" in text.get_text() for text in figure.texts)
     assert "<td>the</td>" in render_html(explanation, b"")
+
+
+def test_long_posts_captions_and_notes_stay_inside_the_figure(tagger, red_image, tmp_path):
+    post = {
+        "text": "Obama Phoenix " + "visits the photograph with everyone 🎉 " * 10,
+        "image": red_image,
+        "caption": "a person in the photo with the person " * 8,  # more than max_caption_length pieces
+        "objects": OBJECTS,
+    }
+    explanation = explain_post(tagger, post)
+    assert explanation.caption.endswith(" …")
+    assert explanation.caption[:-2].split() == explanation.caption_words  # what the model read
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure = explain(tagger, post, tmp_path / "long.png", dpi=40, note="Model: a tiny random one. " * 12)
+    assert not [warning for warning in caught if "Glyph" in str(warning.message)]  # emoji are boxes, quietly
+    renderer = figure.canvas.get_renderer()
+    lines = {round(text.get_position()[1], 3) for text in figure.texts if text.get_text() == "photograph"}
+    assert len(lines) > 1  # the tweet wraps
+    assert sum(text.get_text().startswith("caption: ") for text in figure.texts) == 1
+    for text in figure.texts:
+        extent = text.get_window_extent(renderer)
+        assert extent.x0 >= 0 and extent.x1 <= figure.bbox.width, text.get_text()
+        assert extent.y0 >= 0 and extent.y1 <= figure.bbox.height, text.get_text()
+
+    # The caption panel keeps the most attended words, in caption order, with labels that do not overlap.
+    caption_axes = next(
+        axes for axes in figure.axes if axes.get_title(loc="left").startswith("attention over caption")
+    )
+    labels = caption_axes.get_yticklabels()
+    assert len(labels) == MAX_CAPTION_WORDS_DRAWN
+    weights = explanation.entities[0].attention["caption"]
+    kept = np.sort(np.argsort(-weights, kind="stable")[:MAX_CAPTION_WORDS_DRAWN])
+    assert [label.get_text() for label in labels] == [explanation.caption_words[index] for index in kept]
+    boxes = sorted((label.get_window_extent(renderer) for label in labels), key=lambda box: box.y0)
+    assert all(lower.y1 <= upper.y0 + 0.5 for lower, upper in zip(boxes, boxes[1:], strict=False))
 
 
 def test_a_note_is_wrapped_at_the_foot_of_the_figure_and_added_to_the_html(tagger):
