@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, ConvNextImageProcessor, ResNetConfig, ResNetModel, pipeline
+from transformers import AutoTokenizer, ConvNextImageProcessorPil, ResNetConfig, ResNetModel, pipeline
 
 from modeling_mgcm import MGCMForTokenClassification
 from processing import LABEL_NAMES, ImageFeatureCache, MGCMProcessor, build_neighbour_table, load_tweet_corpus
@@ -92,7 +92,7 @@ def build_tagger(args: argparse.Namespace, posts: list[dict], work_dir: Path):
     if args.vision == "tiny":
         image_processor = tiny_image_processor()
     else:
-        image_processor = ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=224 / 256)
+        image_processor = ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=224 / 256)
     model = MGCMForTokenClassification.from_backbones(
         args.text_model,
         str(vision_folder),
@@ -163,6 +163,8 @@ def main() -> None:
             tagger.model.mgcm.vision_model,
             tagger.processor.image_processor,
             backbone_name=f"random-{args.vision}",
+            # A randomly initialised deep ResNet in eval mode gives features beyond the float16 range.
+            storage_dtype=torch.float32,
             show_progress=False,
         )
         from datasets import Dataset

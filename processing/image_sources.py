@@ -10,6 +10,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from PIL import Image
@@ -93,7 +94,8 @@ def open_post_image(
     """Decode a post's image.
 
     Args:
-        image: a file path (str or `os.PathLike`), an http(s) URL, the encoded bytes, or a `PIL.Image.Image`.
+        image: a file path (str or `os.PathLike`), an http(s) URL, the encoded bytes, a `PIL.Image.Image`, or
+            an undecoded `datasets.Image` entry `{"path", "bytes"}`.
         timeout: seconds allowed to fetch a URL.
         max_bytes: largest image a URL may send.
         image_dir: folder that relative paths are resolved against (the working directory by default).
@@ -111,6 +113,9 @@ def open_post_image(
         return load_image(fetch_image_bytes(image, timeout=timeout, max_bytes=max_bytes))
     if isinstance(image, bytes | bytearray | memoryview):
         return load_image(bytes(image))
+    if isinstance(image, Mapping):
+        # A `datasets.Image(decode=False)` entry: {"path": ..., "bytes": ...}.
+        return load_image(image)
     if isinstance(image, str | os.PathLike):
         if isinstance(image, str) and not image.strip():
             raise ImageLoadError(repr(image), MISSING, "the image path is empty")
@@ -119,7 +124,8 @@ def open_post_image(
             path = os.path.join(image_dir, path)
         return load_image(path)
     raise TypeError(
-        f"an image must be a path, an http(s) URL, bytes or a PIL.Image.Image; got {type(image).__name__}"
+        "an image must be a path, an http(s) URL, bytes, a PIL.Image.Image or a {'path', 'bytes'} dict; got "
+        f"{type(image).__name__}"
     )
 
 

@@ -87,7 +87,8 @@ class MultimodalNERPipeline(Pipeline):
             image_mask (n,))`) serving the features of posts that give an `image_id`.
 
     `batch_size` counts posts; the windows of a batch's posts are sorted by length and run through the model
-    in a few calls (see `model_batches`). The model is put in eval mode and runs under `torch.inference_mode`. `num_workers` is not used: posts are prepared in the calling process.
+    in a few calls (see `model_batches`). The model is put in eval mode and runs under `torch.inference_mode`.
+    `num_workers` is not used: posts are prepared in the calling process.
     """
 
     _load_processor = True

@@ -126,8 +126,8 @@ def tag_records(
 ) -> Iterator[dict[str, Any]]:
     """Output records for JSON lines, in order, `chunk_size` lines in memory at a time.
 
-    Posts of a chunk go through the pipeline together; if that fails (one post the pipeline refuses), each
-    post of the chunk is tagged alone and only the failing ones become "error" records.
+    Posts go through the pipeline `batch_size` at a time; if a batch fails (a post the pipeline refuses),
+    each of its posts is tagged alone and only the failing ones become "error" records.
     """
     chunk: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
     line_number = first_line
@@ -144,11 +144,12 @@ def tag_records(
 def _tag_chunk(tagger, chunk, batch_size: int) -> list[dict[str, Any]]:
     posts = [post for post, _ in chunk if post is not None]
     outputs: list[Any] = []
-    if posts:
+    for start in range(0, len(posts), batch_size):
+        batch = posts[start : start + batch_size]
         try:
-            outputs = tagger(posts, batch_size=batch_size, aggregation="words", on_bad_image="mask")
+            outputs.extend(tagger(batch, batch_size=batch_size, aggregation="words", on_bad_image="mask"))
         except Exception:  # noqa: BLE001 (one bad post must not stop the run: find it below)
-            outputs = [_tag_alone(tagger, post) for post in posts]
+            outputs.extend(_tag_alone(tagger, post) for post in batch)
     records = []
     position = 0
     for post, record in chunk:
