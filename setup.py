@@ -28,6 +28,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
+        "explain": ["matplotlib>=3.7"],
         "test": ["pytest>=8.0", "hypothesis>=6.100", "ruff>=0.6", "matplotlib>=3.7", "tensorboard>=2.14"],
     },
     entry_points={"console_scripts": ["mgcm-predict = processing.predict_cli:main"]},
