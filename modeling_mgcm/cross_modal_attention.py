@@ -63,7 +63,7 @@ class MGCMAttention(nn.Module):
                 query, key, value, attn_mask=attend, dropout_p=dropout_prob
             )
         context = self.output(context.transpose(1, 2).reshape(batch_size, num_queries, hidden_size))
-        context = torch.where(has_key[:, None, None], context, torch.zeros_like(context))
+        context = context * has_key[:, None, None].to(context.dtype)
         return context, weights
 
 
@@ -154,7 +154,7 @@ class MGCMCoupledAttentionBlock(nn.Module):
             coupled, _ = layer(coupled, text_aware_visual, visual_mask)
         gate = torch.sigmoid(self.gate(torch.cat([direct, coupled], dim=-1)))
         fused = gate * direct + (1.0 - gate) * coupled
-        fused = torch.where(present[:, None, None], fused, torch.zeros_like(fused))
+        fused = fused * present[:, None, None].to(fused.dtype)
         keep = word_mask & present.unsqueeze(1)
         mean_gate = torch.where(keep, gate.mean(dim=-1), torch.zeros_like(keep, dtype=gate.dtype))
         word_to_visual_weights = None

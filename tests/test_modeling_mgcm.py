@@ -247,17 +247,16 @@ def test_padding_and_batch_composition_do_not_change_an_example(tiny_text_config
     rows), so matrix products may sum in another order and differ in the last float bits; a leak through
     padding or across rows would be orders of magnitude larger."""
     model = tiny_model(tiny_text_config)
-    examples = three_examples(caption=2)
-    alone = run(model, build_batch([examples[0]]))
-    crowded = run(
-        model,
-        build_batch([examples[2], examples[1], examples[0]], extra_pieces=5, extra_words=3, extra_caption=4),
-    )
-    num_words = len(examples[0].word_pieces)
-    torch.testing.assert_close(crowded.logits[2, :num_words], alone.logits[0], rtol=0, atol=1e-6)
-    assert torch.equal(crowded.predictions[2, :num_words], alone.predictions[0])
-    for name, gate in alone.gate_values.items():
-        torch.testing.assert_close(crowded.gate_values[name][2, :num_words], gate[0], rtol=0, atol=1e-6)
+    # Six tweets with captions of different lengths: the captions are encoded in length groups.
+    examples = three_examples(caption=2) + [random_example(seed, 4 + seed) for seed in (3, 4, 5)]
+    crowded = run(model, build_batch(examples[::-1], extra_pieces=5, extra_words=3, extra_caption=4))
+    for index, example in enumerate(examples):
+        alone = run(model, build_batch([example]))
+        row, num_words = len(examples) - 1 - index, len(example.word_pieces)
+        torch.testing.assert_close(crowded.logits[row, :num_words], alone.logits[0], rtol=0, atol=1e-6)
+        assert torch.equal(crowded.predictions[row, :num_words], alone.predictions[0])
+        for name, gate in alone.gate_values.items():
+            torch.testing.assert_close(crowded.gate_values[name][row, :num_words], gate[0], rtol=0, atol=1e-6)
 
 
 def test_an_all_masked_key_row_gives_zeros_and_finite_gradients():
@@ -409,10 +408,8 @@ def test_a_slim_cross_modal_width_projects_words_and_visual_tokens(tiny_text_con
     model = tiny_model(tiny_text_config, cross_modal_hidden_size=8, num_cross_attention_heads=2)
     assert model.mgcm.word_projection.out_features == 8
     assert model.mgcm.image_encoder.projection.out_features == 8
-    assert (
-        model.mgcm.fusion.in_features == 3 * 8
-        and model.mgcm.fusion.out_features == tiny_text_config.hidden_size
-    )
+    assert (model.mgcm.fusion.in_features, model.mgcm.fusion.out_features) == (3 * 8, 8)
+    assert model.mgcm.text_visual_combination.in_features == tiny_text_config.hidden_size + 8
     model.train()
     model(**build_batch(three_examples())).loss.backward()
     assert model.mgcm.caption_projection.weight.grad.abs().sum() > 0
