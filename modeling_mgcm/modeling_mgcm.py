@@ -463,7 +463,8 @@ class MGCMModel(MGCMPreTrainedModel):
             word_mask=word_mask,
             gate_values=gate_values,
             hidden_states=encoded.hidden_states if output_hidden_states else None,
-            attentions=encoded.attentions if output_attentions else None,
+            # An sdpa encoder records no attention weights (an empty tuple): report None rather than ().
+            attentions=(encoded.attentions or None) if output_attentions else None,
             cross_attentions=cross_attentions if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()

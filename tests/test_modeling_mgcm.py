@@ -2,6 +2,7 @@
 batch invariance, gradients, every augmentation mode and granularity, save/reload, Auto classes,
 from_backbones, remote code, parameter groups and located input errors."""
 
+import copy
 import json
 import os
 import subprocess
@@ -43,7 +44,8 @@ def single_thread():
 def mgcm_config(text_config, **overrides) -> MGCMConfig:
     """Every granularity, gated augmentation and word shape on, precomputed 12-d image features."""
     settings = dict(
-        text_config=text_config,
+        # A copy: the config sets the attention implementation on its sub-configs, and this one is shared.
+        text_config=copy.deepcopy(text_config),
         vision_config=None,
         image_feature_dim=FEATURE_DIM,
         use_caption=True,
@@ -207,6 +209,17 @@ def test_outputs_have_the_contract_shapes_and_padding(tiny_text_config):
         torch.testing.assert_close(weights.sum(-1)[~padding], torch.ones((~padding).sum().item()))
         assert (weights.masked_select(~key_mask.unsqueeze(1)) == 0).all()
     assert len(output.hidden_states) == tiny_text_config.num_hidden_layers + 1
+
+
+def test_encoder_attentions_need_the_eager_implementation(tiny_text_config):
+    batch = build_batch(three_examples())
+    assert run(tiny_model(tiny_text_config), batch, output_attentions=True).attentions is None
+    eager = tiny_model(tiny_text_config, attn_implementation="eager")
+    attentions = run(eager, batch, output_attentions=True).attentions
+    assert len(attentions) == tiny_text_config.num_hidden_layers
+    assert (
+        attentions[0].shape == (3, tiny_text_config.num_attention_heads) + (batch["input_ids"].shape[1],) * 2
+    )
 
 
 def test_predictions_are_the_crf_viterbi_path(tiny_text_config):
