@@ -12,10 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from processing.checkpointing import TRAINING_STATE_FILE, latest_checkpoint
+from processing.checkpointing import TRAINING_STATE_FILE, latest_checkpoint, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "examples" / "train.py"
@@ -125,6 +126,8 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_which_a_resume
     assert checkpoint_steps(checkpoints_dir) == [".partial_step_4", "step_2"]
     assert not (checkpoints_dir / ".partial_step_4" / TRAINING_STATE_FILE).exists()
     assert latest_checkpoint(checkpoints_dir) == checkpoints_dir / "step_2"
+    with pytest.raises(FileNotFoundError, match="not a complete mgcm checkpoint"):
+        load_checkpoint(None, checkpoints_dir / ".partial_step_4")  # refused even when named explicitly
     assert assert_complete_and_finite(checkpoints_dir / "step_2")["completed_steps"] == 2
     assert not (output_dir / "results.json").exists()
 
