@@ -100,7 +100,11 @@ def parse_post_line(line: bytes, line_number: int) -> tuple[dict[str, Any] | Non
         return None, record
     try:
         post = json.loads(text)
-    except json.JSONDecodeError as error:
+    except RecursionError:
+        record["error"] = f"line {line_number}: invalid JSON (nested too deeply): {text.strip()[:80]!r}"
+        return None, record
+    except ValueError as error:
+        # JSONDecodeError, or a number beyond Python's 4300-digit integer conversion limit.
         record["error"] = f"line {line_number}: invalid JSON ({error}): {text.strip()[:80]!r}"
         return None, record
     if not isinstance(post, dict):

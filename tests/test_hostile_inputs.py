@@ -3,11 +3,13 @@ image feature cache. For each input the outcome is decided and tested: a clear e
 or works (every word tagged, offsets into the text, the image used when it is an image)."""
 
 import io
+import json
 import logging
 import math
 import struct
 import tracemalloc
 import unicodedata
+import warnings
 import zlib
 
 import pytest
@@ -22,6 +24,7 @@ import processing  # noqa: F401  (registers the pipeline task)
 from processing import ImageFeatureCache, ImageLoadError, load_image, load_tweet_corpus, merge_windows
 from processing.corpus import CorpusFormatError
 from processing.pipeline_mgcm import BadImageWarning
+from processing.predict_cli import parse_post_line, run_batch
 from processing.tiny_backbones import tiny_image_processor
 from processing.word_shape import WORD_SHAPE_NAMES
 
@@ -319,3 +322,60 @@ def test_an_imgid_with_path_separators_or_dots_never_becomes_a_path(tmp_path, mo
     with pytest.raises(ImageLoadError, match="not in the image feature cache") as caught:
         tagger({"text": "Obama", "image_id": "../" + image_id}, image_feature_cache=cache)
     assert caught.value.reason == "missing"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# mgcm-predict input lines
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (b'{"text": "x", "n": ' + b"1" * 5000 + b"}", "Exceeds the limit"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"text": "x", "n": [' + b"[" * 3000 + b"]" * 3000 + b"]}", "nested too deeply"),
+    ],
+    ids=["5000-digit number", "100000-deep array", "3000-deep value"],
+)
+def test_a_json_line_beyond_pythons_number_or_nesting_limits_is_an_error_record(line, message):
+    """json.loads raises ValueError (not JSONDecodeError) or RecursionError for these: one such line used to
+    stop the whole run."""
+    post, record = parse_post_line(line, 7)
+    assert post is None and record["line"] == 7
+    assert record["error"].startswith("line 7: invalid JSON (") and message in record["error"]
+
+
+def run_lines(tagger, tmp_path, lines: list[bytes], **options):
+    """`mgcm-predict`'s batch loop over `lines`, into a UTF-8 file as the command writes it: (records, summary)."""
+    source = io.BytesIO(b"\n".join(lines) + b"\n")
+    output_path = tmp_path / "predictions.jsonl"
+    with open(output_path, "w", encoding="utf-8") as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadImageWarning)
+        summary = run_batch(
+            tagger, source, sink, progress=False, **{"batch_size": 4, "chunk_size": 5} | options
+        )
+    records = [json.loads(line) for line in output_path.read_text(encoding="utf-8").splitlines()]
+    return records, summary
+
+
+def test_hostile_json_lines_each_give_one_output_line_and_never_stop_the_run(tagger, tmp_path):
+    lines = [
+        b'{"text": "Obama in Paris", "id": 1}',
+        b'{"text": "x", "id": 2, "n": ' + b"1" * 5000 + b"}",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"text": "caf\xe9"}',
+        b"not json",
+        b"",
+        b'"just a string"',
+        b'{"text": 42}',
+        b'{"id": 9, "text": "Obama", "image": "/no/such/image.jpg"}',
+        b'{"text": "Obama", "imgae": "x"}',
+        b'\xef\xbb\xbf{"text": "a byte-order mark after line 1"}',
+        b'{"text": "Phoenix", "id": 12}',
+    ]
+    records, summary = run_lines(tagger, tmp_path, lines)
+    assert [record["line"] for record in records] == list(range(1, len(lines) + 1))
+    assert {record["line"] for record in records if "error" in record} == {2, 3, 4, 5, 6, 7, 8, 10, 11}
+    assert [records[index].get("id") for index in (0, 8, 11)] == [1, 9, 12]
+    assert "image_error" in records[8] and records[8]["entities"] == tagger("Obama")
+    assert (summary.posts, summary.tagged, summary.errors, summary.masked_images) == (12, 3, 9, 1)
