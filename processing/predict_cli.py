@@ -185,7 +185,14 @@ def run_batch(
     started = time.perf_counter()
     with tqdm(unit="post", desc="Tagging posts", disable=not progress, file=sys.stderr) as bar:
         for record in tag_records(tagger, source, batch_size=batch_size, chunk_size=chunk_size):
-            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            line = json.dumps(record, ensure_ascii=False)
+            if not line.isascii():
+                try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError:
+                    # A lone surrogate (valid in JSON as "\\ud800") cannot be written as UTF-8: escape it.
+                    line = json.dumps(record)
+            sink.write(line + "\n")
             summary.add(record)
             bar.update(1)
     sink.flush()

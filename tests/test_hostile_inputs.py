@@ -379,3 +379,14 @@ def test_hostile_json_lines_each_give_one_output_line_and_never_stop_the_run(tag
     assert [records[index].get("id") for index in (0, 8, 11)] == [1, 9, 12]
     assert "image_error" in records[8] and records[8]["entities"] == tagger("Obama")
     assert (summary.posts, summary.tagged, summary.errors, summary.masked_images) == (12, 3, 9, 1)
+
+
+def test_a_lone_surrogate_in_a_post_is_tagged_and_written_as_an_escaped_utf8_line(tagger, tmp_path):
+    """'\\ud800' is valid JSON but not UTF-8: writing the record as it is used to raise UnicodeEncodeError."""
+    records, summary = run_lines(
+        tagger, tmp_path, [b'{"text": "\\ud800 Obama \\udfff", "id": "\\udc80"}', b'{"text": "Paris"}']
+    )
+    assert [record["line"] for record in records] == [1, 2] and summary.errors == 0
+    assert records[0]["text"] == "\ud800 Obama \udfff" and records[0]["id"] == "\udc80"
+    assert [entity["word"] for entity in records[0]["entities"]] in ([], ["Obama"])
+    assert "\\ud800" in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()[0]
