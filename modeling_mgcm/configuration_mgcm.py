@@ -83,8 +83,9 @@ class MGCMConfig(PreTrainedConfig):
         fusion_dropout_prob: dropout on the concatenated granularity outputs before fusion.
         aux_span_loss_weight: weight of the auxiliary B/I/O span loss on the text stream; 0 turns it off.
         use_crf: decode with a linear-chain CRF (trained by its NLL) rather than per-word argmax (cross-entropy).
-        detach_caption_encoding: encode captions with the shared text encoder without back-propagating into
-            it, so the caption pass costs a forward only; the encoder is still trained through the tweet.
+        detach_caption_encoding: encode captions with the shared text encoder as a feature extraction, like
+            the frozen image backbone: no back-propagation into the encoder and no dropout, so the caption
+            pass costs one deterministic forward; the encoder is still trained through the tweet.
     """
 
     model_type = "mgcm"

@@ -11,6 +11,8 @@ L = number of labels.
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +111,19 @@ def first_piece_positions(word_ids: Tensor, num_words: int) -> tuple[Tensor, Ten
     first = first.scatter_reduce(1, target, pieces, reduce="amin")[:, :num_words]
     has_piece = first < num_pieces
     return torch.where(has_piece, first, torch.zeros_like(first)), has_piece
+
+
+@contextmanager
+def _evaluation_mode(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Run `module` in eval mode (no dropout) inside the block and restore its mode afterwards."""
+    switch = enabled and module.training
+    if switch:
+        module.eval()
+    try:
+        yield
+    finally:
+        if switch:
+            module.train()
 
 
 def _drop_pooler(encoder: nn.Module) -> nn.Module:
@@ -585,7 +600,8 @@ class MGCMModel(MGCMPreTrainedModel):
             )
         image_features = image_features.to(self.image_encoder.projection.weight.dtype)
         # Rows without an image may hold anything; zeros keep NaN out of the shared layers' gradients.
-        image_features = image_features.masked_fill(~present[:, None, None], 0.0)
+        if not bool(present.all()):
+            image_features = image_features.masked_fill(~present[:, None, None], 0.0)
         region_mask = present.unsqueeze(1).expand(-1, image_features.shape[1])
         return self.image_encoder(image_features, region_mask), region_mask
 
@@ -656,9 +672,13 @@ class MGCMModel(MGCMPreTrainedModel):
         rows = present.nonzero().squeeze(1)
         rows = rows[lengths[rows].argsort(stable=True)]
         all_rows = None
+        detached = self.config.detach_caption_encoding
         for group in torch.tensor_split(rows, min(CAPTION_LENGTH_GROUPS, len(rows))):
             length = int(lengths[group[-1]])
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.detach_caption_encoding):
+            with (
+                torch.set_grad_enabled(torch.is_grad_enabled() and not detached),
+                _evaluation_mode(self.text_encoder, detached),
+            ):
                 states = self.text_encoder(
                     input_ids=caption_input_ids[group, :length],
                     attention_mask=caption_attention_mask[group, :length],

@@ -428,6 +428,25 @@ def test_a_slim_cross_modal_width_projects_words_and_visual_tokens(tiny_text_con
     assert model.mgcm.caption_projection.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("detach", [True, False])
+def test_a_detached_caption_pass_is_a_deterministic_feature_extraction(tiny_text_config, detach):
+    text_config = copy.deepcopy(tiny_text_config)
+    text_config.hidden_dropout_prob = 0.5
+    model = tiny_model(text_config, detach_caption_encoding=detach, cross_modal_hidden_size=16).train()
+    batch = build_batch(three_examples(caption=1))
+    ids, mask = batch["caption_input_ids"], batch["caption_attention_mask"]
+    first, _ = model.mgcm._caption_tokens(ids, mask)
+    second, _ = model.mgcm._caption_tokens(ids, mask)
+    # Detached: no dropout and no gradient into the encoder; otherwise the encoder trains on captions too.
+    assert torch.equal(first, second) == detach
+    assert model.mgcm.text_encoder.training
+    assert (first[1] == 0).all()
+    model.zero_grad()
+    first.sum().backward()
+    encoder_gradients = [p.grad for p in model.mgcm.text_encoder.parameters() if p.grad is not None]
+    assert bool(encoder_gradients) != detach
+
+
 def test_deeper_cross_attention_stacks_layers(tiny_text_config):
     model = tiny_model(tiny_text_config, num_cross_attention_layers=2)
     block = model.mgcm.cross_modal_blocks["image"]
