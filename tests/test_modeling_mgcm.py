@@ -13,7 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoModelForTokenClassification, BertModel, ResNetModel
+from transformers import (
+    AutoModel,
+    AutoModelForTokenClassification,
+    BertModel,
+    CLIPVisionConfig,
+    ConvNextConfig,
+    ResNetModel,
+    ViTConfig,
+)
 
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, MGCMModel, extract_image_features
 from modeling_mgcm.cross_modal_attention import MGCMAttention
@@ -339,6 +347,39 @@ def test_an_unfrozen_vision_backbone_trains(tiny_text_config, tiny_resnet_config
     assert model.mgcm.vision_model.training
     model(**pixel_batch(three_examples())).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.mgcm.vision_model.parameters())
+
+
+@pytest.mark.parametrize(
+    "vision_config",
+    [
+        ViTConfig(
+            hidden_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=32,
+            patch_size=8,
+        ),
+        CLIPVisionConfig(
+            hidden_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=32,
+            patch_size=8,
+        ),
+        ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2),
+    ],
+    ids=["vit", "clip-vision", "convnext"],
+)
+def test_patch_token_and_feature_map_backbones_read_pixels(tiny_text_config, vision_config):
+    model = tiny_model(tiny_text_config, vision_config=vision_config, image_feature_dim=None)
+    batch = pixel_batch(three_examples(image=1))
+    model.train()
+    output = model(**batch)
+    output.loss.backward()
+    assert model.mgcm.image_encoder.projection.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.mgcm.vision_model.parameters())
 
 
 def test_pixel_values_give_the_same_logits_as_their_precomputed_features(
