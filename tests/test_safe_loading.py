@@ -202,7 +202,7 @@ def test_word_vectors_holding_a_pickle_are_refused_without_unpickling(tmp_path):
 def test_a_training_checkpoint_holding_code_is_refused_on_resume(tmp_path):
     """accelerate unpickles optimizer, scheduler and RNG files with torch's restricted loader: a payload
     planted in a checkpoint stops the resume instead of running."""
-    accelerator = Accelerator(cpu=True)
+    accelerator = Accelerator()
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     model, optimizer = accelerator.prepare(model, optimizer)
