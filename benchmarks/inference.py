@@ -4,6 +4,7 @@ features (`ImageFeatureCache`). Targets on 2 CPU cores: >= 100 posts/s at batch 
 batch-1 text+caption latency under 30 ms.
 
     python benchmarks/inference.py [--text-model FOLDER] [--vision resnet152|resnet50|tiny] [--threads N]
+                                   [--dtype float32|bfloat16]
 
 The model is `MGCMForTokenClassification.from_backbones` on the MiniLM folder (pretrained text encoder) and a
 randomly initialised ResNet (the paper's ResNet-152 by default: no pretrained vision weights are available
@@ -51,6 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", default=str(PROJECT_ROOT / ".." / "shared" / "data"))
     parser.add_argument("--vision", choices=sorted(VISION_CONFIGS), default="resnet152")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model weights")
     parser.add_argument("--posts", type=int, default=320, help="posts timed per text setting at batch 32")
     parser.add_argument("--single-posts", type=int, default=60, help="posts timed one by one")
     parser.add_argument(
@@ -107,6 +109,7 @@ def build_tagger(args: argparse.Namespace, posts: list[dict], work_dir: Path):
     processor = MGCMProcessor(
         tokenizer=tokenizer, image_processor=image_processor, neighbour_table=table, max_length=128
     )
+    model.to(getattr(torch, args.dtype))
     return pipeline("multimodal-ner", model=model, processor=processor, device="cpu"), table
 
 
@@ -190,10 +193,15 @@ def main() -> None:
         ]
         print(
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-            f"load average {os.getloadavg()[0]:.2f}; text model {Path(args.text_model).name}, vision "
-            f"{args.vision} (random), neighbours {len(table)} words x k={table.k}; "
+            f"load average {os.getloadavg()[0]:.2f}; {args.dtype}; text model {Path(args.text_model).name}, "
+            f"vision {args.vision} (random), neighbours {len(table)} words x k={table.k}; "
             f"{len(posts)} Twitter-2015 valid posts, captions on {sum(bool(p['caption']) for p in posts)}"
         )
+        if os.getloadavg()[0] > 0.5:
+            # OpenMP threads spin while waiting for each other: a busy core slows every operator down.
+            print(
+                "warning: other processes are using the CPU; figures are lower and noisier than on a quiet one"
+            )
         print(f"{'setting':32} {'batch':>5} {'posts/s':>8} {'ms/post':>8} {'p90 ms':>7}  time split (%)")
         for name, batch_size, setting_posts, options in settings:
             result = measure(tagger, stages, setting_posts, batch_size, **options)
