@@ -270,11 +270,19 @@ def _load_tagger(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 when the run finished, even with bad posts)."""
+    """Run the command line; returns the exit status: 0 when the run finished (even with bad posts), 1 when
+    the model folder cannot be loaded, 2 for bad arguments."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
-    tagger = _load_tagger(args)
+    try:
+        tagger = _load_tagger(args)
+    except (OSError, ValueError, KeyError) as error:
+        print(
+            f"mgcm-predict: cannot load an MGCM model and processor from {args.model}: {error}",
+            file=sys.stderr,
+        )
+        return 1
     if args.text is not None:
         post: dict[str, Any] = {"text": args.text, "image": args.image, "caption": args.caption}
         if args.objects:

@@ -201,6 +201,12 @@ def test_bad_arguments_stop_with_a_usage_error(tiny_mgcm_dir, argv, message, cap
     assert message in capsys.readouterr().err
 
 
+def test_a_folder_without_a_model_exits_with_status_1(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["--model", str(tmp_path / "empty"), "--text", "Paris"]) == 1
+    assert f"cannot load an MGCM model and processor from {tmp_path / 'empty'}" in capsys.readouterr().err
+
+
 def test_module_runs_as_a_command(tiny_mgcm_dir, tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": 5, "text": "Obama in Paris"}\nnot json\n', encoding="utf-8")
