@@ -47,6 +47,9 @@ _HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A
 _EMOTICON = re.compile(r"<3|[:;=][-o^']?[)(\]\[/\\|*3DPpOo]")
 _CASHTAG = re.compile(r"\$[A-Za-z]{1,10}")
 
+# Longest e-mail address or scheme-less link looked for (RFC 5321: 64-character local part, 255 domain).
+_MATCH_WINDOW = 320
+
 # Cluster kinds.
 _WORD = "word"
 _EMOJI = "emoji"
@@ -144,8 +147,13 @@ class _ChunkSplitter:
         return self.kind(index) == _WORD and unicodedata.category(self.text(index)[0]) == "Nd"
 
     def match_end(self, pattern: re.Pattern, index: int) -> int | None:
-        """Cluster index after a match of `pattern` at cluster `index`, if it ends on a cluster boundary."""
-        match = pattern.match(self.chunk, self.clusters[index][0])
+        """Cluster index after a match of `pattern` at cluster `index`, if it ends on a cluster boundary.
+
+        Matching looks at most `_MATCH_WINDOW` characters ahead, which bounds the work per word: without it a
+        chunk like "a.a.a.a..." would be scanned to its end from every word (quadratic time).
+        """
+        start = self.clusters[index][0]
+        match = pattern.match(self.chunk, start, start + _MATCH_WINDOW)
         if match is None or match.end() not in self.cluster_ending_at:
             return None
         return self.cluster_ending_at[match.end()] + 1
@@ -168,7 +176,8 @@ class _ChunkSplitter:
             return index + 1
         if not after_word:
             start = self.clusters[index][0]
-            if _URL_SCHEME.match(self.chunk, start) or _BARE_DOMAIN.match(self.chunk, start):
+            window = start + _MATCH_WINDOW
+            if _URL_SCHEME.match(self.chunk, start, window) or _BARE_DOMAIN.match(self.chunk, start, window):
                 return self.url_end(index)
             email_end = self.match_end(_EMAIL, index)
             if email_end is not None:
@@ -212,9 +221,7 @@ class _ChunkSplitter:
             joiner = self.text(end)
             if self.kind(end + 1) != _WORD:
                 break
-            if joiner in _HYPHENS or (
-                joiner == "&" and not _HTML_ENTITY.match(self.chunk, self.clusters[end][0])
-            ):
+            if joiner in _HYPHENS or (joiner == "&" and self.match_end(_HTML_ENTITY, end) is None):
                 end += 2
             elif joiner in _NUMBER_SEPARATORS and self.is_digit(end - 1) and self.is_digit(end + 1):
                 end += 2

@@ -1,6 +1,7 @@
 """split_tweet: tweet entities and emoji stay whole, punctuation splits off as in the corpora, offsets always
 index the original string, and any str is split without error."""
 
+import time
 import unicodedata
 from pathlib import Path
 
@@ -195,3 +196,14 @@ def test_resplitting_corpus_tweets_gives_back_nearly_all_their_words():
             position += len(token) + 1
     assert total > 10_000
     assert same / total > 0.995
+
+
+@pytest.mark.parametrize("unit", ["a.", "a+", "x.y", "a&", "1,", "@a"])
+def test_long_adversarial_strings_split_in_linear_time(unit):
+    # 100k characters: linear splitting takes well under a second; a scan to the end of the chunk from
+    # every word (quadratic) would take about a minute.
+    text = unit * (100_000 // len(unit))
+    started = time.perf_counter()
+    words = split_tweet(text)
+    assert time.perf_counter() - started < 15
+    assert "".join(word for word, _, _ in words) == text
