@@ -240,11 +240,13 @@ class _ChunkSplitter:
             end += 1
             if text == "…":
                 return end
+        url = self.chunk[self.clusters[index][0] : self.clusters[end - 1][1]]
+        opened, closed = url.count("("), url.count(")")
         while end > index + 1 and self.text(end - 1) in _URL_TRAILING:
             if self.text(end - 1) == ")":
-                url = self.chunk[self.clusters[index][0] : self.clusters[end - 1][1]]
-                if url.count("(") >= url.count(")"):
-                    break
+                if opened >= closed:
+                    break  # it closes a parenthesis of the URL: wiki/Foo_(bar)
+                closed -= 1
             end -= 1
         return end
 
