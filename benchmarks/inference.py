@@ -17,7 +17,7 @@ setting is warmed up, then timed over whole batches; the time split between the 
 model and CRF marginals; window_outputs: tensors to lists; postprocess: windows merged, entities) is printed
 beside it.
 
-A run on 2 cores (AMD EPYC with AVX-512, load average 0.4) printed, in float32 and then with
+Runs on 2 cores (AMD EPYC with AVX-512, load average 0.4-0.7 before the start) printed, in float32 and then with
 `--dtype bfloat16` (whose entities matched float32's on all 200 synthetic test posts of a trained model):
 
     setting                          batch  posts/s  ms/post  p90 ms
@@ -27,8 +27,8 @@ A run on 2 cores (AMD EPYC with AVX-512, load average 0.4) printed, in float32 a
     text+image, cached features         32     65.6     15.4    15.9
     text+image, uncached                 1      5.3    188.1   195.1
     text+image, uncached                32      6.3    159.0   159.0
-    bfloat16 text+caption                1     45.9     20.8    26.2
-    bfloat16 text+caption               32    110.2      9.1     9.5
+    bfloat16 text+caption                1     38.5     24.1    32.5
+    bfloat16 text+caption               32    114.1      8.7     9.2
 
 The forward pass takes 95% of the time, and the MiniLM encoder 85% of the forward pass: it runs on the tweet
 (about 40 word pieces on Twitter-2015, half of them the pieces of the trailing t.co link) and on the caption
