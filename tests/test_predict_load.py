@@ -17,7 +17,7 @@ spec = importlib.util.spec_from_file_location("predict_load", REPO / "benchmarks
 predict_load = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(predict_load)
 
-NUM_POSTS, EARLY_POSTS, CHUNK_SIZE = 900, 150, 50
+NUM_POSTS, EARLY_POSTS, CHUNK_SIZE = 900, 300, 50
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -61,7 +61,7 @@ def test_predict_streams_posts_in_bounded_memory_one_output_line_per_input_line(
     assert predict_load.check_outputs(posts, output, counts, summary) == []
     assert (summary["posts"], summary["errors"]) == (NUM_POSTS, counts["bad_lines"])
     assert summary["masked_images"] == counts["missing"] + counts["corrupt"]
-    # Memory is bounded by the chunk, not the input: the peak after 150 posts is the peak after 900.
+    # Memory is bounded by the chunk, not the input: the peak after 300 posts is the peak after 900.
     assert early_peak is not None, "the run ended before its early peak could be read"
     final_peak = usage.ru_maxrss / 1024
     assert final_peak <= 1.10 * early_peak, (early_peak, final_peak)
