@@ -5,6 +5,7 @@ stops growing once the first chunks are done."""
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,7 +38,8 @@ def test_predict_streams_posts_in_bounded_memory_one_output_line_per_input_line(
     posts, output = tmp_path / "posts.jsonl", tmp_path / "predictions.jsonl"
     counts = predict_load.write_posts(posts, NUM_POSTS, tmp_path / "images", bad_line_every=200)
     assert counts["bad_lines"] == 4 and counts["missing"] and counts["corrupt"] and counts["none"]
-    command = [sys.executable, "-m", "processing.predict_cli", "--model", str(tiny_mgcm_dir)]
+    model_dir = shutil.copytree(tiny_mgcm_dir, tmp_path / "model")
+    command = [sys.executable, "-m", "processing.predict_cli", "--model", str(model_dir)]
     command += ["--input", str(posts), "--output", str(output), "--chunk_size", str(CHUNK_SIZE)]
     command += ["--batch_size", "16", "--no_progress"]
     environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
