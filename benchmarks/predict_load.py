@@ -38,47 +38,9 @@ SUMMARY_PATTERNS = {
 
 def build_tiny_model(folder: Path) -> Path:
     """Save a tiny untrained MGCM model and processor with every granularity into `folder`."""
-    import numpy as np
-    import torch
+    from processing.tiny_backbones import save_tiny_mgcm
 
-    from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
-    from processing import LABEL_NAMES, MGCMProcessor, NeighbourTable
-    from processing.synthetic import SYNTHETIC_OBJECT_LABELS
-    from processing.tiny_backbones import (
-        build_corpus_tokenizer,
-        tiny_image_processor,
-        tiny_text_config,
-        tiny_vision_config,
-    )
-
-    words = ["Jordan", "Phoenix", "Obama", "Paris", "visits", "the", "in", "at", "with", "photo", "person"]
-    tokenizer = build_corpus_tokenizer(words)
-    vectors = np.random.default_rng(0).normal(size=(len(words), 8))
-    table = NeighbourTable.from_embeddings([word.lower() for word in words], vectors, k=2)
-    config = MGCMConfig(
-        text_config=tiny_text_config(len(tokenizer), hidden_size=32),
-        vision_config=tiny_vision_config(),
-        use_image=True,
-        use_objects=True,
-        use_caption=True,
-        object_labels=list(SYNTHETIC_OBJECT_LABELS),
-        augmentation_mode="gate",
-        augmentation_dim=table.dim,
-        num_neighbours=table.k,
-        use_word_shape=True,
-        id2label=dict(enumerate(LABEL_NAMES)),
-        label2id={label: index for index, label in enumerate(LABEL_NAMES)},
-    )
-    torch.manual_seed(0)
-    MGCMForTokenClassification(config).save_pretrained(folder)
-    processor = MGCMProcessor(
-        tokenizer=tokenizer,
-        image_processor=tiny_image_processor(),
-        neighbour_table=table,
-        object_labels=list(SYNTHETIC_OBJECT_LABELS),
-    )
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_mgcm(folder)
 
 
 def write_image_pool(folder: Path, seed: int = 0) -> tuple[list[Path], list[Path], list[Path]]:

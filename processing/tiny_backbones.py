@@ -53,6 +53,53 @@ def tiny_image_processor(image_size: int = 64) -> ViTImageProcessorPil:
     )
 
 
+def save_tiny_mgcm(folder, max_length: int = 128, stride: int = 16):
+    """Save an untrained full-featured MGCM and its processor into `folder`, as `examples/train.py` does.
+
+    Every granularity is on (image, objects, caption), with gated semantic augmentation over a small
+    random neighbour table and the word-shape feature; for tests and benchmarks. Returns `folder`.
+    """
+    import numpy as np
+
+    from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
+
+    from .labels import LABEL_NAMES
+    from .neighbour_table import NeighbourTable
+    from .processing_mgcm import MGCMProcessor
+    from .synthetic import SYNTHETIC_OBJECT_LABELS
+
+    words = ["Jordan", "Phoenix", "Obama", "Paris", "visits", "the", "in", "at", "with", "photo", "person"]
+    tokenizer = build_corpus_tokenizer(words)
+    vectors = np.random.default_rng(0).normal(size=(len(words), 8))
+    table = NeighbourTable.from_embeddings([word.lower() for word in words], vectors, k=2)
+    config = MGCMConfig(
+        text_config=tiny_text_config(len(tokenizer), hidden_size=32),
+        vision_config=tiny_vision_config(),
+        use_image=True,
+        use_objects=True,
+        use_caption=True,
+        object_labels=list(SYNTHETIC_OBJECT_LABELS),
+        augmentation_mode="gate",
+        augmentation_dim=table.dim,
+        num_neighbours=table.k,
+        use_word_shape=True,
+        id2label=dict(enumerate(LABEL_NAMES)),
+        label2id={label: index for index, label in enumerate(LABEL_NAMES)},
+    )
+    torch.manual_seed(0)
+    MGCMForTokenClassification(config).save_pretrained(folder)
+    processor = MGCMProcessor(
+        tokenizer=tokenizer,
+        image_processor=tiny_image_processor(),
+        neighbour_table=table,
+        object_labels=list(SYNTHETIC_OBJECT_LABELS),
+        max_length=max_length,
+        stride=stride,
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
 def weights_fingerprint(module: torch.nn.Module) -> str:
     """A short digest of a module's parameters, to key caches of features computed with random weights."""
     digest = hashlib.sha256()
@@ -64,6 +111,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
 
 __all__ = [
     "build_corpus_tokenizer",
+    "save_tiny_mgcm",
     "tiny_image_processor",
     "tiny_text_config",
     "tiny_vision_config",

@@ -65,47 +65,6 @@ def tiny_mgcm_dir(tmp_path_factory):
     """A saved, untrained, full-featured MGCM folder: model (image, objects, caption, gated semantic
     augmentation, word shape) and its processor (tokenizer, image processor, neighbour table, object labels),
     as `examples/train.py` writes it. Load it with the Auto classes."""
-    import numpy as np
+    from processing.tiny_backbones import save_tiny_mgcm
 
-    from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
-    from processing import LABEL_NAMES, MGCMProcessor, NeighbourTable
-    from processing.synthetic import SYNTHETIC_OBJECT_LABELS
-    from processing.tiny_backbones import (
-        build_corpus_tokenizer,
-        tiny_image_processor,
-        tiny_text_config,
-        tiny_vision_config,
-    )
-
-    words = ["Jordan", "Phoenix", "Obama", "Paris", "visits", "the", "in", "at", "with", "photo", "person"]
-    tokenizer = build_corpus_tokenizer(words)
-    rng = np.random.default_rng(0)
-    table = NeighbourTable.from_embeddings([w.lower() for w in words], rng.normal(size=(len(words), 8)), k=2)
-    config = MGCMConfig(
-        text_config=tiny_text_config(len(tokenizer), hidden_size=32),
-        vision_config=tiny_vision_config(),
-        use_image=True,
-        use_objects=True,
-        use_caption=True,
-        object_labels=list(SYNTHETIC_OBJECT_LABELS),
-        augmentation_mode="gate",
-        augmentation_dim=table.dim,
-        num_neighbours=table.k,
-        use_word_shape=True,
-        id2label=dict(enumerate(LABEL_NAMES)),
-        label2id={label: index for index, label in enumerate(LABEL_NAMES)},
-    )
-    torch.manual_seed(0)
-    model = MGCMForTokenClassification(config).eval()
-    processor = MGCMProcessor(
-        tokenizer=tokenizer,
-        image_processor=tiny_image_processor(),
-        neighbour_table=table,
-        object_labels=list(SYNTHETIC_OBJECT_LABELS),
-        max_length=32,
-        stride=4,
-    )
-    folder = tmp_path_factory.mktemp("tiny-mgcm")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_mgcm(tmp_path_factory.mktemp("tiny-mgcm"), max_length=32, stride=4)
