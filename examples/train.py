@@ -23,6 +23,7 @@ import argparse
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -108,6 +109,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--aux_span_loss_weight", type=float, default=0.5)
     model.add_argument("--max_length", type=int, default=128, help="word pieces per window")
     model.add_argument("--stride", type=int, default=16, help="words shared by consecutive windows")
+    model.add_argument(
+        "--url_token",
+        default=None,
+        help="feed every link to the encoder as this one word (e.g. 'http'): links are ~half the word "
+        "pieces of Twitter-2015",
+    )
+    model.add_argument(
+        "--caption_as_text_segment",
+        action="store_true",
+        help="control: append the caption to the tweet as a second text segment instead of the caption "
+        "granularity (needs --captions_file and no caption granularity)",
+    )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--num_train_epochs", type=int, default=None)
     optim.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
@@ -138,6 +151,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     run.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in output_dir/runs")
     run.add_argument(
+        "--final_eval_splits",
+        default=None,
+        help="comma-separated splits the selected model is evaluated on at the end (default: all)",
+    )
+    run.add_argument(
         "--no_text_only_baseline",
         action="store_true",
         help="with --synthetic: skip training the text-only comparison model",
@@ -159,6 +177,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("the objects granularity on a real corpus needs --objects_file")
     if "caption" in args.granularities and not args.synthetic and not args.captions_file:
         parser.error("the caption granularity on a real corpus needs --captions_file")
+    if args.caption_as_text_segment and ("caption" in args.granularities or not args.captions_file):
+        parser.error("--caption_as_text_segment needs --captions_file and --granularities without caption")
     if args.augmentation_mode is None:
         args.augmentation_mode = "gate" if args.word_vectors else "none"
     if args.augmentation_mode != "none" and not args.word_vectors:
@@ -246,6 +266,16 @@ def load_best_weights(model, folder: Path) -> None:
         raise RuntimeError(
             f"the best model in {folder} does not match: missing {missing}, unexpected {unexpected}"
         )
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB, or None where the OS does not report it."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def train_and_evaluate(args):
@@ -337,6 +367,8 @@ def train_and_evaluate(args):
         max_length=args.max_length,
         stride=args.stride,
         max_objects=model_config.max_objects,
+        url_token=args.url_token,
+        caption_as_text_segment=args.caption_as_text_segment,
     )
     with accelerator.main_process_first():
         windows = processor.preprocess_corpus(corpus)
@@ -430,6 +462,7 @@ def train_and_evaluate(args):
         batches = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
         state["batches_in_epoch"] = skip
         epoch_loss, epoch_batches = 0.0, 0
+        epoch_started = time.perf_counter()
         for batch in batches:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
@@ -460,6 +493,7 @@ def train_and_evaluate(args):
                 if state["completed_steps"] >= args.max_train_steps:
                     break
         # ---- selection on valid only
+        valid_started = time.perf_counter()
         metrics, _ = evaluate_corpus(
             model,
             eval_dataloaders["valid"],
@@ -475,6 +509,9 @@ def train_and_evaluate(args):
                 "train_loss": epoch_loss / max(epoch_batches, 1),
                 "valid_f1": valid_f1,
                 "valid_strict_f1": metrics["strict"]["overall_f1"],
+                "train_batches": epoch_batches,
+                "train_seconds": valid_started - epoch_started,
+                "valid_seconds": time.perf_counter() - valid_started,
             }
         )
         logger.info(
@@ -505,7 +542,14 @@ def train_and_evaluate(args):
     load_best_weights(unwrapped, best_dir)
     results = {"metrics": {}, "history": state["history"]}
     predictions_by_split = {}
-    for name, loader in eval_dataloaders.items():
+    final_splits = (args.final_eval_splits or ",".join(eval_dataloaders)).split(",")
+    unknown_splits = sorted(set(final_splits) - set(eval_dataloaders))
+    if unknown_splits:
+        raise ValueError(
+            f"--final_eval_splits: no split {unknown_splits}; the corpus has {sorted(eval_dataloaders)}"
+        )
+    for name in final_splits:
+        loader = eval_dataloaders[name]
         results["metrics"][name], predictions_by_split[name] = evaluate_corpus(
             model, loader, accelerator, corpus[name], unwrapped.config.id2label, f"Evaluating {name}"
         )
@@ -538,6 +582,7 @@ def train_and_evaluate(args):
         "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - started,
         "mixed_precision": accelerator.mixed_precision,
+        "peak_rss_mib": peak_rss_mib(),
     }
     results["images"] = image_counts
     if processor.unknown_object_label_counts:

@@ -114,7 +114,10 @@ class MultimodalNERPipeline(Pipeline):
         self.id2label = {int(index): label for index, label in config.id2label.items()}
         self.uses_image = bool(config.use_image)
         self.uses_objects = bool(config.use_objects) and self.processor.object_labels is not None
-        self.uses_caption = bool(config.use_caption)
+        # A caption reaches the model as its granularity, or as a second text segment (ITA-style control).
+        self.uses_caption = bool(config.use_caption) or bool(
+            getattr(self.processor, "caption_as_text_segment", False)
+        )
         self.granularities = list(config.granularities)
         self._warned_unused = set()
 

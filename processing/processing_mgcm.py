@@ -21,6 +21,7 @@ from transformers.utils import PROCESSOR_NAME
 from modeling_mgcm import MGCMConfig
 
 from .neighbour_table import NeighbourTable
+from .tweet_normalise import clean_token, is_url
 from .word_shape import word_shape_id
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ _PROCESSOR_SETTINGS = (
     "stride",
     "max_objects",
     "max_caption_length",
+    "url_token",
+    "caption_as_text_segment",
 )
 
 
@@ -179,6 +182,12 @@ class MGCMProcessor(ProcessorMixin):
         stride: words shared by consecutive windows of a long tweet.
         max_objects: objects kept per image, highest scores first.
         max_caption_length: caption word pieces kept, special tokens included.
+        url_token: when set, every word that is a link (`tweet_normalise.is_url`) reaches the encoder as
+            this one word: a t.co link is ~15 word pieces of noise. Labels, word shapes and neighbours
+            still see the original word.
+        caption_as_text_segment: append the caption to every window as a second text segment
+            (`[CLS] tweet [SEP] caption [SEP]`, ITA-style) instead of returning `caption_input_ids` for
+            the caption granularity; the caption pieces belong to no word.
     """
 
     def __init__(
@@ -191,6 +200,8 @@ class MGCMProcessor(ProcessorMixin):
         stride: int = 16,
         max_objects: int = 5,
         max_caption_length: int = 32,
+        url_token: str | None = None,
+        caption_as_text_segment: bool = False,
     ):
         if tokenizer is None:
             raise ValueError("MGCMProcessor needs a tokenizer")
@@ -223,9 +234,18 @@ class MGCMProcessor(ProcessorMixin):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if url_token is not None and (not isinstance(url_token, str) or not url_token.strip()):
+            raise ValueError(f"url_token must be a non-empty word or None, got {url_token!r}")
+        if not isinstance(caption_as_text_segment, bool):
+            raise ValueError(f"caption_as_text_segment must be a bool, got {caption_as_text_segment!r}")
         if max_length > tokenizer.model_max_length:
             raise ValueError(
                 f"max_length {max_length} exceeds the tokenizer's limit {tokenizer.model_max_length}"
+            )
+        if caption_as_text_segment and max_length + max_caption_length > tokenizer.model_max_length:
+            raise ValueError(
+                f"max_length {max_length} + max_caption_length {max_caption_length} exceeds the tokenizer's "
+                f"limit {tokenizer.model_max_length}: the caption segment would not fit"
             )
 
         self.neighbour_table = neighbour_table
@@ -234,12 +254,15 @@ class MGCMProcessor(ProcessorMixin):
         self.stride = stride
         self.max_objects = max_objects
         self.max_caption_length = max_caption_length
+        self.url_token = url_token
+        self.caption_as_text_segment = caption_as_text_segment
         self.unknown_object_label_counts: Counter[str] = Counter()
         self._object_label_ids = {label: index for index, label in enumerate(object_labels or [])}
         self._special_prefix, self._special_suffix, self._content_token_type = self._special_token_layout()
         self.window_capacity = max_length - len(self._special_prefix[0]) - len(self._special_suffix[0])
         if self.window_capacity < 1:
             raise ValueError(f"max_length {max_length} leaves no room for words next to the special tokens")
+        self._segment_layout = self._pair_token_layout() if caption_as_text_segment else None
 
     # ----------------------------------------------------------------------------------------------
     # ProcessorMixin plumbing: an optional image processor and a neighbour table saved beside the rest
@@ -282,6 +305,8 @@ class MGCMProcessor(ProcessorMixin):
             "stride": self.stride,
             "max_objects": self.max_objects,
             "max_caption_length": self.max_caption_length,
+            "url_token": self.url_token,
+            "caption_as_text_segment": self.caption_as_text_segment,
             "neighbour_table": None if self.neighbour_table is None else NEIGHBOUR_TABLE_FOLDER,
             "image_processor": None if self.image_processor is None else self.image_processor.to_dict(),
             "processor_class": type(self).__name__,
@@ -379,10 +404,34 @@ class MGCMProcessor(ProcessorMixin):
         ids, types = encoding["input_ids"], encoding["token_type_ids"]
         return (ids[:first], types[:first]), (ids[last + 1 :], types[last + 1 :]), types[first]
 
+    def _pair_token_layout(self) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]], int]:
+        """`(ids, token types)` the tokenizer puts between the two sequences of a pair and after the second
+        ([SEP] and [SEP] for BERT, </s></s> and </s> for MPNet), and the token type of the second sequence."""
+        first = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        second = self.tokenizer("b", add_special_tokens=False)["input_ids"]
+        pair = self.tokenizer("a", "b", return_token_type_ids=True)
+        ids, types = pair["input_ids"], pair["token_type_ids"]
+        start = len(self._special_prefix[0]) + len(first)
+        ends = [end for end in range(start, len(ids)) if ids[end : end + len(second)] == second]
+        if ids[start - len(first) : start] != first or not ends:
+            raise ValueError(
+                f"cannot find the sentence-pair layout of {type(self.tokenizer).__name__} (ids {ids}): "
+                "caption_as_text_segment needs a tokenizer that encodes pairs"
+            )
+        end = ends[0]
+        after = end + len(second)
+        return (ids[start:end], types[start:end]), (ids[after:], types[after:]), types[end]
+
+    def _encoder_word(self, word: str) -> str:
+        """The word as the encoder sees it: a link becomes `url_token` when one is set."""
+        if self.url_token is not None and is_url(clean_token(word)):
+            return self.url_token
+        return word
+
     def _word_pieces(self, tweets: list[list[str]]) -> list[list[list[int]]]:
         """Word-piece ids of every word of every tweet, each word holding 1..window_capacity pieces."""
         encoding = self.tokenizer(
-            tweets,
+            [[self._encoder_word(word) for word in words] for words in tweets],
             is_split_into_words=True,
             add_special_tokens=False,
             return_attention_mask=False,
@@ -412,7 +461,8 @@ class MGCMProcessor(ProcessorMixin):
         return pieces_of_tweets
 
     def _caption_ids(self, captions: list[str | None]) -> list[list[int]]:
-        """Caption word-piece ids per tweet, `[]` for an absent or blank caption."""
+        """Caption word-piece ids per tweet, `[]` for an absent or blank caption; with
+        `caption_as_text_segment` the pieces only, without special tokens."""
         present = [index for index, caption in enumerate(captions) if caption is not None and caption.strip()]
         ids: list[list[int]] = [[] for _ in captions]
         if present:
@@ -420,6 +470,7 @@ class MGCMProcessor(ProcessorMixin):
                 [captions[index] for index in present],
                 truncation=True,
                 max_length=self.max_caption_length,
+                add_special_tokens=not self.caption_as_text_segment,
                 return_attention_mask=False,
             )
             for index, caption_ids in zip(present, encoding["input_ids"], strict=True):
@@ -510,8 +561,16 @@ class MGCMProcessor(ProcessorMixin):
                 for local_index, word_pieces in enumerate(pieces[start:end]):
                     input_ids += word_pieces
                     word_ids += [local_index] * len(word_pieces)
-                input_ids += suffix_ids
-                word_ids += [-1] * len(suffix_ids)
+                segment = caption_ids[tweet_index] if caption_ids and self._segment_layout else []
+                end_ids, end_types = list(suffix_ids), list(suffix_types)
+                if segment:
+                    (separator_ids, separator_types), (end_ids, end_types), segment_type = (
+                        self._segment_layout
+                    )
+                    input_ids += separator_ids + segment
+                    end_types = separator_types + [segment_type] * len(segment) + end_types
+                input_ids += end_ids
+                word_ids += [-1] * (len(input_ids) - len(word_ids))
                 window = {
                     "tweet_index": tweet_index,
                     "window_word_offset": start,
@@ -522,12 +581,12 @@ class MGCMProcessor(ProcessorMixin):
                 }
                 if self.uses_token_type_ids:
                     content_types = [self._content_token_type] * (
-                        len(input_ids) - len(prefix_ids) - len(suffix_ids)
+                        len(input_ids) - len(prefix_ids) - len(end_types)
                     )
-                    window["token_type_ids"] = list(prefix_types) + content_types + list(suffix_types)
+                    window["token_type_ids"] = list(prefix_types) + content_types + list(end_types)
                 if labels is not None:
                     window["labels"] = labels[tweet_index][start:end]
-                if caption_ids is not None:
+                if caption_ids is not None and not self.caption_as_text_segment:
                     window["caption_input_ids"] = caption_ids[tweet_index]
                 if object_ids is not None:
                     window["object_ids"] = object_ids[tweet_index]
@@ -913,7 +972,7 @@ class MGCMProcessor(ProcessorMixin):
             features["token_type_ids"] = List(Value("int32"))
         if "ner_tags" in corpus_columns:
             features["labels"] = List(Value("int32"))
-        if "caption" in corpus_columns:
+        if "caption" in corpus_columns and not self.caption_as_text_segment:
             features["caption_input_ids"] = List(Value("int32"))
         if "objects" in corpus_columns and self.object_labels is not None:
             features["object_ids"] = List(Value("int32"))
