@@ -314,6 +314,10 @@ def train_and_evaluate(args):
         if required not in corpus:
             raise ValueError(f"the corpus has no {required} split (it has {sorted(corpus)}); both are needed")
     logger.info("corpus: %s", {name: len(split) for name, split in corpus.items()})
+    final_splits = args.final_eval_splits.split(",") if args.final_eval_splits else list(corpus)
+    unknown_splits = sorted(set(final_splits) - set(corpus))
+    if unknown_splits:
+        raise ValueError(f"--final_eval_splits: no split {unknown_splits}; the corpus has {sorted(corpus)}")
 
     if args.text_model is not None:
         tokenizer = AutoTokenizer.from_pretrained(args.text_model)
@@ -542,12 +546,6 @@ def train_and_evaluate(args):
     load_best_weights(unwrapped, best_dir)
     results = {"metrics": {}, "history": state["history"]}
     predictions_by_split = {}
-    final_splits = (args.final_eval_splits or ",".join(eval_dataloaders)).split(",")
-    unknown_splits = sorted(set(final_splits) - set(eval_dataloaders))
-    if unknown_splits:
-        raise ValueError(
-            f"--final_eval_splits: no split {unknown_splits}; the corpus has {sorted(eval_dataloaders)}"
-        )
     for name in final_splits:
         loader = eval_dataloaders[name]
         results["metrics"][name], predictions_by_split[name] = evaluate_corpus(

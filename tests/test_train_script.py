@@ -75,12 +75,40 @@ def test_run_writes_results_for_every_split_in_both_seqeval_modes(single_process
         assert set(by_mode) == {"lenient", "strict"}
     assert results["training"]["num_processes"] == 1
     assert len(results["history"]) == 3
+    for epoch in results["history"]:
+        assert epoch["train_seconds"] > 0 and epoch["valid_seconds"] > 0 and epoch["train_batches"] > 0
+    assert results["training"]["peak_rss_mib"] > 50
     best = max(results["history"], key=lambda epoch: epoch["valid_f1"])
     assert results["training"]["best_epoch"] == best["epoch"]
     # Synthetic tweets without an image are counted, never replaced.
     assert results["images"]["missing"] > 0 and results["images"]["with_features"] > 0
     card = (output_dir / "README.md").read_text()
     assert "| test | lenient |" in card and "never selected on test" in card
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--final_eval_splits", "valid,tset"], "--final_eval_splits: no split ['tset']"),
+        (
+            ["--dataset_dir", "x", "--caption_as_text_segment"],
+            "--caption_as_text_segment needs --captions_file",
+        ),
+    ],
+)
+def test_bad_run_options_stop_before_training_with_a_clear_message(tmp_path, arguments, message):
+    command = [
+        sys.executable,
+        str(TRAIN_SCRIPT),
+        *SMALL_RUN,
+        "--output_dir",
+        str(tmp_path / "run"),
+        *arguments,
+    ]
+    completed = subprocess.run(command, env=run_environment(), capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0
+    assert message in completed.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_the_selected_model_and_processor_load_through_the_auto_classes(single_process_run):
