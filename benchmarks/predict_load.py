@@ -13,12 +13,15 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NUM_GOOD_IMAGES = 40
@@ -92,28 +95,109 @@ def write_posts(
     return dict(counts)
 
 
+# `mgcm-predict` is started from this small Python, which reports the process's id, then its exit status and
+# the kernel's count of its peak RSS (KiB). Started straight from the caller, that count would be the caller's
+# peak whenever that is larger: at exec, Linux keeps the peak RSS of the memory the process leaves, and a
+# process started with `subprocess` leaves its parent's memory (vfork shares it, high-water mark included;
+# fork copies it). A pytest process that has trained models is far larger than `mgcm-predict`; this launcher,
+# which imports only `os` and `sys`, is far smaller.
+MEASURING_LAUNCHER = """
+import os, sys
+child = os.fork()
+if child == 0:
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+    finally:
+        os._exit(127)
+print(child, flush=True)
+_, status, usage = os.wait4(child, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss, flush=True)
+"""
+
+
+@dataclass
+class MeasuredProcess:
+    """A Python process started by `start_measured`: `pid` is its id, `launcher` the process reporting on it."""
+
+    launcher: subprocess.Popen
+    pid: int
+
+
+def start_measured(
+    arguments: list[str], stderr: IO[bytes] | int, environment: dict[str, str]
+) -> MeasuredProcess:
+    """Start `python *arguments` (standard output discarded, standard error to `stderr`) such that its peak RSS
+    is its own, not its parent's (see `MEASURING_LAUNCHER`)."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", MEASURING_LAUNCHER, *arguments],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=environment,
+        text=True,
+    )
+    first_line = launcher.stdout.readline()
+    if not first_line.strip().isdigit():
+        launcher.kill()
+        launcher.wait()
+        raise RuntimeError(f"the measuring launcher did not start {arguments}: it printed {first_line!r}")
+    return MeasuredProcess(launcher, int(first_line))
+
+
+def finish_measured(process: MeasuredProcess) -> tuple[int, float]:
+    """Wait for a process started by `start_measured`; its exit status and peak RSS in MiB (the kernel's
+    count, including its last moments)."""
+    report = process.launcher.stdout.read()
+    process.launcher.wait()
+    process.launcher.stdout.close()
+    fields = report.split()
+    if len(fields) != 2 or process.launcher.returncode != 0:
+        raise RuntimeError(
+            f"the measuring launcher of process {process.pid} ended with status {process.launcher.returncode} "
+            f"and reported {report!r}, expected '<exit status> <peak RSS KiB>'"
+        )
+    return int(fields[0]), int(fields[1]) / 1024  # Linux counts KiB
+
+
+def kill_measured(process: MeasuredProcess) -> None:
+    """Stop a process started by `start_measured` and its launcher."""
+    try:
+        os.kill(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.launcher.wait()
+    process.launcher.stdout.close()
+
+
+def predict_arguments(model: Path, posts: Path, output: Path, chunk_size: int, batch_size: int) -> list[str]:
+    """The Python arguments that run `mgcm-predict` over a JSON Lines file, without a progress bar."""
+    arguments = ["-m", "processing.predict_cli", "--model", str(model), "--input", str(posts)]
+    arguments += ["--output", str(output), "--chunk_size", str(chunk_size), "--batch_size", str(batch_size)]
+    return arguments + ["--no_progress"]
+
+
+def predict_environment(extra_environment: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment, offline, with this project importable."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(PROJECT_ROOT), **(extra_environment or {}))
+
+
 def run_predict(
     model: Path, posts: Path, output: Path, chunk_size: int, batch_size: int, extra_environment=None
 ) -> dict:
     """Run `mgcm-predict` (as `python -m processing.predict_cli`) in its own process; its peak RSS (MiB, from
-    the kernel's accounting of that process), wall time, exit status and standard error."""
-    command = [sys.executable, "-m", "processing.predict_cli", "--model", str(model), "--input", str(posts)]
-    command += ["--output", str(output), "--chunk_size", str(chunk_size), "--batch_size", str(batch_size)]
-    command += ["--no_progress"]
-    environment = dict(
-        os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(PROJECT_ROOT), **(extra_environment or {})
-    )
+    the kernel's accounting of that process alone), wall time, exit status and standard error."""
+    arguments = predict_arguments(model, posts, output, chunk_size, batch_size)
     started = time.perf_counter()
     with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=environment)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        process = start_measured(arguments, stderr, predict_environment(extra_environment))
+        returncode, peak_rss_mib = finish_measured(process)
         stderr.seek(0)
         error_text = stderr.read().decode("utf-8", errors="replace")
     return {
-        "returncode": process.returncode,
+        "returncode": returncode,
         "seconds": time.perf_counter() - started,
-        "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "peak_rss_mib": peak_rss_mib,
         "stderr": error_text,
     }
 
