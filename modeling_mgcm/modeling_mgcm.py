@@ -719,6 +719,7 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
         cls,
         text_model_name_or_path: str,
         vision_model_name_or_path: str | None = None,
+        use_safetensors: bool | None = True,
         **config_kwargs,
     ) -> "MGCMForTokenClassification":
         """A model whose text encoder (and vision backbone) carry pretrained weights; the MGCM layers are new.
@@ -727,15 +728,22 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
             text_model_name_or_path: a folder (or Hub id) holding an encoder `AutoModel` loads.
             vision_model_name_or_path: optional folder (or Hub id) of a vision backbone; without it the model
                 reads precomputed `image_features` (pass `image_feature_dim`) or no image.
+            use_safetensors: as in `from_pretrained`: a backbone folder holding only pickle weights is refused
+                unless this is False.
             config_kwargs: any other `MGCMConfig` field (`use_caption=True`, `object_labels=...`, ...).
         """
         for name in ("text_config", "vision_config"):
             if name in config_kwargs:
                 raise ValueError(f"from_backbones takes {name} from the pretrained folder; do not pass it")
-        text_encoder = AutoModel.from_pretrained(text_model_name_or_path)
-        vision_model = None
+        backbones = [text_model_name_or_path]
         if vision_model_name_or_path is not None:
-            vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
+            backbones.append(vision_model_name_or_path)
+        loaded = []
+        for name_or_path in backbones:
+            if use_safetensors:
+                refuse_pickle_weights(name_or_path)
+            loaded.append(AutoModel.from_pretrained(name_or_path, use_safetensors=use_safetensors))
+        text_encoder, vision_model = loaded[0], (loaded[1] if len(loaded) > 1 else None)
         config = MGCMConfig(
             text_config=text_encoder.config,
             vision_config=vision_model.config if vision_model is not None else None,

@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.numpy import save_file
-from transformers import AutoModelForTokenClassification, AutoProcessor
+from transformers import AutoModelForTokenClassification, AutoProcessor, BertModel
 
 import modeling_mgcm
 import processing
@@ -100,6 +100,28 @@ def test_the_user_can_opt_in_to_a_trusted_pickle_checkpoint(pickle_only_folder, 
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, state[name], rtol=0, atol=0)
     # Even then transformers unpickles with torch's restricted loader.
+    assert unpickling_spy and all(call.get("weights_only") is True for call in unpickling_spy)
+
+
+TEXT_ONLY = {"use_image": False, "use_objects": False, "augmentation_mode": "none"}
+
+
+def test_from_backbones_refuses_a_pickle_only_encoder_folder_unless_the_user_opts_in(
+    tmp_path, unpickling_spy
+):
+    folder = tmp_path / "encoder"
+    encoder = BertModel(tiny_text_config(40, hidden_size=32))
+    encoder.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(encoder.state_dict(), folder / "pytorch_model.bin")
+
+    with pytest.raises(OSError, match=r"only pickle weights \(pytorch_model.bin\)"):
+        MGCMForTokenClassification.from_backbones(folder, **TEXT_ONLY)
+    assert unpickling_spy == []
+    model = MGCMForTokenClassification.from_backbones(folder, use_safetensors=False, **TEXT_ONLY)
+    torch.testing.assert_close(
+        model.mgcm.text_encoder.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight
+    )
     assert unpickling_spy and all(call.get("weights_only") is True for call in unpickling_spy)
 
 
