@@ -241,7 +241,7 @@ def build_model(args, tokenizer, neighbour_table, object_labels):
         vision_path = args.vision_model if use_vision else None
         if use_vision and vision_path is None:
             # A pretrained text encoder with the tiny random vision backbone (synthetic images only).
-            text_encoder = AutoModel.from_pretrained(args.text_model)
+            text_encoder = AutoModel.from_pretrained(args.text_model, use_safetensors=True)
             config = MGCMConfig(
                 text_config=text_encoder.config, vision_config=tiny_vision_config(), **config_kwargs
             )
