@@ -5,7 +5,7 @@ table, image feature cache). Writes `benchmarks/results/cost.json`.
     python benchmarks/training_cost.py [--encoders all-MiniLM-L6-v2,all-mpnet-base-v2] [--threads 1]
                                        [--precision bf16|fp32] [--output benchmarks/results/cost.json]
 
-A smoke run (about two minutes): `python benchmarks/training_cost.py --encoders all-MiniLM-L6-v2 --warmup 1
+A smoke run (a few minutes, most of them the first neighbour-table build): `python benchmarks/training_cost.py --encoders all-MiniLM-L6-v2 --warmup 1
 --rounds 1 --steps-per-round 2 --rss-train-steps 2 --infer-tweets 32 --images 64 --output /tmp/cost.json`.
 
 Training. The configurations are those of `benchmarks/run_accuracy.sh`, built as `examples/train.py` builds
@@ -108,7 +108,7 @@ EPOCHS_OF_THE_ACCURACY_RUNS = 5
 # Pipeline batch for the inference memory peak (posts per call).
 INFER_BATCH_SIZE = 32
 
-# Per configuration: MGCMConfig fields, and whether the processor carries the neighbour table.
+# Per configuration: its MGCMConfig fields (the processor carries the neighbour table when augmenting).
 CONFIGS: dict[str, dict[str, Any]] = {
     "text": {"augmentation_mode": "none", "use_word_shape": False, "use_caption": False},
     "text+shape+sa": {"augmentation_mode": "gate", "use_word_shape": True, "use_caption": False},
@@ -149,10 +149,10 @@ class Schedule:
         return self.warmup + self.timed_steps
 
 
-# mpnet's step is about 8x MiniLM's: fewer steps keep the default run under 25 minutes on 2 shared cores.
+# An mpnet step takes 5-8x a MiniLM one: fewer steps keep the default run within 25 minutes on 2 shared cores.
 DEFAULT_SCHEDULES = {
-    "all-MiniLM-L6-v2": Schedule(warmup=3, rounds=8, steps_per_round=4),
-    "all-mpnet-base-v2": Schedule(warmup=1, rounds=4, steps_per_round=2),
+    "all-MiniLM-L6-v2": Schedule(warmup=3, rounds=10, steps_per_round=4),
+    "all-mpnet-base-v2": Schedule(warmup=1, rounds=6, steps_per_round=2),
 }
 DEFAULT_RSS_TRAIN_STEPS = {"all-MiniLM-L6-v2": 10, "all-mpnet-base-v2": 4}
 
@@ -263,10 +263,17 @@ def build_config_run(
     )
 
 
+def wait_for_device(device: torch.device) -> None:
+    """Wait for the work queued on an asynchronous device (CUDA, XPU, MPS...), so that a timing is true."""
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)
+
+
 def training_step(run: ConfigRun, rows: list[dict], accelerator: Accelerator, max_grad_norm: float) -> dict:
     """One optimizer step on `rows` as train.py takes it; returns wall and CPU seconds (total, collation)."""
     wall, cpu = time.perf_counter(), time.process_time()
     batch = run.collator(rows).to(accelerator.device)
+    wait_for_device(accelerator.device)
     collate_seconds = time.perf_counter() - wall
     loss = run.model(**batch).loss
     accelerator.backward(loss)
@@ -275,6 +282,7 @@ def training_step(run: ConfigRun, rows: list[dict], accelerator: Accelerator, ma
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad()
+    wait_for_device(accelerator.device)
     if not torch.isfinite(loss.detach()):
         raise FloatingPointError(f"{run.name}: non-finite training loss {loss.item()}")
     return {
@@ -748,7 +756,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = CHILD_PHASES[args.child](spec)
         write_json_atomically(spec["result_path"], {**result, "vm_hwm_mib": own_peak_rss_mib()})
         return
-    # Read before anything loads, so that the figure is other processes' load.
+    # Read first, before this process adds its own load.
     machine = hardware(args.threads)
     torch.set_num_threads(args.threads)
     encoders = resolve_encoders(args.encoders)
