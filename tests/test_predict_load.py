@@ -49,9 +49,7 @@ def test_the_measured_peak_is_the_child_s_own_not_its_larger_parent_s(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak RSS from /proc")
-def test_predict_streams_posts_in_bounded_memory_one_output_line_per_input_line(
-    tiny_mgcm_dir, tmp_path, record_property
-):
+def test_predict_streams_posts_in_bounded_memory_one_output_line_per_input_line(tiny_mgcm_dir, tmp_path):
     posts, output = tmp_path / "posts.jsonl", tmp_path / "predictions.jsonl"
     counts = predict_load.write_posts(posts, NUM_POSTS, tmp_path / "images", bad_line_every=200)
     assert counts["bad_lines"] == 4 and counts["missing"] and counts["corrupt"] and counts["none"]
@@ -68,9 +66,10 @@ def test_predict_streams_posts_in_bounded_memory_one_output_line_per_input_line(
                 pytest.fail("mgcm-predict took more than 300 s")
             time.sleep(0.05)
         exit_status, final_peak = predict_load.finish_measured(process)
-    # In the JUnit report (`--junitxml`), to follow the figures across CI runs.
-    record_property("early_peak_rss_mib", early_peak)
-    record_property("final_peak_rss_mib", final_peak)
+    # Shown with `pytest -rP`, to follow the figures across CI runs.
+    print(
+        f"mgcm-predict peak RSS: {early_peak:.1f} MiB after {EARLY_POSTS} posts, {final_peak:.1f} MiB after {NUM_POSTS}"
+    )
     stderr = (tmp_path / "stderr.txt").read_text(encoding="utf-8", errors="replace")
     assert exit_status == 0, stderr[-3000:]
     summary = predict_load.parse_summary(stderr)
