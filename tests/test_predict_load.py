@@ -66,10 +66,6 @@ def test_predict_streams_posts_in_bounded_memory_one_output_line_per_input_line(
                 pytest.fail("mgcm-predict took more than 300 s")
             time.sleep(0.05)
         exit_status, final_peak = predict_load.finish_measured(process)
-    # Shown with `pytest -rP`, to follow the figures across CI runs.
-    print(
-        f"mgcm-predict peak RSS: {early_peak:.1f} MiB after {EARLY_POSTS} posts, {final_peak:.1f} MiB after {NUM_POSTS}"
-    )
     stderr = (tmp_path / "stderr.txt").read_text(encoding="utf-8", errors="replace")
     assert exit_status == 0, stderr[-3000:]
     summary = predict_load.parse_summary(stderr)
@@ -78,4 +74,8 @@ def test_predict_streams_posts_in_bounded_memory_one_output_line_per_input_line(
     assert summary["masked_images"] == counts["missing"] + counts["corrupt"]
     # Memory is bounded by the chunk, not the input: the peak after 300 posts is the peak after 900.
     assert early_peak is not None, "the run ended before its early peak could be read"
+    # Shown with `pytest -rP`, to follow the figures across CI runs.
+    print(
+        f"mgcm-predict peak RSS: {early_peak:.1f} MiB after {EARLY_POSTS} posts, {final_peak:.1f} MiB after {NUM_POSTS}"
+    )
     assert final_peak <= 1.10 * early_peak, (early_peak, final_peak)
