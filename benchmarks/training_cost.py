@@ -5,8 +5,10 @@ table, image feature cache). Writes `benchmarks/results/cost.json`.
     python benchmarks/training_cost.py [--encoders all-MiniLM-L6-v2,all-mpnet-base-v2] [--threads 1]
                                        [--precision bf16|fp32] [--output benchmarks/results/cost.json]
 
-A smoke run (a few minutes, most of them the first neighbour-table build): `python benchmarks/training_cost.py --encoders all-MiniLM-L6-v2 --warmup 1
---rounds 1 --steps-per-round 2 --rss-train-steps 2 --infer-tweets 32 --images 64 --output /tmp/cost.json`.
+A smoke run (a few minutes, most of them the first neighbour-table build):
+
+    python benchmarks/training_cost.py --encoders all-MiniLM-L6-v2 --warmup 1 --rounds 1 --steps-per-round 2 \
+        --rss-train-steps 2 --infer-tweets 32 --images 64 --output /tmp/cost.json
 
 Training. The configurations are those of `benchmarks/run_accuracy.sh`, built as `examples/train.py` builds
 them (`from_backbones` with the same seed, `MGCMProcessor(url_token="http")`, `preprocess_corpus`,
@@ -29,7 +31,8 @@ configuration alike; the median step gives tweets/s, seconds per epoch (derived:
 and the ratio to `text` (targets: <= 1.4 with the caption, <= 1.25 without). Process CPU time per step is
 reported beside wall time: on a shared machine with one torch thread it is less sensitive to other load.
 
-Peak RSS is read from a child process per encoder and phase (`os.wait4`): `train` builds the full model and
+Peak RSS is read from a child process per encoder and phase (`os.wait4`, through a bare launcher process:
+Linux carries a parent's peak into a child started from it): `train` builds the full model and
 its data as train.py does and runs `--rss-train-steps` steps, then saves model and processor as train.py
 does; `infer` loads that folder and tags `--infer-tweets` Twitter-2015 valid tweets (with captions) through
 the "multimodal-ner" pipeline, in bfloat16 weights with `--precision bf16`.
@@ -40,6 +43,25 @@ read back from it (in a child process, so its memory peak is reported too); capt
 image's features, on a synthetic corpus of `--images` 224x224 PNG images with a tiny random ResNet
 (without cache: decode + preprocess + backbone forward every epoch, 16 images a batch; with cache: one
 `build`, then `get` reads every epoch).
+
+The default run took 14 minutes on 2 AMD EPYC cores shared with two training runs (load average 5-6: the
+benchmark got about two thirds of a core, CPU time / wall time 0.66, so absolute times are slower than on a
+quiet machine; the ratios are what to read), bf16, 1 torch thread:
+
+    encoder  config             step s  tweets/s  s/epoch  ratio  CPU-time ratio
+    MiniLM   text                0.758      21.1      190  1.000  1.000
+    MiniLM   text+shape+sa       0.752      21.3      188  0.992  0.985   target <= 1.25: met
+    MiniLM   full                0.918      17.4      230  1.211  1.207   target <= 1.4: met
+    MiniLM   full-caption-grad   1.145      14.0      286  1.511  1.534   target <= 1.4: not met
+    mpnet    text                3.889       4.1      972  1.000  1.000
+    mpnet    text+shape+sa       3.937       4.1      984  1.012  1.015   met
+    mpnet    full                4.681       3.4     1170  1.204  1.205   met
+    mpnet    full-caption-grad   5.964       2.7     1491  1.534  1.543   not met
+
+Peak RSS (MiB): MiniLM train 1441, infer 801 (300 tweets, 55 tweets/s); mpnet train 3349, infer 1214 (12
+tweets/s). Neighbour table: 168 s first build (95,968 words, peak 1209 MiB), 1.0 s from the cache. Image
+feature cache, 2,000 images x 3 epochs: 44.7 s without, 17.2 s with (16.9 s build + 0.3 s reads), 2.6x,
+96 MiB on disk.
 """
 
 import argparse
