@@ -72,6 +72,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vision", choices=sorted(VISION_CONFIGS), default="resnet152")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model weights")
+    parser.add_argument(
+        "--device", default=None, help="pipeline device, e.g. cuda:0 (default: the pipeline's)"
+    )
     parser.add_argument("--posts", type=int, default=320, help="posts timed per text setting at batch 32")
     parser.add_argument("--single-posts", type=int, default=60, help="posts timed one by one")
     parser.add_argument(
@@ -129,7 +132,7 @@ def build_tagger(args: argparse.Namespace, posts: list[dict], work_dir: Path):
         tokenizer=tokenizer, image_processor=image_processor, neighbour_table=table, max_length=128
     )
     model.to(getattr(torch, args.dtype))
-    return pipeline("multimodal-ner", model=model, processor=processor, device="cpu"), table
+    return pipeline("multimodal-ner", model=model, processor=processor, device=args.device), table
 
 
 def time_stages(tagger) -> dict[str, float]:
