@@ -89,9 +89,12 @@ class HubConfiguration:
 
 
 def processor_settings(
-    object_labels: list[str] | None, image_processing: dict | None, max_length: int
+    object_labels: list[str] | None, image_processing: dict | None, max_length: int, url_token: str | None
 ) -> dict:
-    """`processor_config.json` as `MGCMProcessor.save_pretrained` writes it (the keys of `MGCMProcessor.to_dict`)."""
+    """`processor_config.json` as `MGCMProcessor.save_pretrained` writes it (the keys of `MGCMProcessor.to_dict`).
+
+    `url_token` "http" feeds links to the encoder as one word, as the offline benchmarks train (BENCHMARKS.md);
+    the paper configurations keep links as they are."""
     image_processor = None
     if image_processing is not None:
         image_processor = ConvNextImageProcessorPil(**image_processing).to_dict()
@@ -103,6 +106,8 @@ def processor_settings(
         "stride": 16,
         "max_objects": 5,
         "max_caption_length": 32,
+        "url_token": url_token,
+        "caption_as_text_segment": False,
         "neighbour_table": NEIGHBOUR_TABLE_FOLDER,
         "image_processor": image_processor,
         "processor_class": "MGCMProcessor",
@@ -122,7 +127,9 @@ The configuration this project trains without any image: a sentence-embedding en
 encoder, gated semantic augmentation with the k=4 nearest neighbours of each word among the GloVe 6B 50-d
 vectors, the caption granularity (one image caption per post, e.g. the BLIP-2 captions of both corpora) and
 the word-shape feature (the encoder is uncased: capitalisation, `@`, `#` and URLs come in through it). The
-image and object granularities are off, so the model needs no vision backbone and no object detector."""
+image and object granularities are off, so the model needs no vision backbone and no object detector. Links
+reach the encoder as the one word `http` (the processor's `url_token`), which nearly halves the word pieces
+of a tweet."""
 
 # The paper's test scores (seqeval micro, lenient), for comparison with a run's results.
 PUBLISHED_RESULTS = {
@@ -158,7 +165,9 @@ def paper_configuration(corpus: str) -> HubConfiguration:
         title=f"MGCM, paper configuration, Twitter-{corpus}",
         # The defaults of MGCMConfig are the paper's configuration.
         config=MGCMConfig(),
-        processor_settings=processor_settings(list(COCO_OBJECT_LABELS), RESNET_152_IMAGE_PROCESSING, 64),
+        processor_settings=processor_settings(
+            list(COCO_OBJECT_LABELS), RESNET_152_IMAGE_PROCESSING, 64, None
+        ),
         description=PAPER_DESCRIPTION,
         train_command=(
             "python examples/train.py \\\n"
@@ -189,7 +198,7 @@ def offline_configuration(short_name: str, encoder: str, text_config: dict) -> H
             num_neighbours=4,
             use_word_shape=True,
         ),
-        processor_settings=processor_settings(None, None, 128),
+        processor_settings=processor_settings(None, None, 128, "http"),
         description=OFFLINE_DESCRIPTION.format(encoder=encoder),
         train_command=(
             "python examples/train.py \\\n"
