@@ -74,7 +74,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -98,6 +97,10 @@ from transformers import (
 )
 
 from modeling_mgcm import MGCMForTokenClassification
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak_memory import own_peak_rss_mib, run_measured  # noqa: E402
+
 from modeling_mgcm.vision_features import extract_image_features
 from processing import (
     LABEL_NAMES,
@@ -418,48 +421,18 @@ def measure_training(
 # Linux keeps a process's peak RSS across fork and exec: a child started by this (large) process would report
 # at least this process's peak. A bare interpreter in between starts the measured process from a small one
 # and reads its peak with wait4; it writes the peak (ru_maxrss) and exit code to the file named first.
-PEAK_RSS_LAUNCHER = """
-import json, os, subprocess, sys
-child = subprocess.Popen(sys.argv[2:])
-_, status, usage = os.wait4(child.pid, 0)
-child.returncode = os.waitstatus_to_exitcode(status)
-with open(sys.argv[1], "w") as report:
-    json.dump({"ru_maxrss": usage.ru_maxrss, "exit_code": child.returncode}, report)
-sys.exit(0 if child.returncode == 0 else 1)
-"""
+def child_peak_rss_mib(arguments: Sequence[str], log_path: Path) -> float:
+    """Run `python *arguments` in a fresh process and return its own peak resident memory in MiB.
 
-
-def child_peak_rss_mib(command: Sequence[str], log_path: Path) -> float:
-    """Run `command` in a fresh process and return its own peak resident memory in MiB (`os.wait4`).
-
-    Raises RuntimeError with the end of the child's output (in `log_path`) if it fails.
+    Raises RuntimeError with the end of the child's standard error (in `log_path`) if it fails.
     """
-    peak_path = log_path.with_suffix(".peak.json")
-    with open(log_path, "wb") as log:
-        subprocess.run(
-            [sys.executable, "-c", PEAK_RSS_LAUNCHER, str(peak_path), *command],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    measured = json.loads(peak_path.read_text(encoding="utf-8")) if peak_path.is_file() else None
-    if measured is None or measured["exit_code"] != 0:
+    exit_status, peak = run_measured(list(arguments), log_path)
+    if exit_status != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-        code = None if measured is None else measured["exit_code"]
-        raise RuntimeError(f"{shlex.join(command)} exited with {code}; its log ({log_path}) ends:\n{tail}")
-    # ru_maxrss is in KiB on Linux, in bytes on macOS.
-    return measured["ru_maxrss"] / (2**20 if sys.platform == "darwin" else 1024)
-
-
-def own_peak_rss_mib() -> float | None:
-    """This process's peak RSS from /proc (VmHWM, Linux), a cross-check of the wait4 figure; else None."""
-    status = Path("/proc/self/status")
-    if not status.is_file():
-        return None
-    for line in status.read_text(encoding="utf-8").splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
+        raise RuntimeError(
+            f"python {shlex.join(arguments)} exited with {exit_status}; its log ({log_path}) ends:\n{tail}"
+        )
+    return peak
 
 
 def run_child(phase: str, spec: dict, work_dir: Path) -> tuple[float, dict]:
@@ -469,7 +442,7 @@ def run_child(phase: str, spec: dict, work_dir: Path) -> tuple[float, dict]:
     spec = {**spec, "result_path": str(result_path)}
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     peak = child_peak_rss_mib(
-        [sys.executable, str(Path(__file__).resolve()), "--child", phase, "--child-spec", str(spec_path)],
+        [str(Path(__file__).resolve()), "--child", phase, "--child-spec", str(spec_path)],
         spec_path.with_suffix(".log"),
     )
     return peak, json.loads(result_path.read_text(encoding="utf-8"))
