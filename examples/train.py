@@ -177,8 +177,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("the objects granularity on a real corpus needs --objects_file")
     if "caption" in args.granularities and not args.synthetic and not args.captions_file:
         parser.error("the caption granularity on a real corpus needs --captions_file")
-    if args.caption_as_text_segment and ("caption" in args.granularities or not args.captions_file):
-        parser.error("--caption_as_text_segment needs --captions_file and --granularities without caption")
+    if args.caption_as_text_segment and (
+        "caption" in args.granularities or not (args.captions_file or args.synthetic)
+    ):
+        parser.error(
+            "--caption_as_text_segment needs captions (--captions_file, or --synthetic) and --granularities "
+            "without caption"
+        )
     if args.augmentation_mode is None:
         args.augmentation_mode = "gate" if args.word_vectors else "none"
     if args.augmentation_mode != "none" and not args.word_vectors:

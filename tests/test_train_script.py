@@ -90,10 +90,8 @@ def test_run_writes_results_for_every_split_in_both_seqeval_modes(single_process
     "arguments, message",
     [
         (["--final_eval_splits", "valid,tset"], "--final_eval_splits: no split ['tset']"),
-        (
-            ["--dataset_dir", "x", "--caption_as_text_segment"],
-            "--caption_as_text_segment needs --captions_file",
-        ),
+        (["--dataset_dir", "x", "--caption_as_text_segment"], "--caption_as_text_segment needs captions"),
+        (["--caption_as_text_segment"], "--granularities without caption"),
     ],
 )
 def test_bad_run_options_stop_before_training_with_a_clear_message(tmp_path, arguments, message):
@@ -109,6 +107,24 @@ def test_bad_run_options_stop_before_training_with_a_clear_message(tmp_path, arg
     assert completed.returncode != 0
     assert message in completed.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_caption_segment_control_trains_a_text_model_that_reads_the_caption(tmp_path):
+    output_dir = tmp_path / "concat"
+    results = train(
+        output_dir,
+        "--granularities=",
+        "--caption_as_text_segment",
+        "--num_train_epochs",
+        "1",
+        "--url_token",
+        "http",
+    )
+    assert results["run"]["granularities"] == [] and results["run"]["args"]["caption_as_text_segment"]
+    model = AutoModelForTokenClassification.from_pretrained(output_dir)
+    processor = AutoProcessor.from_pretrained(output_dir)
+    assert not model.config.use_caption
+    assert processor.caption_as_text_segment and processor.url_token == "http"
 
 
 def test_the_selected_model_and_processor_load_through_the_auto_classes(single_process_run):
