@@ -110,6 +110,35 @@ def accuracy_tables(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_type_table(records: list[dict], dataset: str = "twitter2015", split: str = "test") -> str:
+    """Lenient F1 per entity type on one split (mean over seeds), a row per encoder and config."""
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
+    for record in records:
+        if (record["dataset"], record["split"]) == (dataset, split):
+            grouped[record["encoder"], record["config"]].append(record)
+    if not grouped:
+        return ""
+    lines = [
+        f"Per entity type, {dataset} {split}, lenient F1 (mean over seeds):",
+        "",
+        "| encoder | config | " + " | ".join(ENTITY_TYPES) + " | overall |",
+        "|---|---|" + "---|" * (len(ENTITY_TYPES) + 1),
+    ]
+    for encoder in ENCODERS.values():
+        for config in CONFIGS:
+            runs = grouped.get((encoder, config))
+            if not runs:
+                continue
+            cells = [
+                f"{100 * statistics.fmean(r['per_type'][name]['f1'] for r in runs):.2f}"
+                for name in ENTITY_TYPES
+            ]
+            cells.append(f"{100 * statistics.fmean(r['overall_f1'] for r in runs):.2f}")
+            lines.append(f"| {encoder} | `{config}` | " + " | ".join(cells) + " |")
+    lines.append("| MGCM paper | bert-base-cased, pixels | 85.84 | 82.03 | 63.08 | 40.81 | 74.57 |")
+    return "\n".join(lines) + "\n"
+
+
 def target_lines(records: list[dict]) -> str:
     """The issue's targets, each with its measured numbers."""
 
@@ -195,7 +224,7 @@ def main(argv=None) -> None:
     write_json_atomically(args.output, records)
     print(f"{len(run_dirs)} runs, {len(records)} records -> {args.output}")
 
-    tables = accuracy_tables(records) + "\n" + target_lines(records)
+    tables = accuracy_tables(records) + "\n" + per_type_table(records) + "\n" + target_lines(records)
     print(tables)
     if args.benchmarks_md.exists():
         replace_between_markers(args.benchmarks_md, tables)
