@@ -139,6 +139,19 @@ def per_type_table(records: list[dict], dataset: str = "twitter2015", split: str
     return "\n".join(lines) + "\n"
 
 
+def best_epoch_lines(records: list[dict]) -> str:
+    """The epoch each run kept (selected on valid), per encoder, dataset and config."""
+    kept: dict[tuple, list[str]] = defaultdict(list)
+    for record in records:
+        if record["split"] == "valid":
+            key = (record["encoder"], record["dataset"], record["config"])
+            kept[key].append(f"{record['best_epoch']}/{record['epochs']}")
+    lines = ["Epoch kept (best valid F1) / epochs run, per seed:", ""]
+    for (encoder, dataset, config), epochs in sorted(kept.items()):
+        lines.append(f"- {encoder}, {dataset}, `{config}`: {', '.join(epochs)}")
+    return "\n".join(lines) + "\n"
+
+
 def target_lines(records: list[dict]) -> str:
     """The issue's targets, each with its measured numbers."""
 
@@ -224,7 +237,15 @@ def main(argv=None) -> None:
     write_json_atomically(args.output, records)
     print(f"{len(run_dirs)} runs, {len(records)} records -> {args.output}")
 
-    tables = accuracy_tables(records) + "\n" + per_type_table(records) + "\n" + target_lines(records)
+    tables = (
+        accuracy_tables(records)
+        + "\n"
+        + per_type_table(records)
+        + "\n"
+        + best_epoch_lines(records)
+        + "\n"
+        + target_lines(records)
+    )
     print(tables)
     if args.benchmarks_md.exists():
         replace_between_markers(args.benchmarks_md, tables)
