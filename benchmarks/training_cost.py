@@ -269,14 +269,7 @@ def build_config_run(
         [windows[index] for index in indices]
         for indices in fixed_batch_order(len(windows), batch_size, num_batches)
     ]
-    optimizer = torch.optim.AdamW(
-        model.parameter_groups(
-            lr=defaults.learning_rate,
-            fusion_lr=defaults.fusion_learning_rate,
-            crf_lr=defaults.crf_learning_rate,
-            weight_decay=defaults.weight_decay,
-        )
-    )
+    optimizer = load_train_script().build_optimizer(model, defaults)
     model, optimizer = accelerator.prepare(model, optimizer)
     total_steps = EPOCHS_OF_THE_ACCURACY_RUNS * -(-len(windows) // batch_size)
     scheduler = get_linear_schedule_with_warmup(

@@ -273,6 +273,18 @@ def load_best_weights(model, folder: Path) -> None:
         )
 
 
+def build_optimizer(model, args) -> torch.optim.AdamW:
+    """AdamW over the model's learning-rate groups: encoders, MGCM layers and heads, CRF transitions."""
+    return torch.optim.AdamW(
+        model.parameter_groups(
+            lr=args.learning_rate,
+            fusion_lr=args.fusion_learning_rate,
+            crf_lr=args.crf_learning_rate,
+            weight_decay=args.weight_decay,
+        )
+    )
+
+
 def peak_rss_mib() -> float | None:
     """This process's peak resident memory in MiB, or None where the OS does not report it."""
     try:
@@ -398,14 +410,7 @@ def train_and_evaluate(args):
     train_batches_total = len(train_dataloader)
 
     # ---- optimisation
-    optimizer = torch.optim.AdamW(
-        model.parameter_groups(
-            lr=args.learning_rate,
-            fusion_lr=args.fusion_learning_rate,
-            crf_lr=args.crf_learning_rate,
-            weight_decay=args.weight_decay,
-        )
-    )
+    optimizer = build_optimizer(model, args)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
     eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
