@@ -1,7 +1,9 @@
 """End-to-end runs of `examples/train.py` on a small synthetic corpus, in subprocesses as a user runs it."""
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +139,24 @@ def test_the_selected_model_and_processor_load_through_the_auto_classes(single_p
     assert not list(output_dir.glob("*.bin")), "weights must be safetensors"
     # The reloaded model reproduces the run's test metrics: it is the selected checkpoint.
     assert evaluate_saved_model(output_dir, "test") == results["metrics"]["test"]
+
+
+def test_the_benchmark_collector_reads_a_real_run_s_results(single_process_run, tmp_path):
+    output_dir, results = single_process_run
+    spec = importlib.util.spec_from_file_location("collect", REPO / "benchmarks" / "collect_accuracy.py")
+    collect_accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect_accuracy)
+    run_dir = tmp_path / "t15-minilm-full-s7"
+    run_dir.mkdir()
+    shutil.copy(output_dir / "results.json", run_dir)
+    records = {record["split"]: record for record in collect_accuracy.run_records(run_dir)}
+    assert set(records) == {"train", "valid", "test"}
+    for split, record in records.items():
+        assert record["overall_f1"] == results["metrics"][split]["lenient"]["overall_f1"]
+        assert record["strict_f1"] == results["metrics"][split]["strict"]["overall_f1"]
+        assert record["epochs"] == 3 and record["best_epoch"] == results["training"]["best_epoch"] + 1
+        assert record["train_seconds"] == results["training"]["train_seconds"] > 0
+        assert set(record["per_type"]) <= {"PER", "LOC", "ORG", "MISC"} and record["per_type"]
 
 
 def evaluate_saved_model(output_dir: Path, split_name: str) -> dict:

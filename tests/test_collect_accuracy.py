@@ -1,0 +1,166 @@
+"""`benchmarks/collect_accuracy.py` turns finished benchmark runs into accuracy.json, the BENCHMARKS.md tables
+and target verdicts, and the valid-F1 plot; `benchmarks/run_accuracy.sh LIST=1` reports the state of each run.
+(That the collector reads a real `examples/train.py` results.json is tested in test_train_script.py.)"""
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("collect_accuracy", REPO / "benchmarks" / "collect_accuracy.py")
+collect_accuracy = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(collect_accuracy)
+
+ISSUE_FIELDS = {
+    "dataset",
+    "split",
+    "config",
+    "encoder",
+    "seed",
+    "epochs",
+    "overall_precision",
+    "overall_recall",
+    "overall_f1",
+    "strict_f1",
+    "per_type",
+    "train_seconds",
+}
+
+
+def scores(f1: float) -> dict:
+    """seqeval-shaped scores whose overall and per-type F1 are `f1`."""
+    per_type = {
+        name: {"precision": f1, "recall": f1, "f1": f1, "number": 10}
+        for name in ("PER", "LOC", "ORG", "MISC")
+    }
+    return per_type | {"overall_precision": f1, "overall_recall": f1, "overall_f1": f1, "overall_number": 40}
+
+
+def write_run(runs: Path, name: str, f1_by_split: dict[str, float], valid_curve=(0.5, 0.6, 0.55)) -> None:
+    """A results.json shaped like examples/train.py's; strict F1 is lenient F1 minus 0.01."""
+    run_dir = runs / name
+    run_dir.mkdir(parents=True)
+    results = {
+        "metrics": {
+            split: {"lenient": scores(f1), "strict": scores(f1 - 0.01)} for split, f1 in f1_by_split.items()
+        },
+        "history": [{"epoch": epoch, "valid_f1": f1} for epoch, f1 in enumerate(valid_curve)],
+        "training": {
+            "epochs_run": len(valid_curve),
+            "best_epoch": max(range(len(valid_curve)), key=valid_curve.__getitem__),
+            "train_seconds": 123.0,
+            "mixed_precision": "bf16",
+        },
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture
+def collected(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (text, full) in enumerate([(0.70, 0.72), (0.72, 0.73), (0.71, 0.74)], start=1):
+        write_run(runs, f"t15-minilm-text-s{seed}", {"valid": text, "test": text})
+        write_run(runs, f"t15-minilm-full-s{seed}", {"valid": full, "test": full + 0.01})
+    write_run(runs, "t17-minilm-text-s1", {"valid": 0.83})
+    write_run(runs, "t17-minilm-full-s1", {"valid": 0.835})
+    write_run(runs, "t15-mpnet-text-s1", {"valid": 0.74, "test": 0.75})
+    write_run(runs, "t15-mpnet-full-s1", {"valid": 0.75, "test": 0.765}, valid_curve=(0.7, 0.75))
+    (runs / "t15-mpnet-full-s2").mkdir()  # started, not finished: no results.json, not collected
+    benchmarks_md = tmp_path / "BENCHMARKS.md"
+    benchmarks_md.write_text(
+        "# Benchmarks\n\nbefore\n\n<!-- accuracy-tables:start -->\nold tables\n<!-- accuracy-tables:end -->\n\nafter\n"
+    )
+    output, plot = tmp_path / "results" / "accuracy.json", tmp_path / "curves.png"
+    arguments = ["--runs", str(runs), "--output", str(output), "--benchmarks_md", str(benchmarks_md)]
+    collect_accuracy.main(arguments + ["--plot", str(plot)])
+    return json.loads(output.read_text()), benchmarks_md.read_text(), plot
+
+
+def test_every_finished_run_gives_one_record_per_split_with_the_issue_s_fields(collected):
+    records, _, _ = collected
+    assert len(records) == 6 * 2 + 2 * 1 + 2 * 2
+    for record in records:
+        assert ISSUE_FIELDS <= set(record)
+        assert set(record["per_type"]) == {"PER", "LOC", "ORG", "MISC"}
+    mpnet_full = [r for r in records if r["run"] == "t15-mpnet-full-s1"]
+    assert {r["split"]: r["overall_f1"] for r in mpnet_full} == {"valid": 0.75, "test": 0.765}
+    assert {(r["encoder"], r["dataset"], r["epochs"], r["best_epoch"]) for r in mpnet_full} == {
+        ("all-mpnet-base-v2", "twitter2015", 2, 2)
+    }
+
+
+def test_tables_give_mean_and_sample_std_over_seeds_with_strict_beside_and_keep_the_text_around(collected):
+    _, markdown, _ = collected
+    # text on twitter2015 valid: 70, 72, 71 -> mean 71.00, sample std 1.00; strict 1 point lower.
+    assert (
+        "| `text` | encoder + CRF | 71.00 ± 1.00 (70.00) | 71.00 ± 1.00 (70.00) | 83.00 (82.00) | 3 |"
+        in markdown
+    )
+    assert "old tables" not in markdown
+    assert markdown.startswith("# Benchmarks\n\nbefore\n") and markdown.endswith(
+        "<!-- accuracy-tables:end -->\n\nafter\n"
+    )
+    assert "**all-mpnet-base-v2**" in markdown
+    assert "- all-mpnet-base-v2, twitter2015, `full`: 2/2" in markdown
+
+
+def test_target_verdicts_follow_the_measured_gaps(collected):
+    _, markdown, _ = collected
+    # full - text on twitter2015 test: mean(73, 74, 75) - mean(70, 72, 71) = +3.00 over 3 seeds each.
+    assert (
+        "MiniLM full − text on twitter2015 test: +3.00 F1 (means over 3 and 3 seeds); target ≥ +1.0: **met**."
+        in markdown
+    )
+    # twitter2017 valid: +0.50 with one seed each: missed, and said to be incomplete.
+    assert (
+        "twitter2017 valid: +0.50 F1" in markdown
+        and "**missed so far (the target is over 3 seeds; 1 done)**" in markdown
+    )
+    assert (
+        "MPNet full on twitter2015 test: 76.50 F1; target ≥ 76.0: **met** (+1.50 over MPNet `text`, +1.63 over the plain"
+        in markdown
+    )
+
+
+def test_the_valid_curves_are_plotted_as_a_png(collected):
+    _, _, plot = collected
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_folder_that_is_not_a_benchmark_run_and_a_file_without_markers_are_refused(tmp_path):
+    write_run(tmp_path / "runs", "my-experiment", {"valid": 0.5})
+    with pytest.raises(ValueError, match="my-experiment: not a run_accuracy.sh run name"):
+        collect_accuracy.run_records(tmp_path / "runs" / "my-experiment")
+    unmarked = tmp_path / "BENCHMARKS.md"
+    unmarked.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="has no <!-- accuracy-tables:start -->"):
+        collect_accuracy.replace_between_markers(unmarked, "tables")
+
+
+def test_no_finished_run_stops_with_a_message(tmp_path):
+    with pytest.raises(SystemExit, match="no finished run"):
+        collect_accuracy.main(["--runs", str(tmp_path), "--benchmarks_md", str(tmp_path / "absent.md")])
+
+
+def test_the_run_script_lists_done_started_and_todo_runs_and_runs_nothing(tmp_path):
+    write_run(tmp_path, "t15-minilm-text-s1", {"valid": 0.7})
+    (tmp_path / "t15-minilm-full-s1" / "checkpoints").mkdir(parents=True)
+    environment = dict(os.environ, LIST="1", OUT=str(tmp_path), ONLY="t15-minilm-(text|full)-s[12]")
+    listed = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "run_accuracy.sh")],
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [
+        "done     t15-minilm-text-s1",
+        "started  t15-minilm-full-s1",
+        "todo     t15-minilm-text-s2",
+        "todo     t15-minilm-full-s2",
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["t15-minilm-full-s1", "t15-minilm-text-s1"]
