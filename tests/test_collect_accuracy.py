@@ -97,9 +97,11 @@ def test_tables_give_mean_and_sample_std_over_seeds_with_strict_beside_and_keep_
     _, markdown, _ = collected
     # text on twitter2015 valid: 70, 72, 71 -> mean 71.00, sample std 1.00; strict 1 point lower.
     assert (
-        "| `text` | encoder + CRF | 71.00 ± 1.00 (70.00) | 71.00 ± 1.00 (70.00) | 83.00 (82.00) | 3 |"
+        "| `text` | encoder + CRF | 71.00 ± 1.00 (70.00) | 71.00 ± 1.00 (70.00) | 83.00 (82.00) | 3 / 3 / 1 |"
         in markdown
     )
+    # A row whose columns share one seed count gives it once, and a column not run yet counts none.
+    assert "| `text` | encoder + CRF | 74.00 (73.00) | 75.00 (74.00) | not run yet | 1 |" in markdown
     assert "old tables" not in markdown
     assert markdown.startswith("# Benchmarks\n\nbefore\n") and markdown.endswith(
         "<!-- accuracy-tables:end -->\n\nafter\n"
@@ -121,7 +123,7 @@ def test_target_verdicts_follow_the_measured_gaps(collected):
         and "**missed so far (the target is over 3 seeds; 1 done)**" in markdown
     )
     assert (
-        "MPNet full on twitter2015 test: 76.50 F1; target ≥ 76.0: **met** (+1.50 over MPNet `text`, +1.63 over the plain"
+        "MPNet full on twitter2015 test: 76.50 F1 (mean over 1 seed); target ≥ 76.0: **met** (+1.50 over MPNet `text`, +1.63 over the plain"
         in markdown
     )
 
