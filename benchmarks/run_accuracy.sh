@@ -67,7 +67,9 @@ plan() {
   done
   # More seeds where one seed left a question open: the MPNet target on Twitter-2015 test, and the two
   # single-seed Twitter-2017 rows that came out above the full model.
-  for config in full text; do echo "t15 mpnet $config 2"; done
+  for seed in 2 3; do
+    for config in full text; do echo "t15 mpnet $config $seed"; done
+  done
   for seed in 2 3; do
     for config in text+shape+sa-add full-aux; do echo "t17 minilm $config $seed"; done
   done
