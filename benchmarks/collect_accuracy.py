@@ -113,12 +113,8 @@ def accuracy_tables(records: list[dict]) -> str:
                 else:
                     cells.append("not run yet")
             if any(counts):
-                ran = {count for count in counts if count}
-                n = (
-                    str(ran.pop())
-                    if len(ran) == 1
-                    else " / ".join(str(count) if count else "–" for count in counts)
-                )
+                ran = set(counts) - {0}
+                n = str(*ran) if len(ran) == 1 else " / ".join(str(count or "–") for count in counts)
                 lines.append(f"| `{config}` | {description} | " + " | ".join(cells) + f" | {n} |")
         lines.append("")
     return "\n".join(lines)
