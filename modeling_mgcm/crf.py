@@ -12,6 +12,9 @@ import torch
 from torch import Tensor, nn
 
 PADDING_TAG = -100
+# Score given to the tags a partly labelled word rules out: far below any real path, yet finite, so that
+# logsumexp over ruled-out tags has finite gradients (an all -inf logsumexp back-propagates NaN).
+_RULED_OUT = -1e9
 REDUCTIONS = ("none", "sum", "mean", "token_mean")
 
 
@@ -20,7 +23,9 @@ class ConditionalRandomField(nn.Module):
 
     The score of tags `y` for a row of length n is
     `start[y_0] + sum_t emissions[t, y_t] + sum_{t>=1} transitions[y_{t-1}, y_t] + end[y_{n-1}]`,
-    and its probability is `exp(score) / Z`, with `Z` summed over all L**n tag sequences.
+    and its probability is `exp(score) / Z`, with `Z` summed over all L**n tag sequences. A gold tag of
+    -100 on a real word means "unknown": the likelihood then sums over every tag of that word (Tsuboi et al.
+    2008), as -100 means "ignore this word" to a cross-entropy head.
 
     Parameters: `start_transitions` (L,), `end_transitions` (L,), `transitions` (L, L) where
     `transitions[i, j]` scores moving from tag i to tag j.
@@ -49,7 +54,8 @@ class ConditionalRandomField(nn.Module):
 
         Args:
             emissions: (B, W, L) float scores.
-            tags: (B, W) long gold tags; values at masked positions are ignored (may be -100).
+            tags: (B, W) long gold tags; -100 on a real word leaves it unlabelled (marginalised over);
+                values at masked positions are ignored.
             mask: (B, W) bool, left-aligned.
             reduction: "none" -> (B,); "sum" -> scalar; "mean" -> mean over rows;
                 "token_mean" -> sum divided by the number of unmasked words.
@@ -59,11 +65,19 @@ class ConditionalRandomField(nn.Module):
                 f"ConditionalRandomField: reduction must be one of {REDUCTIONS}, got {reduction!r}"
             )
         emissions, mask = self._validate(emissions, mask)
-        tags = self._validate_tags(tags, mask)
+        tags, labelled = self._validate_tags(tags, mask, allow_unknown=True)
         start, end, transitions = self._float_parameters()
-        log_alphas = _forward_log_alphas(emissions, mask, start, transitions)
-        log_partition = torch.logsumexp(log_alphas[:, -1] + end, dim=-1)
-        gold_score = _sequence_score(emissions, tags, mask, start, end, transitions)
+        log_partition = torch.logsumexp(
+            _forward_log_alphas(emissions, mask, start, transitions)[:, -1] + end, dim=-1
+        )
+        # The gold score sums over the paths that agree with every labelled word (one path when all are).
+        ruled_out = labelled.unsqueeze(-1) & (
+            tags.unsqueeze(-1) != torch.arange(self.num_tags, device=tags.device)
+        )
+        gold_emissions = emissions.masked_fill(ruled_out, _RULED_OUT)
+        gold_score = torch.logsumexp(
+            _forward_log_alphas(gold_emissions, mask, start, transitions)[:, -1] + end, dim=-1
+        )
         negative_log_likelihood = log_partition - gold_score
         if reduction == "none":
             return negative_log_likelihood
@@ -83,7 +97,7 @@ class ConditionalRandomField(nn.Module):
     def score_sequence(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
         """Unnormalised score of `tags`: (B, W, L), (B, W), (B, W) -> (B,). Masked tags are ignored."""
         emissions, mask = self._validate(emissions, mask)
-        tags = self._validate_tags(tags, mask)
+        tags, _ = self._validate_tags(tags, mask, allow_unknown=False)
         start, end, transitions = self._float_parameters()
         return _sequence_score(emissions, tags, mask, start, end, transitions)
 
@@ -149,24 +163,26 @@ class ConditionalRandomField(nn.Module):
             )
         return emissions.float(), mask
 
-    def _validate_tags(self, tags: Tensor, mask: Tensor) -> Tensor:
-        """Check gold tags at unmasked positions; return them with masked positions set to 0."""
+    def _validate_tags(self, tags: Tensor, mask: Tensor, allow_unknown: bool) -> tuple[Tensor, Tensor]:
+        """Check gold tags at unmasked positions; return them with unlabelled positions set to 0, and the
+        (B, W) bool mask of labelled words (real words whose tag is not -100 when `allow_unknown`)."""
         if tags.shape != mask.shape:
             raise ValueError(
                 f"ConditionalRandomField: tags shape {tuple(tags.shape)} does not match mask {tuple(mask.shape)}"
             )
         if tags.is_floating_point() or tags.dtype == torch.bool:
             raise TypeError(f"ConditionalRandomField: tags must be an integer tensor, got {tags.dtype}")
-        # Masked positions often hold -100; any in-range value keeps the gathers below valid.
-        tags = torch.where(mask, tags.long(), torch.zeros_like(tags, dtype=torch.long))
-        out_of_range = mask & ((tags < 0) | (tags >= self.num_tags))
+        tags = tags.long()
+        labelled = mask & (tags != PADDING_TAG) if allow_unknown else mask
+        out_of_range = labelled & ((tags < 0) | (tags >= self.num_tags))
         if bool(out_of_range.any()):
             row, word = out_of_range.nonzero()[0].tolist()
             raise ValueError(
                 f"ConditionalRandomField: tag {int(tags[row, word])} at row {row}, word {word} is outside "
                 f"0..{self.num_tags - 1} (mask that position if it is padding)"
             )
-        return tags
+        # Any in-range value keeps the gathers valid where the tag is unknown or padding.
+        return tags.masked_fill(~labelled, 0), labelled
 
 
 def _forward_log_alphas(emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor) -> Tensor:

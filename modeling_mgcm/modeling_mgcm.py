@@ -50,7 +50,7 @@ class MGCMModelOutput(ModelOutput):
         text_hidden_state: (B, W, d) the text stream: word states after one extra self-attention layer.
         word_mask: (B, W) bool, True for real words.
         gate_values: granularity name -> (B, W) mean sigmoid gate between branch (a) and (b); 0 at padding
-            words and for examples without that input. Only granularities present in the batch.
+            words and for examples without that input. Every granularity of the config.
         hidden_states: the text encoder's hidden states (tuple of (B, T, d)) when asked.
         attentions: the text encoder's attentions when asked (needs `attn_implementation="eager"`).
         cross_attentions: granularity name -> (B, W, R|O|C) word-to-visual attention of branch (a),
@@ -442,6 +442,7 @@ class MGCMModel(MGCMPreTrainedModel):
         text_states = self.text_self_attention(word_states, word_states, word_mask)[0]
 
         visual_inputs = self._visual_tokens(
+            word_mask,
             pixel_values,
             image_features,
             image_mask,
@@ -451,13 +452,10 @@ class MGCMModel(MGCMPreTrainedModel):
             caption_attention_mask,
         )
         gate_values, cross_attentions, granularity_states = {}, {}, []
-        word_queries = self.word_projection(word_states) if visual_inputs else None
-        absent = word_states.new_zeros(word_states.shape[:2] + (self.config.cross_modal_width,))
+        word_queries = self.word_projection(word_states)
+        # Every block runs on every batch, on masked input where examples lack it: a block skipped because
+        # its input is absent from one batch would leave its parameters out of the graph, and DDP stops.
         for name, block in self.cross_modal_blocks.items():
-            if name not in visual_inputs:
-                # Absent from the whole batch: the same zeros a masked example gets from its block.
-                granularity_states.append(absent)
-                continue
             visual_states, visual_mask = visual_inputs[name]
             fused, gate, weights = block(
                 word_queries, word_mask, visual_states, visual_mask, output_attentions
@@ -552,6 +550,7 @@ class MGCMModel(MGCMPreTrainedModel):
 
     def _visual_tokens(
         self,
+        word_mask: Tensor,
         pixel_values: Tensor | None,
         image_features: Tensor | None,
         image_mask: Tensor | None,
@@ -560,25 +559,32 @@ class MGCMModel(MGCMPreTrainedModel):
         caption_input_ids: Tensor | None,
         caption_attention_mask: Tensor | None,
     ) -> dict[str, tuple[Tensor, Tensor]]:
-        """Granularity name -> (visual states (B, N, d_c), mask (B, N) bool), for those present in the batch."""
+        """Granularity name -> (visual states (B, N, d_c), mask (B, N) bool), for every granularity of the
+        config; an input missing from the batch is one fully masked token per example."""
+        batch_size, device = word_mask.shape[0], word_mask.device
+        no_input = torch.zeros(batch_size, 1, dtype=torch.bool, device=device)
         tokens = {}
-        if self.image_encoder is not None and (pixel_values is not None or image_features is not None):
-            image = self._image_tokens(pixel_values, image_features, image_mask)
-            if image is not None:
-                tokens["image"] = image
-        if self.object_encoder is not None and object_ids is not None:
-            objects = self._object_tokens(object_ids, object_mask)
-            if objects is not None:
-                tokens["objects"] = objects
-        if "caption" in self.cross_modal_blocks and caption_input_ids is not None:
-            caption = self._caption_tokens(caption_input_ids, caption_attention_mask)
-            if caption is not None:
-                tokens["caption"] = caption
+        if self.image_encoder is not None:
+            if pixel_values is None and image_features is None:
+                image_features = torch.zeros(batch_size, 1, self.config.image_feature_dim, device=device)
+                image_mask = no_input[:, 0]
+            tokens["image"] = self._image_tokens(pixel_values, image_features, image_mask)
+        if self.object_encoder is not None:
+            if object_ids is None:
+                object_ids = no_input.long() + self.object_encoder.padding_id
+                object_mask = no_input
+            tokens["objects"] = self._object_tokens(object_ids, object_mask)
+        if "caption" in self.cross_modal_blocks:
+            if caption_input_ids is None:
+                hidden_states = torch.zeros(batch_size, 1, self.config.hidden_size, device=device)
+                tokens["caption"] = self.caption_projection(hidden_states), no_input
+            else:
+                tokens["caption"] = self._caption_tokens(caption_input_ids, caption_attention_mask)
         return tokens
 
     def _image_tokens(
         self, pixel_values: Tensor | None, image_features: Tensor | None, image_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor] | None:
+    ) -> tuple[Tensor, Tensor]:
         if pixel_values is not None and image_features is not None:
             raise ValueError("pass either pixel_values or precomputed image_features, not both")
         given = pixel_values if pixel_values is not None else image_features
@@ -589,10 +595,8 @@ class MGCMModel(MGCMPreTrainedModel):
             raise ValueError(f"image_mask must have shape ({batch_size},), got {tuple(image_mask.shape)}")
         else:
             present = image_mask.bool()
-        if not bool(present.any()):
-            return None
         if pixel_values is not None:
-            image_features = self._backbone_features(pixel_values, present)
+            image_features = self._backbone_features(pixel_values)
         elif image_features.dim() != 3 or image_features.shape[-1] != self.config.image_feature_dim:
             raise ValueError(
                 f"image_features must be (B, R, {self.config.image_feature_dim}) (config.image_feature_dim), "
@@ -600,31 +604,29 @@ class MGCMModel(MGCMPreTrainedModel):
             )
         image_features = image_features.to(self.image_encoder.projection.weight.dtype)
         # Rows without an image may hold anything; zeros keep NaN out of the shared layers' gradients.
-        if not bool(present.all()):
-            image_features = image_features.masked_fill(~present[:, None, None], 0.0)
+        image_features = image_features.masked_fill(~present[:, None, None], 0.0)
         region_mask = present.unsqueeze(1).expand(-1, image_features.shape[1])
         return self.image_encoder(image_features, region_mask), region_mask
 
-    def _backbone_features(self, pixel_values: Tensor, present: Tensor) -> Tensor:
-        """Run the vision backbone on the rows that have an image: (B, 3, H, W) -> (B, R, D_v)."""
+    def _backbone_features(self, pixel_values: Tensor) -> Tensor:
+        """Run the vision backbone on every row, (B, 3, H, W) -> (B, R, D_v); rows without an image are
+        masked afterwards, so the graph is the same whichever rows have one."""
         if self.vision_model is None:
             raise ValueError(
                 "this MGCM config has no vision_config, so the model cannot read pixel_values: pass "
                 f"precomputed image_features (B, R, {self.config.image_feature_dim}) instead"
             )
-        rows = present.nonzero().squeeze(1)
         frozen = self.config.freeze_vision_backbone
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            features = extract_image_features(self.vision_model, pixel_values[rows])
+            features = extract_image_features(self.vision_model, pixel_values)
         if features.shape[-1] != self.config.image_feature_dim:
             raise ValueError(
                 f"the vision backbone gave {features.shape[-1]}-d regions but config.image_feature_dim is "
                 f"{self.config.image_feature_dim}"
             )
-        all_rows = features.new_zeros((pixel_values.shape[0],) + tuple(features.shape[1:]))
-        return all_rows.index_copy(0, rows, features)
+        return features
 
-    def _object_tokens(self, object_ids: Tensor, object_mask: Tensor | None) -> tuple[Tensor, Tensor] | None:
+    def _object_tokens(self, object_ids: Tensor, object_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         padding_id = self.object_encoder.padding_id
         if object_ids.dim() != 2:
             raise ValueError(f"object_ids must be (B, max_objects), got {tuple(object_ids.shape)}")
@@ -642,14 +644,12 @@ class MGCMModel(MGCMPreTrainedModel):
                 f"object_mask has shape {tuple(object_mask.shape)} but object_ids {tuple(object_ids.shape)}"
             )
         object_mask = object_mask.bool()
-        if not bool(object_mask.any()):
-            return None
         object_ids = object_ids.masked_fill(~object_mask, padding_id)
         return self.object_encoder(object_ids), object_mask
 
     def _caption_tokens(
         self, caption_input_ids: Tensor, caption_attention_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor] | None:
+    ) -> tuple[Tensor, Tensor]:
         """Caption pieces through the shared text encoder, only for rows that have a caption."""
         if caption_attention_mask is None:
             raise ValueError(
@@ -662,18 +662,23 @@ class MGCMModel(MGCMPreTrainedModel):
             )
         caption_mask = caption_attention_mask.bool()
         present = caption_mask.any(dim=1)
-        if not bool(present.any()):
-            return None
         batch_size, caption_length = caption_input_ids.shape
+        # Rows without a caption keep the projection of zeros (masked everywhere downstream); it also keeps
+        # the projection in the graph of a batch in which no row has a caption.
+        blank = torch.zeros(
+            batch_size, caption_length, self.config.hidden_size, device=caption_input_ids.device
+        )
+        all_rows = self.caption_projection(blank)
         # Captions run from 5 to 30 pieces: encoding them in groups of similar length, each cut to its
         # longest caption, spares the encoder about a quarter of the padding a single batch would carry.
         positions = torch.arange(1, caption_length + 1, device=caption_mask.device)
         lengths = (caption_mask * positions).amax(dim=1)
         rows = present.nonzero().squeeze(1)
         rows = rows[lengths[rows].argsort(stable=True)]
-        all_rows = None
         detached = self.config.detach_caption_encoding
-        for group in torch.tensor_split(rows, min(CAPTION_LENGTH_GROUPS, len(rows))):
+        for group in torch.tensor_split(rows, max(1, min(CAPTION_LENGTH_GROUPS, len(rows)))):
+            if group.numel() == 0:
+                continue
             length = int(lengths[group[-1]])
             with (
                 torch.set_grad_enabled(torch.is_grad_enabled() and not detached),
@@ -685,9 +690,9 @@ class MGCMModel(MGCMPreTrainedModel):
                     return_dict=True,
                 ).last_hidden_state
             states = self.caption_projection(states)
-            if all_rows is None:
-                all_rows = states.new_zeros((batch_size, caption_length, states.shape[-1]))
-            all_rows = all_rows.index_put((group.unsqueeze(1), positions[:length].unsqueeze(0) - 1), states)
+            all_rows = all_rows.to(states.dtype).index_put(
+                (group.unsqueeze(1), positions[:length].unsqueeze(0) - 1), states
+            )
         return all_rows, caption_mask
 
 
@@ -811,7 +816,11 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> MGCMTokenClassifierOutput | tuple:
-        """Emissions, Viterbi predictions and, with word-level `labels` (B, W) (-100 at padding), the loss."""
+        """Emissions, Viterbi predictions and, with word-level `labels` (B, W), the loss.
+
+        A label of -100 ignores the word: padding, or a real word left unlabelled, which the CRF sums over
+        (every tag possible there) and cross-entropy skips.
+        """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         encoded = self.mgcm(
             input_ids=input_ids,
@@ -870,7 +879,7 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
 
     def _span_labels(self, labels: Tensor, word_mask: Tensor) -> Tensor:
         """Word labels (B, W) -> auxiliary span tags (0 O, 1 B, 2 I), -100 where the label is."""
-        bad = word_mask & ((labels < 0) | (labels >= self.config.num_labels))
+        bad = word_mask & (labels != PADDING_LABEL) & ((labels < 0) | (labels >= self.config.num_labels))
         if bool(bad.any()):
             row, word = _first_true(bad)
             raise ValueError(

@@ -75,6 +75,30 @@ def test_log_partition_and_nll_match_enumeration(lengths, width):
 
 
 @pytest.mark.parametrize(("lengths", "width"), LENGTH_CASES)
+def test_an_unlabelled_real_word_is_summed_over_as_enumeration_says(lengths, width):
+    """-100 on a real word means "ignore this word": the likelihood sums over every tag it could take."""
+    crf = make_crf(seed=4)
+    emissions, tags, mask = make_inputs(lengths, width, seed=4)
+    generator = torch.Generator().manual_seed(4)
+    unlabelled = mask & (torch.rand(mask.shape, generator=generator) < 0.5)
+    unlabelled[0, 0] = True  # at least one, and at the first word, where the start score applies
+    partial = tags.masked_fill(unlabelled, -100)
+    emissions.requires_grad_(True)
+    nll = crf(emissions, partial, mask, reduction="none")
+    nll.sum().backward()
+    assert torch.isfinite(emissions.grad).all()
+    for row, length in enumerate(lengths):
+        sequences, scores = brute_force(crf, emissions[row].detach(), length)
+        labelled = ~unlabelled[row, :length]
+        agrees = ((sequences == tags[row, :length]) | ~labelled).all(dim=1)
+        expected = torch.logsumexp(scores, dim=0) - torch.logsumexp(scores[agrees], dim=0)
+        assert nll[row].item() == pytest.approx(expected.item(), abs=1e-4)
+    # A row with every word unlabelled carries no information: its loss is 0.
+    all_unknown = crf(emissions.detach(), tags.masked_fill(mask, -100), mask, reduction="none")
+    assert torch.allclose(all_unknown, torch.zeros_like(all_unknown), atol=1e-4)
+
+
+@pytest.mark.parametrize(("lengths", "width"), LENGTH_CASES)
 def test_decode_is_the_enumerated_argmax_with_padding_marked(lengths, width):
     crf = make_crf(seed=1)
     emissions, _, mask = make_inputs(lengths, width, seed=1)
@@ -182,9 +206,12 @@ def test_bad_shapes_dtypes_and_tag_values_are_rejected():
     bad_tags[1, 1] = 7
     with pytest.raises(ValueError, match="tag 7 at row 1, word 1"):
         crf(emissions, bad_tags, mask)
+    bad_tags[1, 1] = -5
+    with pytest.raises(ValueError, match="tag -5 at row 1, word 1"):
+        crf(emissions, bad_tags, mask)
     bad_tags[1, 1] = -100
     with pytest.raises(ValueError, match="tag -100 at row 1, word 1"):
-        crf(emissions, bad_tags, mask)
+        crf.score_sequence(emissions, bad_tags, mask)
 
 
 def test_large_emissions_stay_finite():

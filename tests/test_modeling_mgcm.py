@@ -249,7 +249,7 @@ def test_an_absent_input_gives_exactly_the_output_of_a_batch_without_it(tiny_tex
     assert torch.isfinite(with_input.logits).all()
     assert torch.equal(with_input.logits[1], without_input.logits[1])
     assert (with_input.gate_values[granularity][1] == 0).all()
-    assert granularity not in without_input.gate_values
+    assert (without_input.gate_values[granularity] == 0).all()
     # The examples that have the input do use it.
     assert not torch.allclose(with_input.logits[0], without_input.logits[0])
 
@@ -260,7 +260,8 @@ def test_an_example_without_any_visual_input_matches_a_text_only_batch(tiny_text
     full = run(model, build_batch(examples))
     text_only = run(model, build_batch(examples, without=("image", "objects", "caption")))
     assert torch.equal(full.logits[1], text_only.logits[1])
-    assert text_only.gate_values == {}
+    assert set(text_only.gate_values) == {"image", "objects", "caption"}
+    assert all((gate == 0).all() for gate in text_only.gate_values.values())
 
 
 def test_padding_and_batch_composition_do_not_change_an_example(tiny_text_config):
@@ -334,6 +335,53 @@ def test_gradients_reach_every_trainable_module_and_never_the_frozen_backbone(
     vision = dict(model.mgcm.vision_model.named_parameters())
     assert vision and all(not p.requires_grad and p.grad is None for p in vision.values())
     assert not any(name.startswith("mgcm.vision_model.") for name in trainable)
+
+
+def examples_lacking(*granularities: str) -> list[Example]:
+    """Three tweets none of which has the given inputs."""
+    return [
+        random_example(index, size, **dict.fromkeys(granularities, False))
+        for index, size in enumerate((5, 3, 6))
+    ]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda: build_batch(examples_lacking(*GRANULARITY_KEYS)), id="all-masked"),
+        pytest.param(
+            lambda: build_batch(examples_lacking(*GRANULARITY_KEYS), without=tuple(GRANULARITY_KEYS)),
+            id="all-missing",
+        ),
+        pytest.param(lambda: build_batch(examples_lacking("objects")), id="no-objects"),
+        pytest.param(lambda: build_batch(examples_lacking("caption")), id="no-caption"),
+    ],
+)
+def test_every_trainable_parameter_is_in_the_graph_when_no_example_has_a_side_input(tiny_text_config, build):
+    """DDP needs every parameter in every step's graph: a batch without any image, object or caption still
+    runs each block (on masked input), so each trainable parameter gets a gradient, zero or not."""
+    model = tiny_model(tiny_text_config).train()
+    model(**build()).loss.backward()
+    without_gradient = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert without_gradient == []
+
+
+def test_an_unlabelled_real_word_is_ignored_by_the_loss(tiny_text_config):
+    """-100 on a real word: the CRF sums over its tags; the loss is finite and the word's emission gets a
+    gradient only through that sum, so a label there would change the loss."""
+    model = tiny_model(tiny_text_config)
+    batch = build_batch(three_examples(), extra_words=1)
+    partial = batch["labels"].clone()
+    partial[0, 1] = -100
+    with torch.no_grad():
+        full_loss = model(**batch).loss
+        partial_loss = model(**(batch | {"labels": partial})).loss
+    assert torch.isfinite(partial_loss) and partial_loss < full_loss
+    without_crf = tiny_model(tiny_text_config, use_crf=False, aux_span_loss_weight=0.0)
+    with torch.no_grad():
+        output = without_crf(**(batch | {"labels": partial}))
+    keep = batch["word_mask"].bool() & (partial != -100)
+    torch.testing.assert_close(output.loss, F.cross_entropy(output.logits[keep], partial[keep]))
 
 
 def test_an_unfrozen_vision_backbone_trains(tiny_text_config, tiny_resnet_config):
