@@ -57,6 +57,7 @@ from processing.checkpointing import (
 )
 from processing.evaluation import evaluate_corpus
 from processing.model_card import render_model_card
+from processing.nonfinite_loss import NonFiniteLossMonitor
 from processing.synthetic import SYNTHETIC_OBJECT_LABELS, score_ambiguous_mentions
 from processing.tiny_backbones import (
     build_corpus_tokenizer,
@@ -151,6 +152,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     run.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in output_dir/runs")
     run.add_argument(
+        "--logging_steps",
+        type=int,
+        default=10,
+        help="every N optimizer steps: log the mean train loss and check every process's loss is finite "
+        "(the learning rates are logged at every step)",
+    )
+    run.add_argument(
         "--final_eval_splits",
         default=None,
         help="comma-separated splits the selected model is evaluated on at the end (default: all)",
@@ -198,6 +206,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.crf_learning_rate = 1e-2
     if args.num_train_epochs is None:
         args.num_train_epochs = 12 if args.synthetic else 5
+    if args.logging_steps < 1:
+        parser.error("--logging_steps must be at least 1")
     if args.checkpointing_steps not in ("epoch", "no") and not args.checkpointing_steps.isdigit():
         parser.error("--checkpointing_steps takes 'epoch', 'no' or a number of steps")
     return args
@@ -417,8 +427,13 @@ def train_and_evaluate(args):
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * steps_per_epoch
     args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    # The prepared scheduler takes num_processes steps per optimizer step (Accelerate's rule for batches that
+    # are not split), so it is sized in those units: the rate at each optimizer step is then the same on
+    # any number of processes.
     scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(args.warmup_ratio * args.max_train_steps), args.max_train_steps
+        optimizer,
+        int(args.warmup_ratio * args.max_train_steps) * accelerator.num_processes,
+        args.max_train_steps * accelerator.num_processes,
     )
     scheduler = accelerator.prepare(scheduler)
     if args.with_tracking:
@@ -446,7 +461,11 @@ def train_and_evaluate(args):
                 "resumed from %s: epoch %d, batch %d", checkpoint, state["epoch"], state["batches_in_epoch"]
             )
 
+    nonfinite_loss = NonFiniteLossMonitor(accelerator)
+    consequence = f"No checkpoint was written after the fault; the last good one is in {checkpoints_dir}."
+
     def checkpoint_now():
+        nonfinite_loss.check(consequence)
         save_checkpoint(accelerator, checkpoints_dir, state["completed_steps"], state)
         if accelerator.is_main_process:
             prune_checkpoints(checkpoints_dir, args.keep_checkpoints)
@@ -475,37 +494,57 @@ def train_and_evaluate(args):
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
         batches = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
         state["batches_in_epoch"] = skip
-        epoch_loss, epoch_batches = 0.0, 0
+        # Summed on the device: reading the loss on the host at every batch would stall a GPU.
+        epoch_loss = torch.zeros((), device=accelerator.device)
+        epoch_batches = 0
         epoch_started = time.perf_counter()
         for batch in batches:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite training loss {loss.item()} at epoch {epoch}, batch {state['batches_in_epoch']}, "
-                        f"optimizer step {state['completed_steps']}; the last good checkpoint is in {checkpoints_dir}"
-                    )
+                nonfinite_loss.record(loss, state["completed_steps"] + 1)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                if accelerator.sync_gradients:
+                    if args.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    # The rate this optimizer step applies, per parameter group (decay variants share it).
+                    learning_rates = {
+                        group["name"].removesuffix("_no_decay"): group["lr"]
+                        for group in optimizer.param_groups
+                    }
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
             state["batches_in_epoch"] += 1
             batches_seen += 1
-            epoch_loss += loss.detach().float().item()
+            epoch_loss += loss.detach().float()
             epoch_batches += 1
-            if accelerator.sync_gradients:
-                state["completed_steps"] += 1
-                progress.update(1)
-                progress.set_postfix(loss=f"{epoch_loss / epoch_batches:.3f}")
-                if (
-                    args.checkpointing_steps.isdigit()
-                    and state["completed_steps"] % int(args.checkpointing_steps) == 0
-                ):
-                    checkpoint_now()
-                if state["completed_steps"] >= args.max_train_steps:
-                    break
+            if not accelerator.sync_gradients:
+                continue
+            state["completed_steps"] += 1
+            step = state["completed_steps"]
+            progress.update(1)
+            logger.info(
+                "optimizer step %d: learning rate %s",
+                step,
+                " ".join(f"{name}={rate:.6e}" for name, rate in learning_rates.items()),
+            )
+            if args.with_tracking:
+                accelerator.log(
+                    {f"learning_rate/{name}": rate for name, rate in learning_rates.items()}, step=step
+                )
+            if step % args.logging_steps == 0:
+                nonfinite_loss.check(consequence)
+                mean_loss = accelerator.reduce(epoch_loss / epoch_batches, reduction="mean").item()
+                progress.set_postfix(loss=f"{mean_loss:.3f}")
+                logger.info("optimizer step %d: mean train loss this epoch %.4f", step, mean_loss)
+                if args.with_tracking:
+                    accelerator.log({"train_loss": mean_loss}, step=step)
+            if args.checkpointing_steps.isdigit() and step % int(args.checkpointing_steps) == 0:
+                checkpoint_now()
+            if step >= args.max_train_steps:
+                break
+        nonfinite_loss.check(consequence)
+        epoch_loss = accelerator.reduce(epoch_loss / max(epoch_batches, 1), reduction="mean").item()
         # ---- selection on valid only
         valid_started = time.perf_counter()
         metrics, _ = evaluate_corpus(
@@ -520,7 +559,7 @@ def train_and_evaluate(args):
         state["history"].append(
             {
                 "epoch": epoch,
-                "train_loss": epoch_loss / max(epoch_batches, 1),
+                "train_loss": epoch_loss,
                 "valid_f1": valid_f1,
                 "valid_strict_f1": metrics["strict"]["overall_f1"],
                 "train_batches": epoch_batches,
@@ -531,13 +570,14 @@ def train_and_evaluate(args):
         logger.info(
             "epoch %d: train loss %.4f, valid F1 %.2f (lenient) / %.2f (strict)",
             epoch,
-            epoch_loss / max(epoch_batches, 1),
+            epoch_loss,
             100 * valid_f1,
             100 * metrics["strict"]["overall_f1"],
         )
         if args.with_tracking:
             accelerator.log(
-                {"valid_f1": valid_f1, "train_loss": epoch_loss / max(epoch_batches, 1)}, step=epoch
+                {"valid_f1": valid_f1, "epoch_train_loss": epoch_loss, "epoch": epoch + 1},
+                step=state["completed_steps"],
             )
         if valid_f1 > state["best_f1"]:
             state["best_f1"], state["best_epoch"] = valid_f1, epoch

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import site
 import subprocess
 import sys
 import textwrap
@@ -133,13 +134,15 @@ def fixed_batch(folder: Path) -> dict:
 # Runs in the clean process: only the standard library and site-packages are importable, not this project.
 CLEAN_PROCESS_SCRIPT = textwrap.dedent(
     """
-    import json, sys, sysconfig
+    import json, os, sys
 
     # -I -S gave a sys.path without site-packages and without this project's editable install (a .pth
-    # hook); add the installed third-party packages back, and nothing else.
-    for key in ("purelib", "platlib"):
-        if sysconfig.get_paths()[key] not in sys.path:
-            sys.path.append(sysconfig.get_paths()[key])
+    # hook, which only `site` reads); add the parent's site-packages folders back as plain folders, and
+    # nothing else. They come from the parent: in a virtual environment `sysconfig` here would name the
+    # base interpreter's site-packages, where the environment's packages are not.
+    for folder in sys.argv[4].split(os.pathsep):
+        if folder not in sys.path:
+            sys.path.append(folder)
     for name in ("processing", "modeling_mgcm"):
         try:
             __import__(name)
@@ -190,7 +193,8 @@ def test_exported_folder_loads_in_a_clean_process_with_identical_predictions(
     environment.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     completed = subprocess.run(
         [sys.executable, "-I", "-S", str(tmp_path / "clean_load.py"), str(exported_dir)]
-        + [str(tmp_path / "batch.json"), str(tmp_path / "remote.safetensors")],
+        + [str(tmp_path / "batch.json"), str(tmp_path / "remote.safetensors")]
+        + [os.pathsep.join(site.getsitepackages())],
         cwd=work_dir,
         env=environment,
         capture_output=True,

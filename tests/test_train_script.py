@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
+from training_runs import TRAIN_SCRIPT, run_environment, two_cpu_processes
 from transformers import AutoModelForTokenClassification, AutoProcessor
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
@@ -21,7 +21,6 @@ from processing.checkpointing import latest_checkpoint
 from processing.evaluation import evaluate_corpus
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_SCRIPT = REPO / "examples" / "train.py"
 SIZES = (64, 24, 24)
 SEED = 7
 SMALL_RUN = [
@@ -34,12 +33,6 @@ SMALL_RUN = [
     "8",
     "--no_text_only_baseline",
 ]
-
-
-def run_environment(**overrides: str) -> dict:
-    environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(REPO))
-    environment.pop("ACCELERATE_USE_CPU", None)
-    return environment | overrides
 
 
 def train(output_dir: Path, *extra: str, launcher: list[str] | None = None, **environment: str) -> dict:
@@ -67,7 +60,27 @@ def overall_scores(results: dict) -> dict:
 @pytest.fixture(scope="module")
 def single_process_run(tmp_path_factory) -> tuple[Path, dict]:
     output_dir = tmp_path_factory.mktemp("single") / "run"
-    return output_dir, train(output_dir, "--num_train_epochs", "3", "--checkpointing_steps", "4")
+    return output_dir, train(
+        output_dir, "--num_train_epochs", "3", "--checkpointing_steps", "4", "--with_tracking"
+    )
+
+
+def test_tracking_records_the_learning_rate_of_every_group_at_every_optimizer_step(single_process_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir, results = single_process_run
+    (event_file,) = output_dir.rglob("events.out.tfevents*")
+    events = EventAccumulator(str(event_file.parent))
+    events.Reload()
+    steps = results["training"]["optimizer_steps"]
+    assert steps == 24  # 64 tweets in batches of 8, 3 epochs
+    for group in ("backbone", "fusion", "crf"):
+        rates = {event.step: event.value for event in events.Scalars(f"learning_rate/{group}")}
+        assert sorted(rates) == list(range(1, steps + 1))
+        # Linear warm-up over 2 steps (10% of 24) from 0, then linear decay towards 0 at step 25.
+        assert rates[1] == 0.0 and rates[3] > rates[4] > rates[steps] > 0
+    valid = [event.step for event in events.Scalars("valid_f1")]
+    assert valid == [8, 16, 24]
 
 
 def test_run_writes_results_for_every_split_in_both_seqeval_modes(single_process_run):
@@ -216,25 +229,9 @@ def test_a_run_killed_mid_training_resumes_to_the_same_metrics(single_process_ru
 
 def test_two_process_cpu_run_splits_the_batches_and_gathers_every_example(tmp_path):
     output_dir = tmp_path / "ddp"
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29533",
-    ]
-    # Without ACCELERATE_USE_CPU, --multi_gpu on a machine without GPUs starts two processes that each
-    # believe they are alone; `--cpu --num_processes 2` silently starts one.
-    results = train(output_dir, "--num_train_epochs", "1", launcher=launcher, ACCELERATE_USE_CPU="true")
+    results = train(
+        output_dir, "--num_train_epochs", "1", launcher=two_cpu_processes(), ACCELERATE_USE_CPU="true"
+    )
     training = results["training"]
     assert training["num_processes"] == 2
     assert training["train_batches_per_process"] == -(-training["train_batches_total"] // 2)
