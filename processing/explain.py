@@ -276,6 +276,20 @@ def _model_view(pixel_values: np.ndarray, image_processor: Any) -> np.ndarray:
     return np.clip(pixels.transpose(1, 2, 0), 0.0, 1.0)
 
 
+def _inputs_present(encoding) -> set[str]:
+    """The granularities that the one post of `encoding` has an input for."""
+    present = set()
+    if "pixel_values" in encoding or "image_features" in encoding:
+        image_mask = encoding.get("image_mask")
+        if image_mask is None or bool(image_mask[0]):
+            present.add("image")
+    if "object_mask" in encoding and bool(encoding["object_mask"][0].any()):
+        present.add("objects")
+    if "caption_attention_mask" in encoding and bool(encoding["caption_attention_mask"][0].any()):
+        present.add("caption")
+    return present
+
+
 def _caption_word_columns(
     processor: Any, caption: str, caption_ids: list[int]
 ) -> tuple[list[str], list[int], str]:
@@ -376,8 +390,15 @@ def explain_post(
     id2label = {int(index): name for index, name in config.id2label.items()}
     tags = [id2label[int(tag)] for tag in tag_ids]
     tag_probabilities = word_probabilities[np.arange(len(tags)), tag_ids]
-    gate_values = {name: merged(values) for name, values in (output.gate_values or {}).items()}
-    attention = {name: merged(values) for name, values in (output.cross_attentions or {}).items()}
+    # The model reports every granularity of its config (zeros where an input is absent); explain those
+    # the post has.
+    present = _inputs_present(encoding)
+    gate_values = {
+        name: merged(values) for name, values in (output.gate_values or {}).items() if name in present
+    }
+    attention = {
+        name: merged(values) for name, values in (output.cross_attentions or {}).items() if name in present
+    }
 
     explanation = PostExplanation(
         text=post["text"],

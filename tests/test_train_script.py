@@ -69,9 +69,10 @@ def test_tracking_records_the_learning_rate_of_every_group_at_every_optimizer_st
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     output_dir, results = single_process_run
-    (event_file,) = output_dir.rglob("events.out.tfevents*")
-    events = EventAccumulator(str(event_file.parent))
-    events.Reload()
+    # The hyperparameters go to an event file of their own, in a subfolder; the scalars to the run's folder.
+    folders = {path.parent for path in output_dir.rglob("events.out.tfevents*")}
+    accumulators = [EventAccumulator(str(folder)).Reload() for folder in folders]
+    (events,) = [found for found in accumulators if "learning_rate/fusion" in found.Tags()["scalars"]]
     steps = results["training"]["optimizer_steps"]
     assert steps == 24  # 64 tweets in batches of 8, 3 epochs
     for group in ("backbone", "fusion", "crf"):
