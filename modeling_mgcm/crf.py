@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .host_reads import host_reads_allowed
+
 PADDING_TAG = -100
 # Score given to the tags a partly labelled word rules out: far below any real path, yet finite, so that
 # logsumexp over ruled-out tags has finite gradients (an all -inf logsumexp back-propagates NaN).
@@ -147,7 +149,7 @@ class ConditionalRandomField(nn.Module):
             )
         # A row is bad if it starts masked or turns back on after padding; one sync checks the batch.
         bad_rows = ~mask[:, 0] | (mask[:, 1:] & ~mask[:, :-1]).any(dim=1)
-        if bool(bad_rows.any()):
+        if host_reads_allowed(bad_rows) and bool(bad_rows.any()):
             # Building the message is the only place that leaves the vectorised path, and only on failure.
             all_masked = (~mask.any(dim=1)).nonzero().flatten().tolist()
             if all_masked:
@@ -175,7 +177,7 @@ class ConditionalRandomField(nn.Module):
         tags = tags.long()
         labelled = mask & (tags != PADDING_TAG) if allow_unknown else mask
         out_of_range = labelled & ((tags < 0) | (tags >= self.num_tags))
-        if bool(out_of_range.any()):
+        if host_reads_allowed(out_of_range) and bool(out_of_range.any()):
             row, word = out_of_range.nonzero()[0].tolist()
             raise ValueError(
                 f"ConditionalRandomField: tag {int(tags[row, word])} at row {row}, word {word} is outside "

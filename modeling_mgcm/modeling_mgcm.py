@@ -12,7 +12,7 @@ L = number of labels.
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from transformers.utils import (
 from .configuration_mgcm import MGCMConfig, span_tags_of_labels
 from .crf import ConditionalRandomField
 from .cross_modal_attention import MGCMAttentionLayer, MGCMCoupledAttentionBlock
+from .host_reads import host_reads_allowed
 from .semantic_augmentation import MGCMSemanticAugmentation
 from .vision_features import extract_image_features
 
@@ -485,14 +486,14 @@ class MGCMModel(MGCMPreTrainedModel):
     def _word_states(self, piece_states: Tensor, word_ids: Tensor, word_mask: Tensor) -> Tensor:
         """(B, T, d) piece states -> (B, W, d) states of each word's first piece."""
         num_words = word_mask.shape[1]
-        if bool((word_ids >= num_words).any()):
+        if host_reads_allowed(word_ids) and bool((word_ids >= num_words).any()):
             row, piece = _first_true(word_ids >= num_words)
             raise ValueError(
                 f"word_ids[{row}, {piece}] = {int(word_ids[row, piece])} but word_mask has {num_words} words "
                 "per row; word_ids must index words 0..W-1 (-1 for special and padding pieces)"
             )
         positions, has_piece = first_piece_positions(word_ids, num_words)
-        if bool((word_mask & ~has_piece).any()):
+        if host_reads_allowed(word_ids) and bool((word_mask & ~has_piece).any()):
             row, word = _first_true(word_mask & ~has_piece)
             raise ValueError(
                 f"word {word} of row {row} is a real word (word_mask 1) but no piece has word_ids == {word}"
@@ -510,7 +511,7 @@ class MGCMModel(MGCMPreTrainedModel):
                 f"word_shape_ids has shape {tuple(word_shape_ids.shape)}, expected (B, W) = {tuple(word_mask.shape)}"
             )
         bad = (word_shape_ids < 0) | (word_shape_ids >= self.config.num_word_shapes)
-        if bool(bad.any()):
+        if host_reads_allowed(bad) and bool(bad.any()):
             row, word = _first_true(bad)
             raise ValueError(
                 f"word_shape_ids[{row}, {word}] = {int(word_shape_ids[row, word])} is outside "
@@ -631,7 +632,7 @@ class MGCMModel(MGCMPreTrainedModel):
         if object_ids.dim() != 2:
             raise ValueError(f"object_ids must be (B, max_objects), got {tuple(object_ids.shape)}")
         bad = (object_ids < 0) | (object_ids > padding_id)
-        if bool(bad.any()):
+        if host_reads_allowed(bad) and bool(bad.any()):
             row, column = _first_true(bad)
             raise ValueError(
                 f"object_ids[{row}, {column}] = {int(object_ids[row, column])} is outside 0..{padding_id} "
@@ -661,6 +662,32 @@ class MGCMModel(MGCMPreTrainedModel):
                 f"{tuple(caption_input_ids.shape)}"
             )
         caption_mask = caption_attention_mask.bool()
+        if host_reads_allowed(caption_mask):
+            return self._caption_states_by_length(caption_input_ids, caption_mask), caption_mask
+        # One fixed-shape pass over every row. A row without a caption attends to its first (padding) piece
+        # so that no softmax runs over nothing; its states are masked everywhere downstream.
+        present = caption_mask.any(dim=1, keepdim=True)
+        encoder_mask = caption_mask | (
+            ~present & (torch.arange(caption_mask.shape[1], device=present.device) == 0)
+        )
+        with self._caption_encoding_context():
+            states = self.text_encoder(
+                input_ids=caption_input_ids, attention_mask=encoder_mask.long(), return_dict=True
+            ).last_hidden_state
+        return self.caption_projection(states), caption_mask
+
+    def _caption_encoding_context(self) -> ExitStack:
+        """No gradient and the encoder in eval mode while the caption pass is detached (the default)."""
+        detached = self.config.detach_caption_encoding
+        stack = ExitStack()
+        stack.enter_context(torch.set_grad_enabled(torch.is_grad_enabled() and not detached))
+        stack.enter_context(_evaluation_mode(self.text_encoder, detached))
+        return stack
+
+    def _caption_states_by_length(self, caption_input_ids: Tensor, caption_mask: Tensor) -> Tensor:
+        """(B, C) caption pieces -> (B, C, d_c) states, encoding only rows with a caption, in groups of
+        similar length each cut to its longest caption: about a quarter less padding than one pass over the
+        batch, for a few host reads (CPU only; see `host_reads`)."""
         present = caption_mask.any(dim=1)
         batch_size, caption_length = caption_input_ids.shape
         # Rows without a caption keep the projection of zeros (masked everywhere downstream); it also keeps
@@ -669,31 +696,25 @@ class MGCMModel(MGCMPreTrainedModel):
             batch_size, caption_length, self.config.hidden_size, device=caption_input_ids.device
         )
         all_rows = self.caption_projection(blank)
-        # Captions run from 5 to 30 pieces: encoding them in groups of similar length, each cut to its
-        # longest caption, spares the encoder about a quarter of the padding a single batch would carry.
         positions = torch.arange(1, caption_length + 1, device=caption_mask.device)
         lengths = (caption_mask * positions).amax(dim=1)
         rows = present.nonzero().squeeze(1)
         rows = rows[lengths[rows].argsort(stable=True)]
-        detached = self.config.detach_caption_encoding
         for group in torch.tensor_split(rows, max(1, min(CAPTION_LENGTH_GROUPS, len(rows)))):
             if group.numel() == 0:
                 continue
             length = int(lengths[group[-1]])
-            with (
-                torch.set_grad_enabled(torch.is_grad_enabled() and not detached),
-                _evaluation_mode(self.text_encoder, detached),
-            ):
+            with self._caption_encoding_context():
                 states = self.text_encoder(
                     input_ids=caption_input_ids[group, :length],
-                    attention_mask=caption_attention_mask[group, :length],
+                    attention_mask=caption_mask[group, :length].long(),
                     return_dict=True,
                 ).last_hidden_state
             states = self.caption_projection(states)
             all_rows = all_rows.to(states.dtype).index_put(
                 (group.unsqueeze(1), positions[:length].unsqueeze(0) - 1), states
             )
-        return all_rows, caption_mask
+        return all_rows
 
 
 class MGCMForTokenClassification(MGCMPreTrainedModel):
@@ -880,7 +901,7 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
     def _span_labels(self, labels: Tensor, word_mask: Tensor) -> Tensor:
         """Word labels (B, W) -> auxiliary span tags (0 O, 1 B, 2 I), -100 where the label is."""
         bad = word_mask & (labels != PADDING_LABEL) & ((labels < 0) | (labels >= self.config.num_labels))
-        if bool(bad.any()):
+        if host_reads_allowed(bad) and bool(bad.any()):
             row, word = _first_true(bad)
             raise ValueError(
                 f"labels[{row}, {word}] = {int(labels[row, word])} is not a label id 0..{self.config.num_labels - 1}"

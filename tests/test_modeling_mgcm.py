@@ -21,6 +21,7 @@ from transformers import (
     ConvNextConfig,
     ResNetModel,
     ViTConfig,
+    masking_utils,
 )
 
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, MGCMModel, extract_image_features
@@ -780,3 +781,39 @@ def test_pixel_values_without_a_vision_backbone_raise(tiny_text_config):
         match=r"no vision_config, so the model cannot read pixel_values: pass precomputed image_features \(B, R, 12\)",
     ):
         model(**batch)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One fixed graph: no host reads of tensor values in the forward
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+def test_the_forward_reads_no_tensor_value_on_the_host(tiny_text_config, training, monkeypatch):
+    """A meta tensor has a shape and no values: reading one on the host (`bool()`, `.item()`, `int()`,
+    `.tolist()`, `nonzero`) or branching on it raises. A forward that runs on the meta device is therefore
+    one fixed graph, as it runs on a GPU: no synchronisation, and an absent input is a mask, not a branch.
+
+    Only the encoder's mask builder is told not to look: transformers reads the padding mask on the host to
+    skip an all-ones mask (its own choice, outside the MGCM layers, and skipped under torch.compile)."""
+    monkeypatch.setattr(masking_utils, "_ignore_bidirectional_mask_sdpa", lambda *args, **kwargs: False)
+    model = tiny_model(tiny_text_config).to("meta").train(training)
+    examples = three_examples(image=1, objects=0, caption=2)
+    batch = {key: value.to("meta") for key, value in build_batch(examples, extra_words=1).items()}
+    output = model(**batch, output_attentions=not training)
+    assert output.loss.shape == () and output.loss.device.type == "meta"
+    assert output.logits.shape == (3, 7, model.config.num_labels)
+    if not training:
+        assert output.predictions.shape == (3, 7)
+        assert set(output.cross_attentions) == {"image", "objects", "caption"}
+    without_inputs = {k: v for k, v in batch.items() if not k.startswith(("image", "object", "caption"))}
+    assert model(**without_inputs).logits.shape == (3, 7, model.config.num_labels)
+
+
+def test_the_fixed_shape_caption_pass_gives_the_grouped_pass_s_logits(tiny_text_config, monkeypatch):
+    """Off the CPU the captions go through the encoder in one padded pass instead of length groups."""
+    model = tiny_model(tiny_text_config).eval()
+    batch = build_batch(three_examples(caption=1), extra_caption=3)
+    grouped = run(model, batch).logits
+    monkeypatch.setenv("MGCM_CHECK_INPUTS", "0")
+    fixed = run(model, batch).logits
+    torch.testing.assert_close(fixed, grouped, rtol=0, atol=1e-5)
