@@ -17,7 +17,7 @@ setup(
     packages=["modeling_mgcm", "processing"],
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.0",
+        "transformers>=5.24",  # activation_checkpointing_enable
         "datasets>=3.0",
         "accelerate>=1.0",
         "evaluate>=0.4",

@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 class MGCMAttention(nn.Module):
@@ -67,9 +68,9 @@ class MGCMAttention(nn.Module):
         return context, weights
 
 
-class MGCMAttentionLayer(nn.Module):
+class MGCMAttentionLayer(GradientCheckpointingLayer):
     """Attention, dropout, residual and LayerNorm (post-norm, as in BERT). Self-attention when the keys are
-    the queries."""
+    the queries. With gradient checkpointing on, its activations are recomputed in the backward pass."""
 
     def __init__(
         self, hidden_size: int, num_heads: int, attention_dropout: float, hidden_dropout: float, eps: float

@@ -256,6 +256,7 @@ class MGCMPreTrainedModel(PreTrainedModel):
     input_modalities = ("text", "image")
     _no_split_modules = ["MGCMAttentionLayer", "MGCMCoupledAttentionBlock"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     @classmethod
     def from_pretrained(

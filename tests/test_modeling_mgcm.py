@@ -817,3 +817,26 @@ def test_the_fixed_shape_caption_pass_gives_the_grouped_pass_s_logits(tiny_text_
     monkeypatch.setenv("MGCM_CHECK_INPUTS", "0")
     fixed = run(model, batch).logits
     torch.testing.assert_close(fixed, grouped, rtol=0, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_text_config):
+    """Non-reentrant checkpointing (as `--gradient_checkpointing` turns it on) recomputes every attention
+    layer, the encoder's and MGCM's, in the backward pass, and changes no number."""
+    plain = tiny_model(tiny_text_config).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    batch = build_batch(three_examples(image=1, caption=2))
+    calls, losses = {"plain": 0, "checkpointed": 0}, {}
+    for name, model in (("plain", plain), ("checkpointed", checkpointed)):
+        for module in model.modules():
+            if type(module).__name__ == "MGCMAttention":
+                module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+        torch.manual_seed(0)
+        losses[name] = model(**batch).loss
+        losses[name].backward()
+    assert torch.equal(losses["checkpointed"], losses["plain"])
+    assert calls["checkpointed"] == 2 * calls["plain"] > 0  # every MGCM attention layer ran again
+    gradients = {name: p.grad for name, p in checkpointed.named_parameters() if p.requires_grad}
+    for name, parameter in plain.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(gradients[name], parameter.grad, rtol=1e-5, atol=1e-7, msg=name)

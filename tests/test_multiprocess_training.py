@@ -72,8 +72,10 @@ def test_the_learning_rate_at_every_step_does_not_depend_on_the_number_of_proces
 
 def test_a_two_process_run_whose_batches_lack_side_inputs_trains_to_the_end(tmp_path):
     """Images, objects and captions each for one tweet in 8, batch 2 per process: many steps have a batch
-    without one of them on one rank only. Every block still runs, so DDP finds every parameter used."""
+    without one of them on one rank only. Every block still runs, so DDP finds every parameter used; with
+    gradient checkpointing (non-reentrant), as DDP needs it."""
     arguments = [
+        "--gradient_checkpointing",
         "--synthetic",
         "--synthetic_sizes",
         "64,16,16",
