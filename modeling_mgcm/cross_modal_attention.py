@@ -5,30 +5,55 @@ Shapes: B = batch, Q = queries, K = keys, W = words, N = visual tokens (regions,
 d = hidden size (the text encoder's).
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Tensor, Tensor]:
+    """Softmax attention written out: (B, h, Q, d), (B, h, K, d), (B, h, K, d), bool mask broadcastable to
+    (B, h, Q, K) (True = attend) -> context (B, Q, h, d) and weights (B, h, Q, K), as transformers'
+    attention functions return them."""
+    scores = (query @ key.transpose(-1, -2)) * scaling
+    weights = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
+    context = F.dropout(weights, dropout, module.training) @ value
+    return context.transpose(1, 2).contiguous(), weights
 
 
 class MGCMAttention(nn.Module):
     """Multi-head attention of `query_states` over `key_value_states` with a boolean key mask.
 
-    A query row whose keys are all masked (an example without that input) gets a zero context instead of
-    the NaN a softmax over nothing would give, so it cannot poison the batch or its gradients.
+    The attention itself is the function `config._attn_implementation` names in transformers' attention
+    interface ("sdpa" by default, "eager" for the weights; set it with `from_pretrained(...,
+    attn_implementation=...)` or `model.set_attn_implementation(...)`). A query row whose keys are all
+    masked (an example without that input) gets a zero context instead of the NaN a softmax over nothing
+    would give, so it cannot poison the batch or its gradients.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout_prob: float) -> None:
+    is_causal = False
+
+    def __init__(self, config, hidden_size: int, num_heads: int) -> None:
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(
                 f"hidden size {hidden_size} is not a multiple of the {num_heads} attention heads"
             )
+        self.config = config
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
-        self.dropout_prob = dropout_prob
+        self.scaling = self.head_dim**-0.5
+        self.dropout_prob = config.attention_dropout_prob
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key_value = nn.Linear(hidden_size, 2 * hidden_size)
         self.output = nn.Linear(hidden_size, hidden_size)
@@ -53,32 +78,33 @@ class MGCMAttention(nn.Module):
         has_key = key_mask.any(dim=1)
         # Rows without keys attend to everything (finite) and are zeroed below.
         attend = (key_mask | ~has_key.unsqueeze(1))[:, None, None, :]
-        dropout_prob = self.dropout_prob if self.training else 0.0
-        weights = None
-        if output_attentions:
-            scores = (query @ key.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            weights = scores.masked_fill(~attend, torch.finfo(scores.dtype).min).softmax(dim=-1)
-            context = F.dropout(weights, dropout_prob, self.training) @ value
-        else:
-            context = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attend, dropout_p=dropout_prob
-            )
-        context = self.output(context.transpose(1, 2).reshape(batch_size, num_queries, hidden_size))
+        implementation = self.config._attn_implementation
+        attention = eager_attention_forward
+        if not output_attentions and implementation not in (None, "eager"):
+            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+        context, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attend,
+            scaling=self.scaling,
+            dropout=self.dropout_prob if self.training else 0.0,
+        )
+        context = self.output(context.reshape(batch_size, num_queries, hidden_size))
         context = context * has_key[:, None, None].to(context.dtype)
-        return context, weights
+        return context, (weights if output_attentions else None)
 
 
 class MGCMAttentionLayer(GradientCheckpointingLayer):
     """Attention, dropout, residual and LayerNorm (post-norm, as in BERT). Self-attention when the keys are
     the queries. With gradient checkpointing on, its activations are recomputed in the backward pass."""
 
-    def __init__(
-        self, hidden_size: int, num_heads: int, attention_dropout: float, hidden_dropout: float, eps: float
-    ) -> None:
+    def __init__(self, config, hidden_size: int, num_heads: int) -> None:
         super().__init__()
-        self.attention = MGCMAttention(hidden_size, num_heads, attention_dropout)
-        self.dropout = nn.Dropout(hidden_dropout)
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.attention = MGCMAttention(config, hidden_size, num_heads)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
 
     def forward(
         self,
@@ -101,21 +127,13 @@ class MGCMCoupledAttentionBlock(nn.Module):
     `num_layers` attention layers.
     """
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_heads: int,
-        num_layers: int,
-        attention_dropout: float,
-        hidden_dropout: float,
-        eps: float,
-    ) -> None:
+    def __init__(self, config, hidden_size: int) -> None:
         super().__init__()
 
         def stack() -> nn.ModuleList:
             return nn.ModuleList(
-                MGCMAttentionLayer(hidden_size, num_heads, attention_dropout, hidden_dropout, eps)
-                for _ in range(num_layers)
+                MGCMAttentionLayer(config, hidden_size, config.attention_heads)
+                for _ in range(config.num_cross_attention_layers)
             )
 
         self.word_to_visual = stack()
@@ -164,4 +182,4 @@ class MGCMCoupledAttentionBlock(nn.Module):
         return fused, mean_gate, word_to_visual_weights
 
 
-__all__ = ["MGCMAttention", "MGCMAttentionLayer", "MGCMCoupledAttentionBlock"]
+__all__ = ["MGCMAttention", "MGCMAttentionLayer", "MGCMCoupledAttentionBlock", "eager_attention_forward"]

@@ -154,13 +154,7 @@ class MGCMImageRegionEncoder(nn.Module):
         self.projection = nn.Linear(config.image_feature_dim, width)
         self.layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.self_attention = MGCMAttentionLayer(
-            width,
-            config.attention_heads,
-            config.attention_dropout_prob,
-            config.hidden_dropout_prob,
-            config.layer_norm_eps,
-        )
+        self.self_attention = MGCMAttentionLayer(config, width, config.attention_heads)
 
     def forward(self, image_features: Tensor, region_mask: Tensor) -> Tensor:
         """(B, R, D_v), (B, R) bool -> (B, R, d_c)."""
@@ -327,11 +321,7 @@ class MGCMModel(MGCMPreTrainedModel):
         )
         self.word_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.text_self_attention = MGCMAttentionLayer(
-            hidden_size,
-            config.text_config.num_attention_heads,
-            config.attention_dropout_prob,
-            config.hidden_dropout_prob,
-            config.layer_norm_eps,
+            config, hidden_size, config.text_config.num_attention_heads
         )
         width = config.cross_modal_width
         # Identity at the paper's setting (cross-modal width = encoder width).
@@ -342,17 +332,7 @@ class MGCMModel(MGCMPreTrainedModel):
             nn.Linear(hidden_size, width) if config.use_caption and width != hidden_size else nn.Identity()
         )
         self.cross_modal_blocks = nn.ModuleDict(
-            {
-                name: MGCMCoupledAttentionBlock(
-                    width,
-                    config.attention_heads,
-                    config.num_cross_attention_layers,
-                    config.attention_dropout_prob,
-                    config.hidden_dropout_prob,
-                    config.layer_norm_eps,
-                )
-                for name in config.granularities
-            }
+            {name: MGCMCoupledAttentionBlock(config, width) for name in config.granularities}
         )
         if config.granularities:
             self.fusion_dropout = nn.Dropout(config.fusion_dropout_prob)

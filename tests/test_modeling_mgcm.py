@@ -282,9 +282,11 @@ def test_padding_and_batch_composition_do_not_change_an_example(tiny_text_config
             torch.testing.assert_close(crowded.gate_values[name][row, :num_words], gate[0], rtol=0, atol=1e-6)
 
 
-def test_an_all_masked_key_row_gives_zeros_and_finite_gradients():
+def test_an_all_masked_key_row_gives_zeros_and_finite_gradients(tiny_text_config):
     torch.manual_seed(0)
-    attention = MGCMAttention(hidden_size=8, num_heads=2, dropout_prob=0.0)
+    attention = MGCMAttention(
+        mgcm_config(tiny_text_config, attention_dropout_prob=0.0), hidden_size=8, num_heads=2
+    )
     queries = torch.randn(2, 3, 8, requires_grad=True)
     keys = torch.randn(2, 4, 8)
     key_mask = torch.tensor([[True, True, False, False], [False, False, False, False]])
@@ -840,3 +842,27 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_text_conf
     for name, parameter in plain.named_parameters():
         if parameter.requires_grad:
             torch.testing.assert_close(gradients[name], parameter.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_eager_and_sdpa_attention_give_the_same_logits(tiny_text_config, tmp_path, monkeypatch):
+    """`attn_implementation` reaches the MGCM attention layers through transformers' attention interface,
+    as it reaches the encoder's: eager runs no SDPA kernel anywhere, sdpa runs one in every layer."""
+    tiny_model(tiny_text_config).save_pretrained(tmp_path)
+    batch = build_batch(three_examples(image=1, objects=0, caption=2))
+    kernel_calls = []
+    sdpa_kernel = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda *a, **k: kernel_calls.append(1) or sdpa_kernel(*a, **k)
+    )
+    logits, calls = {}, {}
+    for implementation in ("eager", "sdpa"):
+        model = MGCMForTokenClassification.from_pretrained(
+            tmp_path, attn_implementation=implementation
+        ).eval()
+        assert model.mgcm.text_self_attention.attention.config._attn_implementation == implementation
+        kernel_calls.clear()
+        logits[implementation] = run(model, batch).logits
+        calls[implementation] = len(kernel_calls)
+    mgcm_layers = sum(type(m).__name__ == "MGCMAttention" for m in model.modules())
+    assert calls["eager"] == 0 and calls["sdpa"] >= mgcm_layers + tiny_text_config.num_hidden_layers
+    torch.testing.assert_close(logits["eager"], logits["sdpa"], rtol=0, atol=1e-5)
