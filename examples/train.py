@@ -589,8 +589,11 @@ def train_and_evaluate(args):
             )
         if valid_f1 > state["best_f1"]:
             state["best_f1"], state["best_epoch"] = valid_f1, epoch
+            # On every process: the full state dict, gathered by Accelerate however the model is wrapped.
+            best_state = accelerator.get_state_dict(model)
             if accelerator.is_main_process:
-                save_pretrained_atomically([accelerator.unwrap_model(model), processor], best_dir)
+                save_pretrained_atomically([accelerator.unwrap_model(model), processor], best_dir, best_state)
+            del best_state
             accelerator.wait_for_everyone()
         state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
         if args.checkpointing_steps == "epoch":
@@ -639,6 +642,11 @@ def train_and_evaluate(args):
         "total_seconds": time.perf_counter() - started,
         "mixed_precision": accelerator.mixed_precision,
         "peak_rss_mib": peak_rss_mib(),
+        "peak_gpu_memory_mib": (
+            torch.cuda.max_memory_allocated(accelerator.device) / 2**20
+            if accelerator.device.type == "cuda"
+            else None
+        ),
     }
     results["images"] = image_counts
     if processor.unknown_object_label_counts:

@@ -90,13 +90,19 @@ def replace_directory(complete: Path, final: Path) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def save_pretrained_atomically(objects, folder: str | os.PathLike) -> Path:
-    """`save_pretrained` each of `objects` (model, processor...) into `folder`, swapped in when complete."""
+def save_pretrained_atomically(objects, folder: str | os.PathLike, state_dict: dict | None = None) -> Path:
+    """`save_pretrained` each of `objects` (model, processor...) into `folder`, swapped in when complete.
+
+    `state_dict` (from `accelerator.get_state_dict(model)`) is what the model (the first object) saves.
+    """
     folder = Path(folder)
     partial = folder.with_name(f".partial_{folder.name}")
     shutil.rmtree(partial, ignore_errors=True)
-    for item in objects:
-        item.save_pretrained(partial)
+    for index, item in enumerate(objects):
+        if index == 0 and state_dict is not None:
+            item.save_pretrained(partial, state_dict=state_dict)
+        else:
+            item.save_pretrained(partial)
     replace_directory(partial, folder)
     return folder
 

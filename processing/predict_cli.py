@@ -9,6 +9,11 @@ line; only `text` is required, `id` is copied to the output):
 
     mgcm-predict --model outputs/mgcm --input posts.jsonl --output predictions.jsonl
 
+On several processes (`accelerate launch --num_processes N -m processing.predict_cli ...`, one per GPU or
+several machines), the input's chunks are dealt out between the processes in turn; each writes its records
+beside the output, and the first process merges them into the one output, in input order, identical to a
+one-process run's.
+
 Every input line gives exactly one output line, in order: `{"line", "id", "text", "entities"}`, plus
 `"image_error"` when the post's image was missing or undecodable (the post is then tagged from its text and
 caption), or `{"line", "id", "error"}` for a line that is not a JSON object or a post the pipeline refuses. One
@@ -18,6 +23,7 @@ standard error.
 """
 
 import argparse
+import heapq
 import json
 import os
 import sys
@@ -126,18 +132,26 @@ def _result_record(record: dict[str, Any], output: dict[str, Any]) -> dict[str, 
 
 
 def tag_records(
-    tagger, lines: Iterable[bytes], batch_size: int = 32, chunk_size: int = 512, first_line: int = 1
+    tagger,
+    lines: Iterable[bytes],
+    batch_size: int = 32,
+    chunk_size: int = 512,
+    first_line: int = 1,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, Any]]:
     """Output records for JSON lines, in order, `chunk_size` lines in memory at a time.
 
     Posts go through the pipeline `batch_size` at a time; if a batch fails (a post the pipeline refuses),
-    each of its posts is tagged alone and only the failing ones become "error" records.
+    each of its posts is tagged alone and only the failing ones become "error" records. With
+    `shard=(index, count)` only chunks `index, index + count, ...` are parsed and tagged (the lines of the
+    others are skipped unread), so `count` processes share the input.
     """
+    shard_index, shard_count = shard
     chunk: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
-    line_number = first_line
-    for line in lines:
-        chunk.append(parse_post_line(line, line_number))
-        line_number += 1
+    for offset, line in enumerate(lines):
+        if (offset // chunk_size) % shard_count != shard_index:
+            continue
+        chunk.append(parse_post_line(line, first_line + offset))
         if len(chunk) >= chunk_size:
             yield from _tag_chunk(tagger, chunk, batch_size)
             chunk = []
@@ -177,26 +191,93 @@ def _tag_alone(tagger, post: dict[str, Any]) -> Any:
         return error
 
 
+def _json_line(record: dict[str, Any]) -> str:
+    line = json.dumps(record, ensure_ascii=False)
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (valid in JSON as "\\ud800") cannot be written as UTF-8: escape it.
+            line = json.dumps(record)
+    return line + "\n"
+
+
 def run_batch(
-    tagger, source: BinaryIO, sink: TextIO, batch_size: int, chunk_size: int, progress: bool
+    tagger,
+    source: BinaryIO,
+    sink: TextIO,
+    batch_size: int,
+    chunk_size: int,
+    progress: bool,
+    shard: tuple[int, int] = (0, 1),
 ) -> PredictionSummary:
-    """Tag every line of `source` into `sink` (one JSON line each) and return the run's summary."""
+    """Tag every line of `source` (of this `shard`, see `tag_records`) into `sink`, one JSON line each, and
+    return the summary of what was tagged."""
     summary = PredictionSummary()
     started = time.perf_counter()
+    records = tag_records(tagger, source, batch_size=batch_size, chunk_size=chunk_size, shard=shard)
     with tqdm(unit="post", desc="Tagging posts", disable=not progress, file=sys.stderr) as bar:
-        for record in tag_records(tagger, source, batch_size=batch_size, chunk_size=chunk_size):
-            line = json.dumps(record, ensure_ascii=False)
-            if not line.isascii():
-                try:
-                    line.encode("utf-8")
-                except UnicodeEncodeError:
-                    # A lone surrogate (valid in JSON as "\\ud800") cannot be written as UTF-8: escape it.
-                    line = json.dumps(record)
-            sink.write(line + "\n")
+        for record in records:
+            sink.write(_json_line(record))
             summary.add(record)
             bar.update(1)
     sink.flush()
     summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def merge_shards(shard_files: list[str], sink: TextIO) -> PredictionSummary:
+    """Merge the record files of the processes (each in input order) into `sink` in input order."""
+    summary = PredictionSummary()
+
+    def numbered(stream: TextIO) -> Iterator[tuple[int, dict[str, Any], str]]:
+        for line in stream:
+            record = json.loads(line)
+            yield record["line"], record, line
+
+    with ExitStack() as stack:
+        streams = [numbered(stack.enter_context(open(path, encoding="utf-8"))) for path in shard_files]
+        for _, record, line in heapq.merge(*streams, key=lambda item: item[0]):
+            sink.write(line)
+            summary.add(record)
+    sink.flush()
+    return summary
+
+
+def _distributed_state():
+    """Accelerate's state when `accelerate launch` (or torchrun) started several processes, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # As Accelerator does: without cpu=True, CPU processes under `accelerate launch` each believe they are alone.
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _run_sharded(tagger, args: argparse.Namespace, state) -> PredictionSummary | None:
+    """Each process tags its share of `--input` into `<output>.part-<rank>-of-<N>`; the first merges the
+    parts into `--output` in input order (written beside it, then renamed) and returns the summary."""
+    started = time.perf_counter()
+    rank, count = state.process_index, state.num_processes
+    parts = [f"{args.output}.part-{index}-of-{count}" for index in range(count)]
+    with open(args.input, "rb") as source, open(parts[rank], "w", encoding="utf-8") as sink:
+        progress = not args.no_progress and state.is_main_process
+        share = run_batch(
+            tagger, source, sink, args.batch_size, args.chunk_size, progress, shard=(rank, count)
+        )
+    print(f"mgcm-predict: process {rank} of {count} tagged {share.posts} lines", file=sys.stderr)
+    state.wait_for_everyone()
+    summary = None
+    if state.is_main_process:
+        merging = f"{args.output}.merging"
+        with open(merging, "w", encoding="utf-8") as sink:
+            summary = merge_shards(parts, sink)
+        os.replace(merging, args.output)
+        for part in parts:
+            os.remove(part)
+        summary.seconds = time.perf_counter() - started
+    state.wait_for_everyone()
     return summary
 
 
@@ -275,6 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
+    state = _distributed_state()
+    if state is not None:
+        if args.input in (None, "-") or args.output == "-":
+            parser.error(
+                "on several processes, give --input and --output files (each process reads the input)"
+            )
+        if args.device is None:
+            args.device = str(state.device)
     try:
         tagger = _load_tagger(args)
     except (OSError, ValueError, KeyError) as error:
@@ -283,6 +372,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if state is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BadImageWarning)
+            summary = _run_sharded(tagger, args, state)
+        if summary is not None:
+            print(summary.format(), file=sys.stderr)
+        return 0
     if args.text is not None:
         post: dict[str, Any] = {"text": args.text, "image": args.image, "caption": args.caption}
         if args.objects:
@@ -310,7 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["PredictionSummary", "build_parser", "main", "parse_post_line", "run_batch", "tag_records"]
+__all__ = [
+    "PredictionSummary",
+    "build_parser",
+    "main",
+    "merge_shards",
+    "parse_post_line",
+    "run_batch",
+    "tag_records",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

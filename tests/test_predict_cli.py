@@ -232,3 +232,60 @@ def test_module_runs_as_a_command(tiny_mgcm_dir, tmp_path):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert records[0]["id"] == 5 and records[0]["text"] == "Obama in Paris" and "error" in records[1]
     assert "posts: 2 (1 tagged, 1 errors)" in result.stderr
+
+
+@pytest.mark.multiprocess
+def test_two_processes_tag_their_shares_into_one_output_equal_to_one_process_s(
+    tiny_mgcm_dir, posts_file, tmp_path
+):
+    """500 lines (posts with and without images, missing and broken images, bad JSON, bad bytes), in chunks
+    of 32 dealt out between 2 CPU processes: one output in input order, the same records as one process
+    writes, the same tags, scores within 1e-5."""
+    from training_runs import run_environment, two_cpu_processes
+
+    path, kinds = posts_file
+    lines = path.read_bytes().splitlines(keepends=True)
+    many = tmp_path / "many.jsonl"
+    many.write_bytes(b"".join(lines[index % len(lines)] for index in range(500)))
+    arguments = [
+        "--model",
+        str(tiny_mgcm_dir),
+        "--input",
+        str(many),
+        "--chunk_size",
+        "32",
+        "--batch_size",
+        "8",
+    ]
+    alone = tmp_path / "alone.jsonl"
+    assert main(arguments + ["--output", str(alone), "--no_progress"]) == 0
+    shared = tmp_path / "shared.jsonl"
+    completed = subprocess.run(
+        two_cpu_processes() + ["-m", "processing.predict_cli", *arguments, "--output", str(shared)],
+        env=run_environment(ACCELERATE_USE_CPU="true"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "posts: 500" in completed.stderr
+    # Chunks 0, 2, ..., 14 (8 x 32 lines) and 1, 3, ..., 15 (7 x 32 + the last 20).
+    assert "process 0 of 2 tagged 256 lines" in completed.stderr
+    assert "process 1 of 2 tagged 244 lines" in completed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("shared")) == ["shared.jsonl"]
+    one = [json.loads(line) for line in alone.read_text(encoding="utf-8").splitlines()]
+    two = [json.loads(line) for line in shared.read_text(encoding="utf-8").splitlines()]
+    assert [record["line"] for record in two] == list(range(1, 501))
+    assert sum("error" in record for record in two) == sum(
+        kinds[i % len(kinds)] == "error" for i in range(500)
+    )
+    assert sum("image_error" in record for record in two) > 0
+    for alone_record, shared_record in zip(one, two, strict=True):
+        alone_entities = alone_record.pop("entities", [])
+        shared_entities = shared_record.pop("entities", [])
+        assert shared_record == alone_record
+        assert [{k: v for k, v in e.items() if k != "score"} for e in shared_entities] == [
+            {k: v for k, v in e.items() if k != "score"} for e in alone_entities
+        ]
+        for a, b in zip(alone_entities, shared_entities, strict=True):
+            assert abs(a["score"] - b["score"]) <= 1e-5
