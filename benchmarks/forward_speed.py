@@ -4,9 +4,9 @@
 
 The earlier version is read from git (`git show REF:modeling_mgcm/...`) into a temporary package, so both
 models live in one process, load the same weights and are timed alternately on the same inputs: the ratio
-is free of machine drift. The model is all-MiniLM-L6-v2's shape (6 layers, 384 wide, random weights: the
-time does not depend on them) with the `full` configuration of BENCHMARKS.md (word shape, gated semantic
-augmentation with k=4 50-d neighbours, the caption granularity), at batch 32 and batch 1, on inputs of the
+is free of machine drift. The model is the configuration of `hub_configs/mgcm-offline-minilm` (all-MiniLM-L6-v2's
+shape, random weights: the time does not depend on them; the `full` configuration of BENCHMARKS.md: word
+shape, gated semantic augmentation with k=4 50-d neighbours, the caption granularity), at batch 32 and 1, on inputs of the
 Twitter-2015 sizes with `--url_token http` (about 24 pieces and 16 words per tweet, 5 to 30 caption pieces).
 Inference mode: eval, no gradient, Viterbi decoding included. A third column times the current model with
 `MGCM_CHECK_INPUTS=0`: the fixed graph that runs on accelerators (no input checks, one padded caption pass
@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import BertConfig
 
 REPO = Path(__file__).resolve().parents[1]
+# all-MiniLM-L6-v2's shape with the `full` configuration: word shape, gated augmentation, the caption.
+CONFIG = REPO / "hub_configs" / "mgcm-offline-minilm"
 
 
 def load_baseline(ref: str, folder: Path):
@@ -46,26 +47,6 @@ def load_baseline(ref: str, folder: Path):
             (package / name).write_bytes(source)
     sys.path.insert(0, str(folder))
     return importlib.import_module("mgcm_baseline")
-
-
-def model_settings() -> dict:
-    return dict(
-        text_config=BertConfig(
-            vocab_size=30522,
-            hidden_size=384,
-            num_hidden_layers=6,
-            num_attention_heads=12,
-            intermediate_size=1536,
-        ),
-        vision_config=None,
-        use_image=False,
-        use_objects=False,
-        use_caption=True,
-        augmentation_mode="gate",
-        augmentation_dim=50,
-        num_neighbours=4,
-        use_word_shape=True,
-    )
 
 
 def batch(batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -115,10 +96,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         baseline = load_baseline(args.baseline, Path(folder))
         torch.manual_seed(0)
-        current = modeling_mgcm.MGCMForTokenClassification(
-            modeling_mgcm.MGCMConfig(**model_settings())
-        ).eval()
-        earlier = baseline.MGCMForTokenClassification(baseline.MGCMConfig(**model_settings())).eval()
+        current = modeling_mgcm.MGCMForTokenClassification(modeling_mgcm.MGCMConfig.from_pretrained(CONFIG))
+        earlier = baseline.MGCMForTokenClassification(baseline.MGCMConfig.from_pretrained(CONFIG))
+        current.eval()
+        earlier.eval()
         earlier.load_state_dict(current.state_dict())
         generator = torch.Generator().manual_seed(0)
         print(
