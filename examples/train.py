@@ -111,7 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--gradient_checkpointing",
         action="store_true",
-        help="recompute the attention layers' activations in the backward pass (less memory, ~30%% slower)",
+        help="recompute the attention layers' activations in the backward pass (less activation memory for one more forward pass of each layer)",
     )
     model.add_argument("--max_length", type=int, default=128, help="word pieces per window")
     model.add_argument("--stride", type=int, default=16, help="words shared by consecutive windows")
