@@ -69,17 +69,14 @@ class ConditionalRandomField(nn.Module):
         emissions, mask = self._validate(emissions, mask)
         tags, labelled = self._validate_tags(tags, mask, allow_unknown=True)
         start, end, transitions = self._float_parameters()
-        log_partition = torch.logsumexp(
-            _forward_log_alphas(emissions, mask, start, transitions)[:, -1] + end, dim=-1
-        )
-        # The gold score sums over the paths that agree with every labelled word (one path when all are).
+        # The gold score sums over the paths that agree with every labelled word (one path when all are):
+        # the partition of emissions with the other tags ruled out. One forward pass computes both.
         ruled_out = labelled.unsqueeze(-1) & (
             tags.unsqueeze(-1) != torch.arange(self.num_tags, device=tags.device)
         )
-        gold_emissions = emissions.masked_fill(ruled_out, _RULED_OUT)
-        gold_score = torch.logsumexp(
-            _forward_log_alphas(gold_emissions, mask, start, transitions)[:, -1] + end, dim=-1
-        )
+        both = torch.cat([emissions, emissions.masked_fill(ruled_out, _RULED_OUT)])
+        log_alphas = _forward_log_alphas(both, mask.repeat(2, 1), start, transitions)
+        log_partition, gold_score = torch.logsumexp(log_alphas[:, -1] + end, dim=-1).chunk(2)
         negative_log_likelihood = log_partition - gold_score
         if reduction == "none":
             return negative_log_likelihood
@@ -147,9 +144,15 @@ class ConditionalRandomField(nn.Module):
             raise ValueError(
                 "ConditionalRandomField: emissions have zero words; every row needs at least one"
             )
+        if host_reads_allowed(mask):
+            self._check_left_aligned(mask)
+        return emissions.float(), mask
+
+    @staticmethod
+    def _check_left_aligned(mask: Tensor) -> None:
         # A row is bad if it starts masked or turns back on after padding; one sync checks the batch.
         bad_rows = ~mask[:, 0] | (mask[:, 1:] & ~mask[:, :-1]).any(dim=1)
-        if host_reads_allowed(bad_rows) and bool(bad_rows.any()):
+        if bool(bad_rows.any()):
             # Building the message is the only place that leaves the vectorised path, and only on failure.
             all_masked = (~mask.any(dim=1)).nonzero().flatten().tolist()
             if all_masked:
@@ -163,7 +166,6 @@ class ConditionalRandomField(nn.Module):
                 f"ConditionalRandomField: mask rows {not_prefix} are not left-aligned (a prefix of True "
                 f"then padding); row {row} is {mask[row].int().tolist()}"
             )
-        return emissions.float(), mask
 
     def _validate_tags(self, tags: Tensor, mask: Tensor, allow_unknown: bool) -> tuple[Tensor, Tensor]:
         """Check gold tags at unmasked positions; return them with unlabelled positions set to 0, and the
@@ -176,13 +178,14 @@ class ConditionalRandomField(nn.Module):
             raise TypeError(f"ConditionalRandomField: tags must be an integer tensor, got {tags.dtype}")
         tags = tags.long()
         labelled = mask & (tags != PADDING_TAG) if allow_unknown else mask
-        out_of_range = labelled & ((tags < 0) | (tags >= self.num_tags))
-        if host_reads_allowed(out_of_range) and bool(out_of_range.any()):
-            row, word = out_of_range.nonzero()[0].tolist()
-            raise ValueError(
-                f"ConditionalRandomField: tag {int(tags[row, word])} at row {row}, word {word} is outside "
-                f"0..{self.num_tags - 1} (mask that position if it is padding)"
-            )
+        if host_reads_allowed(tags):
+            out_of_range = labelled & ((tags < 0) | (tags >= self.num_tags))
+            if bool(out_of_range.any()):
+                row, word = out_of_range.nonzero()[0].tolist()
+                raise ValueError(
+                    f"ConditionalRandomField: tag {int(tags[row, word])} at row {row}, word {word} is outside "
+                    f"0..{self.num_tags - 1} (mask that position if it is padding)"
+                )
         # Any in-range value keeps the gathers valid where the tag is unknown or padding.
         return tags.masked_fill(~labelled, 0), labelled
 

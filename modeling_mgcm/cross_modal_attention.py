@@ -37,9 +37,10 @@ class MGCMAttention(nn.Module):
     The attention itself is the function `config._attn_implementation` names in transformers' attention
     interface ("sdpa" by default, calling the kernel directly; "eager", also used for the weights; any
     function registered with `AttentionInterface`). Set it with `from_pretrained(..., attn_implementation=...)`
-    or `model.set_attn_implementation(...)`. A query row whose keys are all
-    masked (an example without that input) gets a zero context instead of the NaN a softmax over nothing
-    would give, so it cannot poison the batch or its gradients.
+    or `model.set_attn_implementation(...)`.
+
+    A query row whose keys are all masked (an example without that input) gets a zero context instead of
+    the NaN a softmax over nothing would give, so it cannot poison the batch or its gradients.
     """
 
     is_causal = False

@@ -12,7 +12,7 @@ L = number of labels.
 import json
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -467,14 +467,15 @@ class MGCMModel(MGCMPreTrainedModel):
     def _word_states(self, piece_states: Tensor, word_ids: Tensor, word_mask: Tensor) -> Tensor:
         """(B, T, d) piece states -> (B, W, d) states of each word's first piece."""
         num_words = word_mask.shape[1]
-        if host_reads_allowed(word_ids) and bool((word_ids >= num_words).any()):
+        checked = host_reads_allowed(word_ids)
+        if checked and bool((word_ids >= num_words).any()):
             row, piece = _first_true(word_ids >= num_words)
             raise ValueError(
-                f"word_ids[{row}, {piece}] = {int(word_ids[row, piece])} but word_mask has {num_words} words "
-                "per row; word_ids must index words 0..W-1 (-1 for special and padding pieces)"
+                f"word_ids[{row}, {piece}] = {int(word_ids[row, piece])} but word_mask has {num_words} "
+                "words per row; word_ids must index words 0..W-1 (-1 for special and padding pieces)"
             )
         positions, has_piece = first_piece_positions(word_ids, num_words)
-        if host_reads_allowed(word_ids) and bool((word_mask & ~has_piece).any()):
+        if checked and bool((word_mask & ~has_piece).any()):
             row, word = _first_true(word_mask & ~has_piece)
             raise ValueError(
                 f"word {word} of row {row} is a real word (word_mask 1) but no piece has word_ids == {word}"
@@ -491,13 +492,14 @@ class MGCMModel(MGCMPreTrainedModel):
             raise ValueError(
                 f"word_shape_ids has shape {tuple(word_shape_ids.shape)}, expected (B, W) = {tuple(word_mask.shape)}"
             )
-        bad = (word_shape_ids < 0) | (word_shape_ids >= self.config.num_word_shapes)
-        if host_reads_allowed(bad) and bool(bad.any()):
-            row, word = _first_true(bad)
-            raise ValueError(
-                f"word_shape_ids[{row}, {word}] = {int(word_shape_ids[row, word])} is outside "
-                f"0..{self.config.num_word_shapes - 1} (config.num_word_shapes)"
-            )
+        if host_reads_allowed(word_shape_ids):
+            bad = (word_shape_ids < 0) | (word_shape_ids >= self.config.num_word_shapes)
+            if bool(bad.any()):
+                row, word = _first_true(bad)
+                raise ValueError(
+                    f"word_shape_ids[{row}, {word}] = {int(word_shape_ids[row, word])} is outside "
+                    f"0..{self.config.num_word_shapes - 1} (config.num_word_shapes)"
+                )
         return word_shape_ids.masked_fill(~word_mask, 0)
 
     def _augment(
@@ -612,13 +614,14 @@ class MGCMModel(MGCMPreTrainedModel):
         padding_id = self.object_encoder.padding_id
         if object_ids.dim() != 2:
             raise ValueError(f"object_ids must be (B, max_objects), got {tuple(object_ids.shape)}")
-        bad = (object_ids < 0) | (object_ids > padding_id)
-        if host_reads_allowed(bad) and bool(bad.any()):
-            row, column = _first_true(bad)
-            raise ValueError(
-                f"object_ids[{row}, {column}] = {int(object_ids[row, column])} is outside 0..{padding_id} "
-                f"({padding_id} object labels in the config, {padding_id} is the padding id)"
-            )
+        if host_reads_allowed(object_ids):
+            bad = (object_ids < 0) | (object_ids > padding_id)
+            if bool(bad.any()):
+                row, column = _first_true(bad)
+                raise ValueError(
+                    f"object_ids[{row}, {column}] = {int(object_ids[row, column])} is outside 0..{padding_id} "
+                    f"({padding_id} object labels in the config, {padding_id} is the padding id)"
+                )
         if object_mask is None:
             object_mask = object_ids != padding_id
         elif object_mask.shape != object_ids.shape:
@@ -657,13 +660,15 @@ class MGCMModel(MGCMPreTrainedModel):
             ).last_hidden_state
         return self.caption_projection(states), caption_mask
 
-    def _caption_encoding_context(self) -> ExitStack:
+    @contextmanager
+    def _caption_encoding_context(self) -> Iterator[None]:
         """No gradient and the encoder in eval mode while the caption pass is detached (the default)."""
         detached = self.config.detach_caption_encoding
-        stack = ExitStack()
-        stack.enter_context(torch.set_grad_enabled(torch.is_grad_enabled() and not detached))
-        stack.enter_context(_evaluation_mode(self.text_encoder, detached))
-        return stack
+        with (
+            torch.set_grad_enabled(torch.is_grad_enabled() and not detached),
+            _evaluation_mode(self.text_encoder, detached),
+        ):
+            yield
 
     def _caption_states_by_length(self, caption_input_ids: Tensor, caption_mask: Tensor) -> Tensor:
         """(B, C) caption pieces -> (B, C, d_c) states, encoding only rows with a caption, in groups of
@@ -881,12 +886,14 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
 
     def _span_labels(self, labels: Tensor, word_mask: Tensor) -> Tensor:
         """Word labels (B, W) -> auxiliary span tags (0 O, 1 B, 2 I), -100 where the label is."""
-        bad = word_mask & (labels != PADDING_LABEL) & ((labels < 0) | (labels >= self.config.num_labels))
-        if host_reads_allowed(bad) and bool(bad.any()):
-            row, word = _first_true(bad)
-            raise ValueError(
-                f"labels[{row}, {word}] = {int(labels[row, word])} is not a label id 0..{self.config.num_labels - 1}"
-            )
+        if host_reads_allowed(labels):
+            bad = word_mask & (labels != PADDING_LABEL) & ((labels < 0) | (labels >= self.config.num_labels))
+            if bool(bad.any()):
+                row, word = _first_true(bad)
+                raise ValueError(
+                    f"labels[{row}, {word}] = {int(labels[row, word])} is not a label id "
+                    f"0..{self.config.num_labels - 1}"
+                )
         span_tag_of_label = torch.tensor(self._span_tag_of_label, dtype=torch.long, device=labels.device)
         span_labels = span_tag_of_label[labels.clamp(min=0, max=self.config.num_labels - 1)]
         return span_labels.masked_fill(labels == PADDING_LABEL, PADDING_LABEL)
