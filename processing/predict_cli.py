@@ -23,7 +23,7 @@ standard error.
 """
 
 import argparse
-import heapq
+import itertools
 import json
 import os
 import sys
@@ -62,6 +62,14 @@ class PredictionSummary:
         self.tagged += 1
         self.masked_images += "image_error" in record
         self.entities.update(entity["entity_group"] for entity in record["entities"])
+
+    def absorb(self, other: "PredictionSummary") -> None:
+        """Add the counts of `other` (another process's share) to these."""
+        self.posts += other.posts
+        self.tagged += other.tagged
+        self.errors += other.errors
+        self.masked_images += other.masked_images
+        self.entities.update(other.entities)
 
     @property
     def posts_per_second(self) -> float:
@@ -226,22 +234,18 @@ def run_batch(
     return summary
 
 
-def merge_shards(shard_files: list[str], sink: TextIO) -> PredictionSummary:
-    """Merge the record files of the processes (each in input order) into `sink` in input order."""
-    summary = PredictionSummary()
-
-    def numbered(stream: TextIO) -> Iterator[tuple[int, dict[str, Any], str]]:
-        for line in stream:
-            record = json.loads(line)
-            yield record["line"], record, line
-
+def merge_shards(shard_files: list[str], sink: TextIO, chunk_size: int) -> None:
+    """Write the record files of the processes into `sink` in input order: every input line gave one record
+    and chunk k went to process k % N (`tag_records`), so the files take turns, `chunk_size` lines each."""
     with ExitStack() as stack:
-        streams = [numbered(stack.enter_context(open(path, encoding="utf-8"))) for path in shard_files]
-        for _, record, line in heapq.merge(*streams, key=lambda item: item[0]):
-            sink.write(line)
-            summary.add(record)
+        streams = [stack.enter_context(open(path, encoding="utf-8")) for path in shard_files]
+        while streams:
+            for stream in list(streams):
+                chunk = list(itertools.islice(stream, chunk_size))
+                sink.writelines(chunk)
+                if len(chunk) < chunk_size:
+                    streams.remove(stream)
     sink.flush()
-    return summary
 
 
 def _distributed_state():
@@ -258,6 +262,8 @@ def _distributed_state():
 def _run_sharded(tagger, args: argparse.Namespace, state) -> PredictionSummary | None:
     """Each process tags its share of `--input` into `<output>.part-<rank>-of-<N>`; the first merges the
     parts into `--output` in input order (written beside it, then renamed) and returns the summary."""
+    from accelerate.utils import gather_object
+
     started = time.perf_counter()
     rank, count = state.process_index, state.num_processes
     parts = [f"{args.output}.part-{index}-of-{count}" for index in range(count)]
@@ -267,15 +273,18 @@ def _run_sharded(tagger, args: argparse.Namespace, state) -> PredictionSummary |
             tagger, source, sink, args.batch_size, args.chunk_size, progress, shard=(rank, count)
         )
     print(f"mgcm-predict: process {rank} of {count} tagged {share.posts} lines", file=sys.stderr)
-    state.wait_for_everyone()
+    shares = gather_object([share])  # also waits for every process to finish its part
     summary = None
     if state.is_main_process:
         merging = f"{args.output}.merging"
         with open(merging, "w", encoding="utf-8") as sink:
-            summary = merge_shards(parts, sink)
+            merge_shards(parts, sink, args.chunk_size)
         os.replace(merging, args.output)
         for part in parts:
             os.remove(part)
+        summary = PredictionSummary()
+        for other in shares:
+            summary.absorb(other)
         summary.seconds = time.perf_counter() - started
     state.wait_for_everyone()
     return summary
