@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from training_runs import TRAIN_SCRIPT, run_environment, two_cpu_processes
+from training_runs import TRAIN_SCRIPT, run_environment, run_train_script
 from transformers import AutoModelForTokenClassification, AutoProcessor
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
@@ -35,16 +35,8 @@ SMALL_RUN = [
 ]
 
 
-def train(output_dir: Path, *extra: str, launcher: list[str] | None = None, **environment: str) -> dict:
-    command = (launcher or [sys.executable]) + [
-        str(TRAIN_SCRIPT),
-        *SMALL_RUN,
-        "--output_dir",
-        str(output_dir),
-    ]
-    completed = subprocess.run(
-        command + list(extra), env=run_environment(**environment), capture_output=True, text=True, timeout=600
-    )
+def train(output_dir: Path, *extra: str, processes: int = 1) -> dict:
+    completed = run_train_script([*SMALL_RUN, "--output_dir", str(output_dir), *extra], processes=processes)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads((output_dir / "results.json").read_text())
 
@@ -111,15 +103,7 @@ def test_run_writes_results_for_every_split_in_both_seqeval_modes(single_process
     ],
 )
 def test_bad_run_options_stop_before_training_with_a_clear_message(tmp_path, arguments, message):
-    command = [
-        sys.executable,
-        str(TRAIN_SCRIPT),
-        *SMALL_RUN,
-        "--output_dir",
-        str(tmp_path / "run"),
-        *arguments,
-    ]
-    completed = subprocess.run(command, env=run_environment(), capture_output=True, text=True, timeout=300)
+    completed = run_train_script([*SMALL_RUN, "--output_dir", str(tmp_path / "run"), *arguments])
     assert completed.returncode != 0
     assert message in completed.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -230,9 +214,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_metrics(single_process_ru
 
 def test_two_process_cpu_run_splits_the_batches_and_gathers_every_example(tmp_path):
     output_dir = tmp_path / "ddp"
-    results = train(
-        output_dir, "--num_train_epochs", "1", launcher=two_cpu_processes(), ACCELERATE_USE_CPU="true"
-    )
+    results = train(output_dir, "--num_train_epochs", "1", processes=2)
     training = results["training"]
     assert training["num_processes"] == 2
     assert training["train_batches_per_process"] == -(-training["train_batches_total"] // 2)
