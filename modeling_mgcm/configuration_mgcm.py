@@ -4,6 +4,7 @@ The text encoder and the optional vision backbone are sub-configs (`text_config`
 CLIP or VisionEncoderDecoder, so any encoder that `AutoModel` builds plugs in.
 """
 
+import re
 from dataclasses import field
 
 from huggingface_hub.dataclasses import strict
@@ -29,7 +30,14 @@ COCO_OBJECT_LABELS = (
 )  # fmt: skip
 
 AUGMENTATION_MODES = ("none", "add", "gate", "attention")
-GRANULARITIES = ("image", "objects", "caption")
+# The visual granularities; any number of named text sources (`text_sources`) follow them.
+VISUAL_GRANULARITIES = ("image", "objects")
+GRANULARITIES = (*VISUAL_GRANULARITIES, "caption")
+# A text source's name becomes its input names (`<name>_input_ids`, `<name>_attention_mask`) and a
+# corpus column, so it must be a lowercase identifier.
+TEXT_SOURCE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+# The key of the single cross-modal block that every text source shares with `share_text_source_block`.
+SHARED_TEXT_SOURCE_BLOCK = "text_sources"
 
 # bert-base-cased: the paper's text encoder (its vocabulary is smaller than BertConfig's uncased default).
 _BERT_BASE_CASED = {"vocab_size": 28996}
@@ -56,14 +64,23 @@ class MGCMConfig(PreTrainedConfig):
 
     Args:
         text_config: config of the text encoder (any encoder `AutoModel.from_config` builds); it also
-            encodes captions, with shared weights.
+            encodes every text source (captions, knowledge, ...), with shared weights.
         vision_config: config of the vision backbone that turns `pixel_values` into region features
             (ResNet, ConvNeXt, ViT, CLIP vision, ...). Pass `None` for a model without backbone that reads
             precomputed `image_features` only; then `image_feature_dim` says their width.
         image_feature_dim: width `D_v` of the image region features. Derived from `vision_config` when
             there is one (an explicit different value raises).
         freeze_vision_backbone: keep the backbone's weights fixed and the backbone in eval mode.
-        use_image, use_objects, use_caption: the three visual granularities.
+        use_image, use_objects: the visual granularities of image regions and detected objects.
+        text_sources: names of the text granularities, in order: any text about a post (`"caption"`,
+            `"knowledge"`, ...), each read through the shared text encoder from `<name>_input_ids` and
+            `<name>_attention_mask`, with its own cross-modal block, gate and mask. `use_caption=True`
+            (a keyword kept from earlier configs, and a read-only property) puts `"caption"` first.
+        share_text_source_block: one cross-modal block for every text source, told apart by a learned
+            source embedding added to their tokens, instead of a block each; each source keeps its own gate
+            values and slot in the fusion.
+        input_dropout: granularity name -> probability of removing that input from an example during
+            training (its mask row set to zero), so that one model serves posts with and without it.
         object_labels: the detector's class names; `object_ids` index into them, `len(object_labels)`
             is the "no object" padding id.
         max_objects: objects per image (the width of `object_ids`).
@@ -83,9 +100,10 @@ class MGCMConfig(PreTrainedConfig):
         fusion_dropout_prob: dropout on the concatenated granularity outputs before fusion.
         aux_span_loss_weight: weight of the auxiliary B/I/O span loss on the text stream; 0 turns it off.
         use_crf: decode with a linear-chain CRF (trained by its NLL) rather than per-word argmax (cross-entropy).
-        detach_caption_encoding: encode captions with the shared text encoder as a feature extraction, like
-            the frozen image backbone: no back-propagation into the encoder and no dropout, so the caption
-            pass costs one deterministic forward; the encoder is still trained through the tweet.
+        detach_text_source_encoding: encode the text sources with the shared text encoder as a feature
+            extraction, like the frozen image backbone: no back-propagation into the encoder and no dropout,
+            so each source costs one deterministic forward; the encoder is still trained through the tweet.
+            Earlier configs call it `detach_caption_encoding`, which is still read.
     """
 
     model_type = "mgcm"
@@ -104,7 +122,9 @@ class MGCMConfig(PreTrainedConfig):
     freeze_vision_backbone: bool = True
     use_image: bool = True
     use_objects: bool = True
-    use_caption: bool = False
+    text_sources: list[str] | tuple[str, ...] = ()
+    share_text_source_block: bool = False
+    input_dropout: dict[str, float | int] = field(default_factory=dict)
     object_labels: list[str] | tuple[str, ...] = COCO_OBJECT_LABELS
     max_objects: int = 5
     augmentation_mode: str = "gate"
@@ -120,11 +140,12 @@ class MGCMConfig(PreTrainedConfig):
     fusion_dropout_prob: float | int = 0.5
     aux_span_loss_weight: float | int = 0.5
     use_crf: bool = True
-    detach_caption_encoding: bool = True
+    detach_text_source_encoding: bool = True
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        self._read_legacy_caption_fields(kwargs)
         if self.id2label is None and kwargs.get("num_labels") is None:
             self.id2label = dict(enumerate(MGCM_LABEL_NAMES))
             self.label2id = {label: index for index, label in self.id2label.items()}
@@ -140,6 +161,7 @@ class MGCMConfig(PreTrainedConfig):
             getattr(self, name)._attn_implementation = implementation
         # JSON has no tuples: keep one type so that a reloaded config compares equal to the original.
         self.object_labels = list(self.object_labels)
+        self.text_sources = list(self.text_sources)
         self._check_values()
         self._resolve_image_feature_dim()
 
@@ -148,11 +170,23 @@ class MGCMConfig(PreTrainedConfig):
         """Width of the word states: the text encoder's hidden size."""
         return self.text_config.hidden_size
 
+    def _read_legacy_caption_fields(self, kwargs: dict) -> None:
+        """Configs before named text sources had `use_caption` and `detach_caption_encoding`."""
+        if kwargs.pop("use_caption", False) and "caption" not in self.text_sources:
+            self.text_sources = ["caption", *self.text_sources]
+        if "detach_caption_encoding" in kwargs:
+            self.detach_text_source_encoding = kwargs.pop("detach_caption_encoding")
+
+    @property
+    def use_caption(self) -> bool:
+        """Whether the caption is one of the text sources."""
+        return "caption" in self.text_sources
+
     @property
     def granularities(self) -> tuple[str, ...]:
-        """The visual granularities this configuration turns on, in a fixed order."""
-        switches = {"image": self.use_image, "objects": self.use_objects, "caption": self.use_caption}
-        return tuple(name for name in GRANULARITIES if switches[name])
+        """Every granularity this configuration turns on: image, objects, then the text sources in order."""
+        switches = {"image": self.use_image, "objects": self.use_objects}
+        return (*(name for name in VISUAL_GRANULARITIES if switches[name]), *self.text_sources)
 
     @property
     def cross_modal_width(self) -> int:
@@ -199,6 +233,7 @@ class MGCMConfig(PreTrainedConfig):
             raise ValueError(
                 f"MGCMConfig: use_word_shape=True needs num_word_shapes >= 2 (0 is padding), got {self.num_word_shapes}"
             )
+        self._check_text_sources()
         if self.granularities and self.num_cross_attention_layers < 1:
             raise ValueError(
                 f"MGCMConfig: num_cross_attention_layers must be >= 1, got {self.num_cross_attention_layers}"
@@ -233,6 +268,25 @@ class MGCMConfig(PreTrainedConfig):
                 f"MGCMConfig: the cross-modal width {width} must be a multiple of the cross-attention heads "
                 f"{heads} (set num_cross_attention_heads)"
             )
+
+    def _check_text_sources(self) -> None:
+        for name in self.text_sources:
+            if not isinstance(name, str) or not TEXT_SOURCE_NAME.fullmatch(name) or name in VISUAL_GRANULARITIES:
+                raise ValueError(
+                    f"MGCMConfig: text source name {name!r} must be a lowercase identifier ([a-z][a-z0-9_]*) "
+                    f"other than {VISUAL_GRANULARITIES}"
+                )
+        repeated = sorted({name for name in self.text_sources if self.text_sources.count(name) > 1})
+        if repeated:
+            raise ValueError(f"MGCMConfig: text_sources repeats {repeated}")
+        for name, probability in self.input_dropout.items():
+            if name not in self.granularities:
+                raise ValueError(
+                    f"MGCMConfig: input_dropout names {name!r}, which is not a granularity of this config "
+                    f"{self.granularities}"
+                )
+            if not 0 <= probability < 1:
+                raise ValueError(f"MGCMConfig: input_dropout[{name!r}] must be in [0, 1), got {probability}")
 
     def _resolve_image_feature_dim(self) -> None:
         if self.vision_config is not None:
@@ -278,6 +332,9 @@ __all__ = [
     "GRANULARITIES",
     "MGCM_LABEL_NAMES",
     "MGCMConfig",
+    "SHARED_TEXT_SOURCE_BLOCK",
     "SPAN_TAG_NAMES",
+    "TEXT_SOURCE_NAME",
+    "VISUAL_GRANULARITIES",
     "span_tags_of_labels",
 ]

@@ -1,16 +1,19 @@
 """MGCM: multi-granularity cross-modality NER (Liu et al. 2022) as a transformers `PreTrainedModel`.
 
 Top to bottom, as the architecture reads: word states from the first sub-token of each word, word shape and
-semantic augmentation, the visual granularities (image regions, detected objects, caption pieces) each with
-a two-branch gated cross-modal block, fusion with the text stream, emissions and the CRF.
+semantic augmentation, the granularities (image regions, detected objects, and the pieces of each named text
+source: caption, knowledge, ...) each with a two-branch gated cross-modal block, fusion with the text stream,
+emissions and the CRF.
 
-Shapes: B = batch, T = word pieces, W = words, R = image regions, O = objects per image, C = caption pieces,
+Shapes: B = batch, T = word pieces, W = words, R = image regions, O = objects per image, C = pieces of a text
+source,
 d = the text encoder's hidden size, d_c = the cross-modal width (`config.cross_modal_width`, d by default),
 L = number of labels.
 """
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from transformers.utils import (
     ModelOutput,
 )
 
-from .configuration_mgcm import MGCMConfig, span_tags_of_labels
+from .configuration_mgcm import SHARED_TEXT_SOURCE_BLOCK, MGCMConfig, span_tags_of_labels
 from .crf import ConditionalRandomField
 from .cross_modal_attention import MGCMAttentionLayer, MGCMCoupledAttentionBlock
 from .host_reads import host_reads_allowed
@@ -37,8 +40,12 @@ from .semantic_augmentation import MGCMSemanticAugmentation
 from .vision_features import extract_image_features
 
 PADDING_LABEL = -100
-# At most this many encoder calls for the captions of a batch (see `MGCMModel._caption_tokens`).
-CAPTION_LENGTH_GROUPS = 2
+# At most this many encoder calls for one text source of a batch (see `MGCMModel._text_source_tokens`).
+TEXT_SOURCE_LENGTH_GROUPS = 2
+# The inputs of a text source NAME: NAME_input_ids and NAME_attention_mask.
+TEXT_SOURCE_INPUT = re.compile(r"(?P<name>[a-z][a-z0-9_]*)_(?P<kind>input_ids|attention_mask)")
+# Checkpoints before named text sources called the text-source projection `caption_projection`.
+_LEGACY_KEY_MAPPING = {r"caption_projection\.": "text_source_projection."}
 
 
 @dataclass
@@ -54,7 +61,7 @@ class MGCMModelOutput(ModelOutput):
             words and for examples without that input. Every granularity of the config.
         hidden_states: the text encoder's hidden states (tuple of (B, T, d)) when asked.
         attentions: the text encoder's attentions when asked (needs `attn_implementation="eager"`).
-        cross_attentions: granularity name -> (B, W, R|O|C) word-to-visual attention of branch (a),
+        cross_attentions: granularity name -> (B, W, R|O|C) word-to-side-input attention of branch (a),
             averaged over heads, when `output_attentions=True`.
     """
 
@@ -272,9 +279,17 @@ class MGCMPreTrainedModel(PreTrainedModel):
                 kwargs.get("variant"),
                 kwargs.get("config"),
             )
-        return super().from_pretrained(
+        legacy_names = "key_mapping" not in kwargs
+        if legacy_names:
+            kwargs["key_mapping"] = _LEGACY_KEY_MAPPING
+        loaded = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, use_safetensors=use_safetensors, **kwargs
         )
+        if legacy_names:
+            # Saved again under today's names, as a model built from scratch would be, not the legacy ones.
+            model = loaded[0] if isinstance(loaded, tuple) else loaded
+            model._weight_conversions = None
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -286,7 +301,7 @@ class MGCMPreTrainedModel(PreTrainedModel):
 
 
 class MGCMModel(MGCMPreTrainedModel):
-    """The MGCM encoder: word-level states fused with the image, object and caption granularities.
+    """The MGCM encoder: word-level states fused with the image, object and text-source granularities.
 
     `text_encoder` and `vision_model` may be given as pretrained models (see
     `MGCMForTokenClassification.from_backbones`); otherwise they are built from the config's sub-configs.
@@ -328,11 +343,16 @@ class MGCMModel(MGCMPreTrainedModel):
         self.word_projection = nn.Linear(hidden_size, width) if width != hidden_size else nn.Identity()
         self.image_encoder = MGCMImageRegionEncoder(config) if config.use_image else None
         self.object_encoder = MGCMObjectEncoder(config) if config.use_objects else None
-        self.caption_projection = (
-            nn.Linear(hidden_size, width) if config.use_caption and width != hidden_size else nn.Identity()
+        self.text_source_projection = (
+            nn.Linear(hidden_size, width) if config.text_sources and width != hidden_size else nn.Identity()
         )
+        self.text_source_embeddings = None
+        block_names = config.granularities
+        if config.share_text_source_block and config.text_sources:
+            self.text_source_embeddings = nn.Embedding(len(config.text_sources), width)
+            block_names = (*block_names[: -len(config.text_sources)], SHARED_TEXT_SOURCE_BLOCK)
         self.cross_modal_blocks = nn.ModuleDict(
-            {name: MGCMCoupledAttentionBlock(config, width) for name in config.granularities}
+            {name: MGCMCoupledAttentionBlock(config, width) for name in block_names}
         )
         if config.granularities:
             self.fusion_dropout = nn.Dropout(config.fusion_dropout_prob)
@@ -380,11 +400,14 @@ class MGCMModel(MGCMPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **text_source_inputs: Tensor,
     ) -> MGCMModelOutput | tuple:
-        """Word states fused with every visual input the batch holds (see docs/interfaces.md for inputs).
+        """Word states fused with every side input the batch holds (see docs/interfaces.md for inputs).
 
-        Inputs of granularities the config turns off are ignored; a granularity the config turns on may be
-        missing from the batch, or masked per example, and then contributes exactly nothing.
+        `text_source_inputs` are the (B, C) `<name>_input_ids` and `<name>_attention_mask` of the text sources
+        other than the caption. Inputs of granularities the config turns off are ignored; a granularity the
+        config turns on may be missing from the batch, or masked per example, and then contributes exactly
+        nothing.
         """
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
@@ -423,24 +446,20 @@ class MGCMModel(MGCMPreTrainedModel):
         word_states = self.word_dropout(word_states) * word_mask.unsqueeze(-1)
         text_states = self.text_self_attention(word_states, word_states, word_mask)[0]
 
-        visual_inputs = self._visual_tokens(
-            word_mask,
-            pixel_values,
-            image_features,
-            image_mask,
-            object_ids,
-            object_mask,
-            caption_input_ids,
-            caption_attention_mask,
+        text_source_inputs = self._text_source_inputs(
+            caption_input_ids, caption_attention_mask, text_source_inputs
+        )
+        side_inputs = self._side_tokens(
+            word_mask, pixel_values, image_features, image_mask, object_ids, object_mask, text_source_inputs
         )
         gate_values, cross_attentions, granularity_states = {}, {}, []
         word_queries = self.word_projection(word_states)
         # Every block runs on every batch, on masked input where examples lack it: a block skipped because
         # its input is absent from one batch would leave its parameters out of the graph, and DDP stops.
-        for name, block in self.cross_modal_blocks.items():
-            visual_states, visual_mask = visual_inputs[name]
-            fused, gate, weights = block(
-                word_queries, word_mask, visual_states, visual_mask, output_attentions
+        for name in self.config.granularities:
+            side_states, side_mask = side_inputs[name]
+            fused, gate, weights = self._block_of(name)(
+                word_queries, word_mask, side_states, side_mask, output_attentions
             )
             granularity_states.append(fused)
             gate_values[name] = gate
@@ -532,7 +551,32 @@ class MGCMModel(MGCMPreTrainedModel):
         neighbour_weights = neighbour_weights.masked_fill(~word_mask.unsqueeze(-1), 0)
         return self.augmentation(word_states, neighbour_vectors, neighbour_weights)
 
-    def _visual_tokens(
+    def _text_source_inputs(
+        self,
+        caption_input_ids: Tensor | None,
+        caption_attention_mask: Tensor | None,
+        other_inputs: dict[str, Tensor],
+    ) -> dict[str, tuple[Tensor | None, Tensor | None]]:
+        """Text source name -> (input ids, attention mask), for the sources of the config; the inputs of
+        other well-named sources are ignored, like those of any granularity the config turns off."""
+        inputs = {"caption": (caption_input_ids, caption_attention_mask)}
+        for key, tensor in other_inputs.items():
+            match = TEXT_SOURCE_INPUT.fullmatch(key)
+            if match is None:
+                raise TypeError(
+                    f"MGCM forward got an unexpected keyword argument {key!r}; text sources are passed as "
+                    "<name>_input_ids and <name>_attention_mask"
+                )
+            ids, mask = inputs.get(match["name"], (None, None))
+            inputs[match["name"]] = (tensor, mask) if match["kind"] == "input_ids" else (ids, tensor)
+        return {name: inputs.get(name, (None, None)) for name in self.config.text_sources}
+
+    def _block_of(self, granularity: str) -> MGCMCoupledAttentionBlock:
+        if self.text_source_embeddings is not None and granularity in self.config.text_sources:
+            return self.cross_modal_blocks[SHARED_TEXT_SOURCE_BLOCK]
+        return self.cross_modal_blocks[granularity]
+
+    def _side_tokens(
         self,
         word_mask: Tensor,
         pixel_values: Tensor | None,
@@ -540,11 +584,11 @@ class MGCMModel(MGCMPreTrainedModel):
         image_mask: Tensor | None,
         object_ids: Tensor | None,
         object_mask: Tensor | None,
-        caption_input_ids: Tensor | None,
-        caption_attention_mask: Tensor | None,
+        text_source_inputs: dict[str, tuple[Tensor | None, Tensor | None]],
     ) -> dict[str, tuple[Tensor, Tensor]]:
-        """Granularity name -> (visual states (B, N, d_c), mask (B, N) bool), for every granularity of the
-        config; an input missing from the batch is one fully masked token per example."""
+        """Granularity name -> (side-input states (B, N, d_c), mask (B, N) bool), for every granularity of
+        the config; an input missing from the batch is one fully masked token per example. In training,
+        `config.input_dropout` removes each input from a random share of the examples."""
         batch_size, device = word_mask.shape[0], word_mask.device
         no_input = torch.zeros(batch_size, 1, dtype=torch.bool, device=device)
         tokens = {}
@@ -552,19 +596,35 @@ class MGCMModel(MGCMPreTrainedModel):
             if pixel_values is None and image_features is None:
                 image_features = torch.zeros(batch_size, 1, self.config.image_feature_dim, device=device)
                 image_mask = no_input[:, 0]
-            tokens["image"] = self._image_tokens(pixel_values, image_features, image_mask)
+            states, mask = self._image_tokens(pixel_values, image_features, image_mask)
+            tokens["image"] = states, self._drop_examples("image", mask)
         if self.object_encoder is not None:
             if object_ids is None:
                 object_ids = no_input.long() + self.object_encoder.padding_id
                 object_mask = no_input
-            tokens["objects"] = self._object_tokens(object_ids, object_mask)
-        if "caption" in self.cross_modal_blocks:
-            if caption_input_ids is None:
+            states, mask = self._object_tokens(object_ids, object_mask)
+            tokens["objects"] = states, self._drop_examples("objects", mask)
+        for index, (name, (ids, mask)) in enumerate(text_source_inputs.items()):
+            if ids is None:
                 hidden_states = torch.zeros(batch_size, 1, self.config.hidden_size, device=device)
-                tokens["caption"] = self.caption_projection(hidden_states), no_input
+                states, mask = self.text_source_projection(hidden_states), no_input
             else:
-                tokens["caption"] = self._caption_tokens(caption_input_ids, caption_attention_mask)
+                mask = self._checked_text_source_mask(name, ids, mask)
+                # Dropped before encoding: on CPU the encoder then skips those rows.
+                states, mask = self._text_source_tokens(ids, self._drop_examples(name, mask))
+            if self.text_source_embeddings is not None:
+                states = states + self.text_source_embeddings.weight[index]
+            tokens[name] = states, mask
         return tokens
+
+    def _drop_examples(self, granularity: str, mask: Tensor) -> Tensor:
+        """(B, N) bool mask with the rows of a random `config.input_dropout[granularity]` share of the
+        examples set to False, in training; the mask itself otherwise."""
+        probability = self.config.input_dropout.get(granularity, 0)
+        if not (self.training and probability > 0):
+            return mask
+        kept = torch.rand(mask.shape[0], device=mask.device) >= probability
+        return mask & kept.unsqueeze(1)
 
     def _image_tokens(
         self, pixel_values: Tensor | None, image_features: Tensor | None, image_mask: Tensor | None
@@ -632,71 +692,71 @@ class MGCMModel(MGCMPreTrainedModel):
         object_ids = object_ids.masked_fill(~object_mask, padding_id)
         return self.object_encoder(object_ids), object_mask
 
-    def _caption_tokens(
-        self, caption_input_ids: Tensor, caption_attention_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """Caption pieces through the shared text encoder, only for rows that have a caption."""
-        if caption_attention_mask is None:
+    @staticmethod
+    def _checked_text_source_mask(name: str, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        if attention_mask is None:
             raise ValueError(
-                "caption_input_ids need caption_attention_mask (an all-zero row means no caption)"
+                f"{name}_input_ids need {name}_attention_mask (an all-zero row means no {name} for that post)"
             )
-        if caption_attention_mask.shape != caption_input_ids.shape:
+        if attention_mask.shape != input_ids.shape:
             raise ValueError(
-                f"caption_attention_mask has shape {tuple(caption_attention_mask.shape)} but caption_input_ids "
-                f"{tuple(caption_input_ids.shape)}"
+                f"{name}_attention_mask has shape {tuple(attention_mask.shape)} but {name}_input_ids "
+                f"{tuple(input_ids.shape)}"
             )
-        caption_mask = caption_attention_mask.bool()
-        if host_reads_allowed(caption_mask):
-            return self._caption_states_by_length(caption_input_ids, caption_mask), caption_mask
-        # One fixed-shape pass over every row. A row without a caption attends to its first (padding) piece
-        # so that no softmax runs over nothing; its states are masked everywhere downstream.
-        present = caption_mask.any(dim=1, keepdim=True)
-        encoder_mask = caption_mask | (
-            ~present & (torch.arange(caption_mask.shape[1], device=present.device) == 0)
+        return attention_mask.bool()
+
+    def _text_source_tokens(self, input_ids: Tensor, source_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C) pieces of one text source through the shared text encoder -> ((B, C, d_c), (B, C) mask),
+        encoding only the rows that have the source where the host may read the mask."""
+        if host_reads_allowed(source_mask):
+            return self._text_source_states_by_length(input_ids, source_mask), source_mask
+        # One fixed-shape pass over every row. A row without the source attends to its first (padding)
+        # piece so that no softmax runs over nothing; its states are masked everywhere downstream.
+        present = source_mask.any(dim=1, keepdim=True)
+        encoder_mask = source_mask | (
+            ~present & (torch.arange(source_mask.shape[1], device=present.device) == 0)
         )
-        with self._caption_encoding_context():
+        with self._text_source_encoding_context():
             states = self.text_encoder(
-                input_ids=caption_input_ids, attention_mask=encoder_mask.long(), return_dict=True
+                input_ids=input_ids, attention_mask=encoder_mask.long(), return_dict=True
             ).last_hidden_state
-        return self.caption_projection(states), caption_mask
+        return self.text_source_projection(states), source_mask
 
     @contextmanager
-    def _caption_encoding_context(self) -> Iterator[None]:
-        """No gradient and the encoder in eval mode while the caption pass is detached (the default)."""
-        detached = self.config.detach_caption_encoding
+    def _text_source_encoding_context(self) -> Iterator[None]:
+        """No gradient and the encoder in eval mode while text sources are detached (the default)."""
+        detached = self.config.detach_text_source_encoding
         with (
             torch.set_grad_enabled(torch.is_grad_enabled() and not detached),
             _evaluation_mode(self.text_encoder, detached),
         ):
             yield
 
-    def _caption_states_by_length(self, caption_input_ids: Tensor, caption_mask: Tensor) -> Tensor:
-        """(B, C) caption pieces -> (B, C, d_c) states, encoding only rows with a caption, in groups of
-        similar length each cut to its longest caption: about a quarter less padding than one pass over the
+    def _text_source_states_by_length(self, input_ids: Tensor, source_mask: Tensor) -> Tensor:
+        """(B, C) pieces -> (B, C, d_c) states, encoding only rows that have the source, in groups of
+        similar length each cut to its longest row: about a quarter less padding than one pass over the
         batch, for a few host reads (CPU only; see `host_reads`)."""
-        present = caption_mask.any(dim=1)
-        batch_size, caption_length = caption_input_ids.shape
-        # Rows without a caption keep the projection of zeros (masked everywhere downstream); it also keeps
-        # the projection in the graph of a batch in which no row has a caption.
-        blank = torch.zeros(
-            batch_size, caption_length, self.config.hidden_size, device=caption_input_ids.device
-        )
-        all_rows = self.caption_projection(blank)
-        positions = torch.arange(1, caption_length + 1, device=caption_mask.device)
-        lengths = (caption_mask * positions).amax(dim=1)
+        present = source_mask.any(dim=1)
+        batch_size, source_length = input_ids.shape
+        # Rows without the source keep the projection of zeros (masked everywhere downstream); it also
+        # keeps the projection in the graph of a batch in which no row has the source.
+        blank = torch.zeros(batch_size, source_length, self.config.hidden_size, device=input_ids.device)
+        all_rows = self.text_source_projection(blank)
+        positions = torch.arange(1, source_length + 1, device=source_mask.device)
+        lengths = (source_mask * positions).amax(dim=1)
         rows = present.nonzero().squeeze(1)
         rows = rows[lengths[rows].argsort(stable=True)]
-        for group in torch.tensor_split(rows, max(1, min(CAPTION_LENGTH_GROUPS, len(rows)))):
+        for group in torch.tensor_split(rows, max(1, min(TEXT_SOURCE_LENGTH_GROUPS, len(rows)))):
             if group.numel() == 0:
                 continue
             length = int(lengths[group[-1]])
-            with self._caption_encoding_context():
+            with self._text_source_encoding_context():
                 states = self.text_encoder(
-                    input_ids=caption_input_ids[group, :length],
-                    attention_mask=caption_mask[group, :length].long(),
+                    input_ids=input_ids[group, :length],
+                    attention_mask=source_mask[group, :length].long(),
                     return_dict=True,
                 ).last_hidden_state
-            states = self.caption_projection(states)
+            states = self.text_source_projection(states)
             all_rows = all_rows.to(states.dtype).index_put(
                 (group.unsqueeze(1), positions[:length].unsqueeze(0) - 1), states
             )
@@ -822,8 +882,11 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **text_source_inputs: Tensor,
     ) -> MGCMTokenClassifierOutput | tuple:
         """Emissions, Viterbi predictions and, with word-level `labels` (B, W), the loss.
+
+        Text sources other than the caption come as `<name>_input_ids` and `<name>_attention_mask` (B, C).
 
         A label of -100 ignores the word: padding, or a real word left unlabelled, which the CRF sums over
         (every tag possible there) and cross-entropy skips.
@@ -848,6 +911,7 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **text_source_inputs,
         )
         word_mask = encoded.word_mask
         logits = self.classifier(self.dropout(encoded.last_hidden_state))

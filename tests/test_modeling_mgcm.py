@@ -517,7 +517,7 @@ def test_a_slim_cross_modal_width_projects_words_and_visual_tokens(tiny_text_con
     assert model.mgcm.text_visual_combination.in_features == tiny_text_config.hidden_size + 8
     model.train()
     model(**build_batch(three_examples())).loss.backward()
-    assert model.mgcm.caption_projection.weight.grad.abs().sum() > 0
+    assert model.mgcm.text_source_projection.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("detach", [True, False])
@@ -527,8 +527,8 @@ def test_a_detached_caption_pass_is_a_deterministic_feature_extraction(tiny_text
     model = tiny_model(text_config, detach_caption_encoding=detach, cross_modal_hidden_size=16).train()
     batch = build_batch(three_examples(caption=1))
     ids, mask = batch["caption_input_ids"], batch["caption_attention_mask"]
-    first, _ = model.mgcm._caption_tokens(ids, mask)
-    second, _ = model.mgcm._caption_tokens(ids, mask)
+    first, _ = model.mgcm._text_source_tokens(ids, mask.bool())
+    second, _ = model.mgcm._text_source_tokens(ids, mask.bool())
     # Detached: no dropout and no gradient into the encoder; otherwise the encoder trains on captions too.
     assert torch.equal(first, second) == detach
     assert model.mgcm.text_encoder.training
