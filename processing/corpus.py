@@ -19,6 +19,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
+from modeling_mgcm.configuration_mgcm import TEXT_SOURCE_NAME
+
 from .corpus_schema import corpus_features
 from .corpus_stats import corpus_stats, format_corpus_stats
 from .labels import ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, TAG_ALIASES, normalise_tag, repair_bio_tags
@@ -220,7 +222,8 @@ def write_conll(dataset: Iterable[Mapping], path: str | os.PathLike) -> Path:
 
 
 def read_captions_file(path: str | os.PathLike) -> dict[str, str]:
-    """Read `<IMGID>.jpg :<caption>` lines into {IMGID: caption}; blank lines are skipped."""
+    """Read `<IMGID>.jpg :<text>` lines into {IMGID: text}; blank lines are skipped. Every text source
+    (captions, PGIM knowledge, ...) comes in this format."""
     path = Path(path)
     captions: dict[str, str] = {}
     first_line_of_id: dict[str, int] = {}
@@ -340,7 +343,7 @@ def _split_dataset(
     corpus_file: Path,
     split: str,
     image_dir: Path | None,
-    captions: Mapping[str, str],
+    text_sources: Mapping[str, Mapping[str, str]],
     objects: Mapping[str, list[dict]],
 ) -> Dataset:
     images = []
@@ -353,10 +356,13 @@ def _split_dataset(
         "tokens": [tweet.tokens for tweet in tweets],
         "ner_tags": [[LABEL_TO_ID[tag] for tag in tweet.tags] for tweet in tweets],
         "image": images,
-        "caption": [captions.get(tweet.id, "") for tweet in tweets],
+        **{
+            name: [texts.get(tweet.id, "") for tweet in tweets]
+            for name, texts in {"caption": {}, **text_sources}.items()
+        },
         "objects": [objects.get(tweet.id, []) for tweet in tweets],
     }
-    return Dataset.from_dict(columns, features=corpus_features(), split=split)
+    return Dataset.from_dict(columns, features=corpus_features(list(text_sources)), split=split)
 
 
 def load_tweet_corpus(
@@ -365,12 +371,15 @@ def load_tweet_corpus(
     captions_file: str | os.PathLike | None = None,
     objects_file: str | os.PathLike | None = None,
     repair_bio: bool = False,
+    text_source_files: Mapping[str, str | os.PathLike] | None = None,
 ) -> DatasetDict:
     """Load whichever of `train.txt`, `valid.txt`, `test.txt` exist in `data_dir` as a DatasetDict.
 
     Features: `id`, `tokens`, `ner_tags` (ClassLabel over `LABEL_NAMES`, OTHER read as MISC), `image`
     (path of `<image_dir>/<IMGID>.jpg`, None when there is no such file), `caption` ("" when none) and
-    `objects` ([] when none). A corrupt image file keeps its path; it fails only when decoded, so cast the
+    `objects` ([] when none), and one string column per entry of `text_source_files` (name -> a file in
+    the captions format, e.g. `{"knowledge": "twitter2015_pgim.txt"}`; "" where a tweet has none;
+    `captions_file` is the same as a `caption` entry). A corrupt image file keeps its path; it fails only when decoded, so cast the
     column to `datasets.Image(decode=False)` to read paths. `repair_bio=True` turns I- tags that open an
     entity into B-; the default keeps the data as published so scores stay comparable.
     """
@@ -385,12 +394,22 @@ def load_tweet_corpus(
         image_dir = Path(image_dir).absolute()
         if not image_dir.is_dir():
             raise FileNotFoundError(f"image folder {image_dir} does not exist")
-    captions = read_captions_file(captions_file) if captions_file is not None else {}
+    source_files = dict(text_source_files or {})
+    if captions_file is not None:
+        if "caption" in source_files:
+            raise ValueError(
+                "give the captions as captions_file or as text_source_files['caption'], not both"
+            )
+        source_files = {"caption": captions_file, **source_files}
+    for name in source_files:
+        if not TEXT_SOURCE_NAME.fullmatch(name):
+            raise ValueError(f"text source name {name!r} must be a lowercase identifier ([a-z][a-z0-9_]*)")
+    text_sources = {name: read_captions_file(path) for name, path in source_files.items()}
     objects = read_objects_file(objects_file) if objects_file is not None else {}
     return DatasetDict(
         {
             split: _split_dataset(
-                read_conll_file(path, repair_bio), path, split, image_dir, captions, objects
+                read_conll_file(path, repair_bio), path, split, image_dir, text_sources, objects
             )
             for split, path in split_files.items()
         }

@@ -282,16 +282,12 @@ class KnowledgeWriter:
         batch_size = min(self.batch_size, len(inputs))
         if batch_size > 1:
             prepare_for_batching(pipeline)
-        outputs = pipeline(
-            inputs,
-            do_sample=False,
-            max_new_tokens=self.max_new_tokens,
-            return_full_text=False,
-            batch_size=batch_size,
+        generate_options = {"do_sample": False, "max_new_tokens": self.max_new_tokens}
+        if tokenizer.pad_token_id is not None:
             # The pipeline took its default pad_token_id from the tokenizer when it was built, before
             # `prepare_for_batching` may have set one: pass it on each call.
-            pad_token_id=tokenizer.pad_token_id,
-        )
+            generate_options["pad_token_id"] = tokenizer.pad_token_id
+        outputs = pipeline(inputs, return_full_text=False, batch_size=batch_size, **generate_options)
         answers = []
         for output in outputs:
             first = output[0] if isinstance(output, list) else output

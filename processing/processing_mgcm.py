@@ -1,4 +1,5 @@
-"""`MGCMProcessor`: turns tweets (words), images, detected objects and captions into MGCM model inputs.
+"""`MGCMProcessor`: turns tweets (words), images, detected objects and named text sources (captions, LLM
+knowledge, ...) into MGCM model inputs.
 
 A tweet longer than the word-piece window is split into overlapping windows of whole words, so every word
 gets a prediction; `merge_windows` puts the per-window word predictions back together, one per word.
@@ -19,6 +20,7 @@ from transformers import AutoImageProcessor, AutoProcessor, BatchFeature, Proces
 from transformers.utils import PROCESSOR_NAME
 
 from modeling_mgcm import MGCMConfig
+from modeling_mgcm.configuration_mgcm import TEXT_SOURCE_NAME
 
 from .neighbour_table import NeighbourTable
 from .tweet_normalise import clean_token, is_url
@@ -40,6 +42,8 @@ _PROCESSOR_SETTINGS = (
     "max_caption_length",
     "url_token",
     "caption_as_text_segment",
+    "text_source_max_lengths",
+    "segment_sources",
 )
 
 
@@ -181,13 +185,17 @@ class MGCMProcessor(ProcessorMixin):
         max_length: word pieces per window, special tokens included.
         stride: words shared by consecutive windows of a long tweet.
         max_objects: objects kept per image, highest scores first.
-        max_caption_length: caption word pieces kept, special tokens included.
+        max_caption_length: caption word pieces kept, special tokens included (the `caption` entry of
+            `text_source_max_lengths`).
+        text_source_max_lengths: name -> word pieces kept (special tokens included) of each text source the
+            processor reads besides the caption, e.g. `{"knowledge": 200}`; it may also set the caption's.
+        segment_sources: text sources appended to every window as further text segments
+            (`[CLS] tweet [SEP] knowledge [SEP]`, PGIM- and ITA-style) instead of returning
+            `<name>_input_ids` for their granularity; their pieces belong to no word. In this order.
         url_token: when set, every word that is a link (`tweet_normalise.is_url`) reaches the encoder as
             this one word: a t.co link is ~15 word pieces of noise. Labels, word shapes and neighbours
             still see the original word.
-        caption_as_text_segment: append the caption to every window as a second text segment
-            (`[CLS] tweet [SEP] caption [SEP]`, ITA-style) instead of returning `caption_input_ids` for
-            the caption granularity; the caption pieces belong to no word.
+        caption_as_text_segment: put `caption` first in `segment_sources` (kept from earlier configs).
     """
 
     def __init__(
@@ -202,6 +210,8 @@ class MGCMProcessor(ProcessorMixin):
         max_caption_length: int = 32,
         url_token: str | None = None,
         caption_as_text_segment: bool = False,
+        text_source_max_lengths: Mapping[str, int] | None = None,
+        segment_sources: Sequence[str] = (),
     ):
         if tokenizer is None:
             raise ValueError("MGCMProcessor needs a tokenizer")
@@ -230,22 +240,29 @@ class MGCMProcessor(ProcessorMixin):
             ("max_length", max_length, 1),
             ("stride", stride, 0),
             ("max_objects", max_objects, 1),
-            ("max_caption_length", max_caption_length, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        if url_token is not None and (not isinstance(url_token, str) or not url_token.strip()):
-            raise ValueError(f"url_token must be a non-empty word or None, got {url_token!r}")
         if not isinstance(caption_as_text_segment, bool):
             raise ValueError(f"caption_as_text_segment must be a bool, got {caption_as_text_segment!r}")
+        self.text_source_max_lengths = self._checked_source_lengths(
+            {"caption": max_caption_length, **(text_source_max_lengths or {})}
+        )
+        self.segment_sources = self._checked_segment_sources(
+            ["caption", *segment_sources] if caption_as_text_segment else list(segment_sources)
+        )
+        if url_token is not None and (not isinstance(url_token, str) or not url_token.strip()):
+            raise ValueError(f"url_token must be a non-empty word or None, got {url_token!r}")
         if max_length > tokenizer.model_max_length:
             raise ValueError(
                 f"max_length {max_length} exceeds the tokenizer's limit {tokenizer.model_max_length}"
             )
-        if caption_as_text_segment and max_length + max_caption_length > tokenizer.model_max_length:
+        segment_pieces = sum(self.text_source_max_lengths[name] for name in self.segment_sources)
+        if max_length + segment_pieces > tokenizer.model_max_length:
             raise ValueError(
-                f"max_length {max_length} + max_caption_length {max_caption_length} exceeds the tokenizer's "
-                f"limit {tokenizer.model_max_length}: the caption segment would not fit"
+                f"max_length {max_length} + the segment sources' lengths {segment_pieces} "
+                f"({', '.join(self.segment_sources)}) exceed the tokenizer's limit {tokenizer.model_max_length}: "
+                "the segments would not fit"
             )
 
         self.neighbour_table = neighbour_table
@@ -253,16 +270,55 @@ class MGCMProcessor(ProcessorMixin):
         self.max_length = max_length
         self.stride = stride
         self.max_objects = max_objects
-        self.max_caption_length = max_caption_length
         self.url_token = url_token
-        self.caption_as_text_segment = caption_as_text_segment
         self.unknown_object_label_counts: Counter[str] = Counter()
         self._object_label_ids = {label: index for index, label in enumerate(object_labels or [])}
         self._special_prefix, self._special_suffix, self._content_token_type = self._special_token_layout()
         self.window_capacity = max_length - len(self._special_prefix[0]) - len(self._special_suffix[0])
         if self.window_capacity < 1:
             raise ValueError(f"max_length {max_length} leaves no room for words next to the special tokens")
-        self._segment_layout = self._pair_token_layout() if caption_as_text_segment else None
+        self._segment_layout = self._pair_token_layout() if self.segment_sources else None
+
+    @staticmethod
+    def _checked_source_lengths(lengths: Mapping[str, int]) -> dict[str, int]:
+        for name, length in lengths.items():
+            if not isinstance(name, str) or not TEXT_SOURCE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"text source name {name!r} must be a lowercase identifier ([a-z][a-z0-9_]*)"
+                )
+            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+                raise ValueError(
+                    f"the maximum length of text source {name!r} must be an integer >= 1, got {length!r}"
+                )
+        return dict(lengths)
+
+    def _checked_segment_sources(self, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in self.text_source_max_lengths]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if unknown or repeated:
+            raise ValueError(
+                f"segment_sources must name distinct text sources of text_source_max_lengths "
+                f"{sorted(self.text_source_max_lengths)}: unknown {unknown}, repeated {repeated}"
+            )
+        return names
+
+    @property
+    def max_caption_length(self) -> int:
+        return self.text_source_max_lengths["caption"]
+
+    @property
+    def caption_as_text_segment(self) -> bool:
+        return "caption" in self.segment_sources
+
+    @property
+    def text_sources(self) -> list[str]:
+        """Every text source this processor reads (the caption first)."""
+        return list(self.text_source_max_lengths)
+
+    @property
+    def granularity_sources(self) -> list[str]:
+        """The text sources returned as `<name>_input_ids` for their own granularity (not segments)."""
+        return [name for name in self.text_source_max_lengths if name not in self.segment_sources]
 
     # ----------------------------------------------------------------------------------------------
     # ProcessorMixin plumbing: an optional image processor and a neighbour table saved beside the rest
@@ -285,8 +341,9 @@ class MGCMProcessor(ProcessorMixin):
         names += ["pixel_values", "image_features", "image_mask"]
         if self.object_labels is not None:
             names += ["object_ids", "object_mask"]
-        names += ["caption_input_ids", "caption_attention_mask", "labels"]
-        return names
+        for name in self.granularity_sources:
+            names += [f"{name}_input_ids", f"{name}_attention_mask"]
+        return [*names, "labels"]
 
     @property
     def uses_token_type_ids(self) -> bool:
@@ -304,9 +361,9 @@ class MGCMProcessor(ProcessorMixin):
             "max_length": self.max_length,
             "stride": self.stride,
             "max_objects": self.max_objects,
-            "max_caption_length": self.max_caption_length,
+            "text_source_max_lengths": dict(self.text_source_max_lengths),
+            "segment_sources": list(self.segment_sources),
             "url_token": self.url_token,
-            "caption_as_text_segment": self.caption_as_text_segment,
             "neighbour_table": None if self.neighbour_table is None else NEIGHBOUR_TABLE_FOLDER,
             "image_processor": None if self.image_processor is None else self.image_processor.to_dict(),
             "processor_class": type(self).__name__,
@@ -416,7 +473,7 @@ class MGCMProcessor(ProcessorMixin):
         if ids[start - len(first) : start] != first or not ends:
             raise ValueError(
                 f"cannot find the sentence-pair layout of {type(self.tokenizer).__name__} (ids {ids}): "
-                "caption_as_text_segment needs a tokenizer that encodes pairs"
+                "segment_sources need a tokenizer that encodes pairs"
             )
         end = ends[0]
         after = end + len(second)
@@ -460,22 +517,51 @@ class MGCMProcessor(ProcessorMixin):
             pieces_of_tweets.append(pieces)
         return pieces_of_tweets
 
-    def _caption_ids(self, captions: list[str | None]) -> list[list[int]]:
-        """Caption word-piece ids per tweet, `[]` for an absent or blank caption; with
-        `caption_as_text_segment` the pieces only, without special tokens."""
-        present = [index for index, caption in enumerate(captions) if caption is not None and caption.strip()]
-        ids: list[list[int]] = [[] for _ in captions]
+    def _text_source_ids(self, name: str, texts: Sequence[str | None]) -> list[list[int]]:
+        """Word-piece ids of one text source per tweet, `[]` where it is absent or blank; for a segment
+        source the pieces only, without special tokens."""
+        for index, text in enumerate(texts):
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"{name} of tweet {index} must be a string or None, got {text!r}")
+        present = [index for index, text in enumerate(texts) if text is not None and text.strip()]
+        ids: list[list[int]] = [[] for _ in texts]
         if present:
+            segment = name in self.segment_sources
+            # The special tokens of a segment come from the window layout, so they are not counted here.
             encoding = self.tokenizer(
-                [captions[index] for index in present],
+                [texts[index] for index in present],
                 truncation=True,
-                max_length=self.max_caption_length,
-                add_special_tokens=not self.caption_as_text_segment,
+                max_length=self.text_source_max_lengths[name],
+                add_special_tokens=not segment,
                 return_attention_mask=False,
             )
-            for index, caption_ids in zip(present, encoding["input_ids"], strict=True):
-                ids[index] = list(caption_ids)
+            for index, source_ids in zip(present, encoding["input_ids"], strict=True):
+                ids[index] = list(source_ids)
         return ids
+
+    def _checked_text_sources(
+        self,
+        captions: Sequence[str | None] | None,
+        text_sources: Mapping[str, Sequence[str | None]] | None,
+        num_tweets: int,
+    ) -> dict[str, Sequence[str | None]]:
+        """Name -> one text (or None) per tweet, the caption included, for the sources given."""
+        sources = dict(text_sources or {})
+        if captions is not None:
+            if "caption" in sources:
+                raise ValueError("give the captions as captions or as text_sources['caption'], not both")
+            sources = {"caption": captions, **sources}
+        unknown = sorted(set(sources) - set(self.text_source_max_lengths))
+        if unknown:
+            raise ValueError(
+                f"text sources {unknown} are not read by this processor, which knows "
+                f"{self.text_sources}: add them to text_source_max_lengths"
+            )
+        for name, texts in sources.items():
+            if isinstance(texts, str):
+                raise TypeError(f"{name} must be a list with one text (or None) per tweet, got a string")
+            self._check_length(name, texts, num_tweets)
+        return sources
 
     def _object_ids(self, objects: Any, tweet_index: int) -> list[int]:
         """Ids of a tweet's detected objects, highest score first, at most `max_objects`."""
@@ -519,25 +605,25 @@ class MGCMProcessor(ProcessorMixin):
         word_labels: Sequence[Sequence[int]] | None = None,
         captions: Sequence[str | None] | None = None,
         objects: Sequence[Any] | None = None,
+        text_sources: Mapping[str, Sequence[str | None]] | None = None,
     ) -> list[dict[str, Any]]:
         """Tokenise tweets into unpadded windows (the rows `pad_windows` and the data collator consume).
 
         Each window is a dict with `tweet_index`, `window_word_offset`, `words`, `input_ids`,
-        (`token_type_ids`), `word_ids`, `word_shape_ids`, and when given `labels`, `caption_input_ids`
-        (`[]` for no caption) and `object_ids` (unpadded, at most `max_objects`).
+        (`token_type_ids`), `word_ids`, `word_shape_ids`, and when given `labels`, `<name>_input_ids` of
+        each text source that is not a segment (`[]` where the tweet has none; `captions` is the `caption`
+        source) and `object_ids` (unpadded, at most `max_objects`).
         """
         tweets = self._validate_words(words)
         num_tweets = len(tweets)
         labels = None
         if word_labels is not None:
             labels = self._validate_labels(word_labels, tweets)
-        caption_ids = None
-        if captions is not None:
-            self._check_length("captions", captions, num_tweets)
-            for index, caption in enumerate(captions):
-                if caption is not None and not isinstance(caption, str):
-                    raise TypeError(f"caption of tweet {index} must be a string or None, got {caption!r}")
-            caption_ids = self._caption_ids(list(captions))
+        source_ids = {
+            name: self._text_source_ids(name, texts)
+            for name, texts in self._checked_text_sources(captions, text_sources, num_tweets).items()
+        }
+        segment_names = [name for name in self.segment_sources if name in source_ids]
         object_ids = None
         if objects is not None:
             self._check_length("objects", objects, num_tweets)
@@ -561,14 +647,19 @@ class MGCMProcessor(ProcessorMixin):
                 for local_index, word_pieces in enumerate(pieces[start:end]):
                     input_ids += word_pieces
                     word_ids += [local_index] * len(word_pieces)
-                segment = caption_ids[tweet_index] if caption_ids and self._segment_layout else []
+                segments = [source_ids[name][tweet_index] for name in segment_names]
+                segments = [segment for segment in segments if segment]
                 end_ids, end_types = list(suffix_ids), list(suffix_types)
-                if segment:
+                if segments:
                     (separator_ids, separator_types), (end_ids, end_types), segment_type = (
                         self._segment_layout
                     )
-                    input_ids += separator_ids + segment
-                    end_types = separator_types + [segment_type] * len(segment) + end_types
+                    # [CLS] tweet [SEP] first [SEP] second [SEP]: a separator before each segment.
+                    after_words = []
+                    for segment in segments:
+                        input_ids += separator_ids + segment
+                        after_words += separator_types + [segment_type] * len(segment)
+                    end_types = after_words + end_types
                 input_ids += end_ids
                 word_ids += [-1] * (len(input_ids) - len(word_ids))
                 window = {
@@ -586,8 +677,9 @@ class MGCMProcessor(ProcessorMixin):
                     window["token_type_ids"] = list(prefix_types) + content_types + list(end_types)
                 if labels is not None:
                     window["labels"] = labels[tweet_index][start:end]
-                if caption_ids is not None and not self.caption_as_text_segment:
-                    window["caption_input_ids"] = caption_ids[tweet_index]
+                for name, ids in source_ids.items():
+                    if name not in self.segment_sources:
+                        window[f"{name}_input_ids"] = ids[tweet_index]
                 if object_ids is not None:
                     window["object_ids"] = object_ids[tweet_index]
                 windows.append(window)
@@ -649,7 +741,8 @@ class MGCMProcessor(ProcessorMixin):
 
         Returns `input_ids`, `attention_mask`, (`token_type_ids`), `word_ids` `(B, T)`; `word_mask`,
         `word_shape_ids` `(B, W)`; `neighbour_vectors` `(B, W, k, dim)`, `neighbour_weights` `(B, W, k)` when the
-        processor has a table; `labels` `(B, W)`, `caption_input_ids`, `caption_attention_mask` `(B, C)`,
+        processor has a table; `labels` `(B, W)`, `<name>_input_ids`, `<name>_attention_mask` `(B, C)` of
+        each text source,
         `object_ids`, `object_mask` `(B, max_objects)` when the windows carry them; and with
         `return_window_info` the `(B,)` `overflow_to_sample_mapping` and `window_word_offset`.
         """
@@ -698,8 +791,9 @@ class MGCMProcessor(ProcessorMixin):
                     )
                 labels[row, : len(window["labels"])] = window["labels"]
             data["labels"] = labels
-        if self._all_or_none(windows, "caption_input_ids"):
-            data.update(self._caption_inputs(windows))
+        for name in self.granularity_sources:
+            if self._all_or_none(windows, f"{name}_input_ids"):
+                data.update(self._text_source_inputs(windows, name))
         if self._all_or_none(windows, "object_ids"):
             data.update(self._object_inputs(windows))
         if return_window_info:
@@ -732,18 +826,17 @@ class MGCMProcessor(ProcessorMixin):
             position += num_words
         return {"neighbour_vectors": padded_vectors, "neighbour_weights": padded_weights}
 
-    def _caption_inputs(self, windows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        # One column at least, so that a batch without any caption still has a (B, C) all-zero mask.
-        caption_length = max(1, max(len(window["caption_input_ids"]) for window in windows))
-        caption_input_ids = np.full(
-            (len(windows), caption_length), self.tokenizer.pad_token_id, dtype=np.int64
-        )
-        caption_attention_mask = np.zeros((len(windows), caption_length), dtype=np.int64)
+    def _text_source_inputs(self, windows: Sequence[Mapping[str, Any]], name: str) -> dict[str, np.ndarray]:
+        key = f"{name}_input_ids"
+        # One column at least, so that a batch in which no tweet has the source still has a (B, C) mask.
+        length = max(1, max(len(window[key]) for window in windows))
+        input_ids = np.full((len(windows), length), self.tokenizer.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(windows), length), dtype=np.int64)
         for row, window in enumerate(windows):
-            ids = window["caption_input_ids"]
-            caption_input_ids[row, : len(ids)] = ids
-            caption_attention_mask[row, : len(ids)] = 1
-        return {"caption_input_ids": caption_input_ids, "caption_attention_mask": caption_attention_mask}
+            ids = window[key]
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+        return {key: input_ids, f"{name}_attention_mask": attention_mask}
 
     def _object_inputs(self, windows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         object_ids = np.full((len(windows), self.max_objects), self.object_padding_id, dtype=np.int64)
@@ -824,6 +917,7 @@ class MGCMProcessor(ProcessorMixin):
         captions: str | Sequence[str | None] | None = None,
         word_labels: Sequence[int] | Sequence[Sequence[int]] | None = None,
         *,
+        text_sources: Mapping[str, str | Sequence[str | None]] | None = None,
         text: str | Sequence[str] | None = None,
         image_features: Any = None,
         image_mask: Any = None,
@@ -838,6 +932,7 @@ class MGCMProcessor(ProcessorMixin):
             objects: per tweet, a list of `{"label": str, "score": float}` detections.
             captions: per tweet, a caption string; "" or None gives an all-zero caption mask row.
             word_labels: per tweet, one label id per word (-100 to ignore a word).
+            text_sources: name -> per tweet, a text of that source (`{"knowledge": [...]}`), like captions.
             text: instead of `words`: a tweet string or a list of them, split on white space.
             image_features: instead of `images`: precomputed `(n, R, D)` region features, with
                 `image_mask` `(n,)`.
@@ -861,6 +956,7 @@ class MGCMProcessor(ProcessorMixin):
             images = None if images is None else [images]
             objects = None if objects is None else [objects]
             captions = None if captions is None else [captions]
+            text_sources = {name: [texts] for name, texts in (text_sources or {}).items()}
             word_labels = None if word_labels is None else [word_labels]
             if image_features is not None and np.ndim(image_features) == 2:
                 image_features = image_features[None]
@@ -868,7 +964,9 @@ class MGCMProcessor(ProcessorMixin):
         elif isinstance(captions, str):
             raise TypeError("captions must be a list with one caption per tweet")
 
-        windows = self.encode_windows(words, word_labels=word_labels, captions=captions, objects=objects)
+        windows = self.encode_windows(
+            words, word_labels=word_labels, captions=captions, objects=objects, text_sources=text_sources
+        )
         encoding = self.pad_windows(windows, return_window_info=True, return_tensors=None)
         tweet_of_window = encoding["overflow_to_sample_mapping"]
         if images is not None:
@@ -892,8 +990,9 @@ class MGCMProcessor(ProcessorMixin):
     def preprocess_corpus(self, dataset, batch_size: int = 256, **map_kwargs):
         """Tokenise a corpus split (or a DatasetDict) once into window rows for `MGCMDataCollator`.
 
-        Reads the corpus columns `id`, `tokens` and, when present, `ner_tags`, `caption`, `objects`
-        (objects only if the processor has `object_labels`); images are not decoded. Each output row is a
+        Reads the corpus columns `id`, `tokens` and, when present, `ner_tags`, the processor's text sources
+        (`caption`, ...), `objects` (objects only if the processor has `object_labels`); images are not
+        decoded. Each output row is a
         window (see `encode_windows`) plus `id`; `tweet_index` is the row of the tweet in its split.
         """
         import datasets
@@ -910,7 +1009,7 @@ class MGCMProcessor(ProcessorMixin):
             raise ValueError(f"the corpus lacks the columns {sorted(missing)}; it has {dataset.column_names}")
         columns = [
             name
-            for name in ("id", "tokens", "ner_tags", "caption", "objects")
+            for name in ("id", "tokens", "ner_tags", *self.text_sources, "objects")
             if name in dataset.column_names
         ]
         if self.object_labels is None and "objects" in columns:
@@ -928,8 +1027,8 @@ class MGCMProcessor(ProcessorMixin):
             windows = self.encode_windows(
                 batch["tokens"],
                 word_labels=batch.get("ner_tags"),
-                captions=batch.get("caption"),
                 objects=batch.get("objects"),
+                text_sources={name: batch[name] for name in self.text_sources if name in batch},
             )
             rows: dict[str, list] = {name: [] for name in features}
             for window in windows:
@@ -972,8 +1071,9 @@ class MGCMProcessor(ProcessorMixin):
             features["token_type_ids"] = List(Value("int32"))
         if "ner_tags" in corpus_columns:
             features["labels"] = List(Value("int32"))
-        if "caption" in corpus_columns and not self.caption_as_text_segment:
-            features["caption_input_ids"] = List(Value("int32"))
+        for name in self.granularity_sources:
+            if name in corpus_columns:
+                features[f"{name}_input_ids"] = List(Value("int32"))
         if "objects" in corpus_columns and self.object_labels is not None:
             features["object_ids"] = List(Value("int32"))
         return Features(features)

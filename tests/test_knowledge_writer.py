@@ -48,21 +48,26 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", eos_token="<eos>")
 
 
+def tiny_gpt2_config(vocab_size: int) -> GPT2Config:
+    """A 1-layer, 32-wide GPT-2 config without bos/eos tokens."""
+    return GPT2Config(
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        vocab_size=vocab_size,
+        n_positions=512,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
 def build_pipeline(seed: int = 0):
     """A text-generation pipeline over a 1-layer random GPT-2. The model has no eos token, so every answer
     runs to max_new_tokens."""
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    config = GPT2Config(
-        n_layer=1,
-        n_head=2,
-        n_embd=32,
-        vocab_size=len(tokenizer),
-        n_positions=512,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    return pipeline("text-generation", model=GPT2LMHeadModel(config).eval(), tokenizer=tokenizer)
+    model = GPT2LMHeadModel(tiny_gpt2_config(len(tokenizer))).eval()
+    return pipeline("text-generation", model=model, tokenizer=tokenizer)
 
 
 def spy_on_generate(generation_pipeline, monkeypatch) -> list[torch.Tensor]:
@@ -244,8 +249,9 @@ def test_plain_prompt_without_chat_template(monkeypatch):
 
 def test_rejects_a_pipeline_of_another_task():
     tokenizer = build_tokenizer()
-    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=len(tokenizer), n_positions=64)
-    feature_extractor = pipeline("feature-extraction", model=GPT2Model(config), tokenizer=tokenizer)
+    feature_extractor = pipeline(
+        "feature-extraction", model=GPT2Model(tiny_gpt2_config(len(tokenizer))), tokenizer=tokenizer
+    )
     with pytest.raises(ValueError, match="feature-extraction"):
         KnowledgeWriter(feature_extractor)
     with pytest.raises(ValueError, match="feature-extraction"):
