@@ -68,7 +68,23 @@ from processing.tiny_backbones import (
 )
 
 logger = get_logger(__name__)
-GRANULARITY_CHOICES = ("image", "objects", "caption")
+VISUAL_GRANULARITY_CHOICES = ("image", "objects")
+# Pieces kept of a text source whose length --text_source_max_length does not set (the caption's default).
+DEFAULT_TEXT_SOURCE_LENGTH = 32
+
+
+def name_value_pairs(values: list[str] | None, option: str, convert=str) -> dict:
+    """`["knowledge=f.txt", ...]` -> `{"knowledge": "f.txt"}`, the value passed through `convert`."""
+    pairs = {}
+    for value in values or []:
+        name, separator, text = value.partition("=")
+        if not separator or not name or not text:
+            raise argparse.ArgumentTypeError(f"{option} takes NAME=VALUE, got {value!r}")
+        try:
+            pairs[name] = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} {value!r}: {text!r} is not a valid value") from None
+    return pairs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,7 +96,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--dataset_dir", help="folder with train.txt, valid.txt (and test.txt) in UMT CoNLL format"
     )
     data.add_argument("--image_dir", help="folder of <IMGID>.jpg tweet images")
-    data.add_argument("--captions_file", help="captions file, one '<IMGID>.jpg :<caption>' per line")
+    data.add_argument(
+        "--captions_file",
+        help="captions file, one '<IMGID>.jpg :<caption>' per line (= --text_source caption=FILE)",
+    )
+    data.add_argument(
+        "--text_source",
+        action="append",
+        metavar="NAME=FILE",
+        help="a named text about each post (e.g. knowledge=../shared/data/knowledge/twitter2015_pgim.txt), "
+        "in the captions format; repeat for several. Each is a granularity of its own unless "
+        "--text_source_as_segment names it",
+    )
     data.add_argument("--objects_file", help="JSON objects file {IMGID: [{label, score}, ...]}")
     data.add_argument(
         "--object_labels_file", help="detector class names, one per line (default: 80 COCO classes)"
@@ -102,8 +129,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--granularities",
         default=None,
-        help="comma-separated subset of image,objects,caption ('' for text only); default: all for "
-        "--synthetic, caption when a captions file is given, else none",
+        help="comma-separated subset of image,objects and the text sources given ('' for text only); "
+        "default: all for --synthetic, else every text source given that is not a segment",
+    )
+    model.add_argument(
+        "--text_source_max_length",
+        action="append",
+        metavar="NAME=N",
+        help=f"word pieces kept of a text source (default {DEFAULT_TEXT_SOURCE_LENGTH}; PGIM's knowledge is "
+        "130-200 pieces)",
+    )
+    model.add_argument(
+        "--text_source_as_segment",
+        action="append",
+        metavar="NAME",
+        help="control: append this text source to the tweet as a further text segment (PGIM's way) "
+        "instead of its granularity; repeat for several",
+    )
+    model.add_argument(
+        "--share_text_source_block",
+        action="store_true",
+        help="one cross-modal block for every text source, with a learned source embedding, instead of "
+        "one block each",
+    )
+    model.add_argument(
+        "--input_dropout",
+        action="append",
+        metavar="NAME=P",
+        help="remove granularity NAME from each training example with probability P, so that one model "
+        "serves posts with and without it (off by default)",
     )
     model.add_argument("--augmentation_mode", choices=("none", "add", "gate", "attention"), default=None)
     model.add_argument("--no_word_shape", action="store_true", help="turn the word-shape feature off")
@@ -124,8 +178,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--caption_as_text_segment",
         action="store_true",
-        help="control: append the caption to the tweet as a second text segment instead of the caption "
-        "granularity (needs --captions_file and no caption granularity)",
+        help="= --text_source_as_segment caption",
     )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--num_train_epochs", type=int, default=None)
@@ -169,6 +222,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="comma-separated splits the selected model is evaluated on at the end (default: all)",
     )
     run.add_argument(
+        "--drop_text_sources_at_eval",
+        default="",
+        help="comma-separated text sources: the selected model is also evaluated on the final splits as if "
+        "no post had them (results.json 'metrics_without')",
+    )
+    run.add_argument(
         "--no_text_only_baseline",
         action="store_true",
         help="with --synthetic: skip training the text-only comparison model",
@@ -176,27 +235,56 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     args.synthetic = args.synthetic or args.dataset_dir is None
-    if args.granularities is None:
-        args.granularities = (
-            "image,objects,caption" if args.synthetic else ("caption" if args.captions_file else "")
+    try:
+        args.text_source_files = name_value_pairs(args.text_source, "--text_source")
+        args.text_source_lengths = name_value_pairs(
+            args.text_source_max_length, "--text_source_max_length", int
         )
+        args.input_dropout_rates = name_value_pairs(args.input_dropout, "--input_dropout", float)
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
+    if args.captions_file:
+        if "caption" in args.text_source_files:
+            parser.error("give the captions as --captions_file or --text_source caption=FILE, not both")
+        args.text_source_files = {"caption": args.captions_file, **args.text_source_files}
+    args.segment_sources = list(args.text_source_as_segment or [])
+    if args.caption_as_text_segment and "caption" not in args.segment_sources:
+        args.segment_sources.insert(0, "caption")
+    # The synthetic corpus brings its own captions.
+    text_sources = ["caption", *args.text_source_files] if args.synthetic else list(args.text_source_files)
+    text_sources = list(dict.fromkeys(text_sources))
+    if args.granularities is None:
+        default = ["image", "objects"] if args.synthetic else []
+        default += [name for name in text_sources if name not in args.segment_sources]
+        args.granularities = ",".join(default)
     args.granularities = [name for name in args.granularities.split(",") if name]
-    unknown = sorted(set(args.granularities) - set(GRANULARITY_CHOICES))
+    choices = (*VISUAL_GRANULARITY_CHOICES, *text_sources)
+    unknown = sorted(set(args.granularities) - set(choices))
     if unknown:
-        parser.error(f"--granularities: unknown {unknown}; choose from {GRANULARITY_CHOICES}")
+        parser.error(
+            f"--granularities: unknown {unknown}; choose from {choices} (a text source needs --text_source NAME=FILE)"
+        )
+    for option, names in (
+        ("--text_source_as_segment", args.segment_sources),
+        ("--text_source_max_length", list(args.text_source_lengths)),
+    ):
+        missing = sorted(set(names) - set(text_sources))
+        if missing:
+            parser.error(f"{option} names {missing}, which no --text_source (or --captions_file) gives")
+    both = sorted(set(args.segment_sources) & set(args.granularities))
+    if both:
+        parser.error(f"{both}: a text source is either a segment or a granularity, not both")
+    unknown_dropout = sorted(set(args.input_dropout_rates) - set(args.granularities))
+    if unknown_dropout:
+        parser.error(f"--input_dropout names {unknown_dropout}, which are not among --granularities")
+    args.drop_text_sources_at_eval = [n for n in args.drop_text_sources_at_eval.split(",") if n]
+    missing = sorted(set(args.drop_text_sources_at_eval) - set(text_sources))
+    if missing:
+        parser.error(f"--drop_text_sources_at_eval names {missing}, which no --text_source gives")
     if "image" in args.granularities and not args.synthetic and not (args.image_dir and args.vision_model):
         parser.error("the image granularity on a real corpus needs --image_dir and --vision_model")
     if "objects" in args.granularities and not args.synthetic and not args.objects_file:
         parser.error("the objects granularity on a real corpus needs --objects_file")
-    if "caption" in args.granularities and not args.synthetic and not args.captions_file:
-        parser.error("the caption granularity on a real corpus needs --captions_file")
-    if args.caption_as_text_segment and (
-        "caption" in args.granularities or not (args.captions_file or args.synthetic)
-    ):
-        parser.error(
-            "--caption_as_text_segment needs captions (--captions_file, or --synthetic) and --granularities "
-            "without caption"
-        )
     if args.augmentation_mode is None:
         args.augmentation_mode = "gate" if args.word_vectors else "none"
     if args.augmentation_mode != "none" and not args.word_vectors:
@@ -226,10 +314,32 @@ def load_corpus(args):
     return load_tweet_corpus(
         args.dataset_dir,
         image_dir=args.image_dir,
-        captions_file=args.captions_file,
         objects_file=args.objects_file,
         repair_bio=args.repair_bio,
+        text_source_files=args.text_source_files,
     )
+
+
+def text_source_lengths(args, corpus) -> dict[str, int]:
+    """Pieces kept of every text source of the corpus, --text_source_max_length or the default."""
+    names = [
+        name for name in corpus["train"].column_names if name == "caption" or name in args.text_source_files
+    ]
+    return {name: args.text_source_lengths.get(name, DEFAULT_TEXT_SOURCE_LENGTH) for name in names}
+
+
+def tokenised_windows(processor, corpus, model_config, dropped_sources=()):
+    """The window rows of every split, without the inputs of text sources the model does not read; the
+    `dropped_sources` are emptied first, as if no post had them."""
+    if dropped_sources:
+        corpus = corpus.map(lambda row: dict.fromkeys(dropped_sources, ""), desc="Removing text sources")
+    windows = processor.preprocess_corpus(corpus)
+    unread = [
+        f"{name}_input_ids"
+        for name in processor.granularity_sources
+        if name not in model_config.text_sources and f"{name}_input_ids" in windows["train"].column_names
+    ]
+    return windows.remove_columns(unread) if unread else windows
 
 
 def object_label_vocabulary(args) -> list[str]:
@@ -246,7 +356,9 @@ def build_model(args, tokenizer, neighbour_table, object_labels):
     config_kwargs = dict(
         use_image="image" in args.granularities,
         use_objects="objects" in args.granularities,
-        use_caption="caption" in args.granularities,
+        text_sources=[name for name in args.granularities if name not in VISUAL_GRANULARITY_CHOICES],
+        share_text_source_block=args.share_text_source_block,
+        input_dropout=args.input_dropout_rates,
         object_labels=object_labels,
         augmentation_mode=args.augmentation_mode,
         augmentation_dim=neighbour_table.dim if neighbour_table is not None else 50,
@@ -407,14 +519,11 @@ def train_and_evaluate(args):
         stride=args.stride,
         max_objects=model_config.max_objects,
         url_token=args.url_token,
-        caption_as_text_segment=args.caption_as_text_segment,
+        text_source_max_lengths=text_source_lengths(args, corpus),
+        segment_sources=args.segment_sources,
     )
     with accelerator.main_process_first():
-        windows = processor.preprocess_corpus(corpus)
-    if not model_config.use_caption:
-        windows = windows.remove_columns(
-            [c for c in ("caption_input_ids",) if c in windows["train"].column_names]
-        )
+        windows = tokenised_windows(processor, corpus, model_config)
 
     train_collator = MGCMDataCollator(processor, image_feature_cache=feature_cache)
     eval_collator = MGCMDataCollator(processor, image_feature_cache=feature_cache, return_window_info=True)
@@ -612,6 +721,13 @@ def train_and_evaluate(args):
         results["metrics"][name], predictions_by_split[name] = evaluate_corpus(
             model, loader, accelerator, corpus[name], unwrapped.config.id2label, f"Evaluating {name}"
         )
+    if args.drop_text_sources_at_eval:
+        results["metrics_without"] = {
+            "text_sources": args.drop_text_sources_at_eval,
+            "metrics": evaluate_without_sources(
+                args, model, accelerator, processor, corpus, final_splits, eval_collator
+            ),
+        }
     if args.synthetic:
         results["ambiguous_mentions"] = {
             name: score_ambiguous_mentions(corpus[name]["tokens"], corpus[name]["ner_tags"], predictions)
@@ -666,6 +782,28 @@ def train_and_evaluate(args):
     return results, unwrapped, processor, corpus
 
 
+def evaluate_without_sources(args, model, accelerator, processor, corpus, splits, collator) -> dict:
+    """Metrics of the selected model on `splits` with `--drop_text_sources_at_eval` removed from every post."""
+    unwrapped = accelerator.unwrap_model(model)
+    eval_corpus = type(corpus)({name: corpus[name] for name in splits})
+    with accelerator.main_process_first():
+        windows = tokenised_windows(processor, eval_corpus, unwrapped.config, args.drop_text_sources_at_eval)
+    metrics = {}
+    for name in splits:
+        loader = accelerator.prepare(
+            DataLoader(windows[name], batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+        )
+        metrics[name], _ = evaluate_corpus(
+            model,
+            loader,
+            accelerator,
+            corpus[name],
+            unwrapped.config.id2label,
+            f"Evaluating {name} without " + ",".join(args.drop_text_sources_at_eval),
+        )
+    return metrics
+
+
 def print_example_prediction(model, processor, corpus) -> None:
     """Tag one held-out tweet and print its words with the predicted tags."""
     split = corpus["test"] if "test" in corpus else corpus["valid"]
@@ -674,7 +812,7 @@ def print_example_prediction(model, processor, corpus) -> None:
         row["tokens"],
         images=row["image"] if model.config.use_image else None,
         objects=row["objects"] if model.config.use_objects else None,
-        captions=row["caption"] if model.config.use_caption else None,
+        text_sources={name: row[name] for name in processor.text_sources if name in row},
         return_tensors="pt",
     )
     encoding = {

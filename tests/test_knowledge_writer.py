@@ -70,21 +70,21 @@ def build_pipeline(seed: int = 0):
     return pipeline("text-generation", model=model, tokenizer=tokenizer)
 
 
-def spy_on_generate(generation_pipeline, monkeypatch) -> list[torch.Tensor]:
-    """Record the input_ids of every `model.generate` call of the pipeline."""
+def spy_on_generate(generation_pipeline, monkeypatch) -> list[dict]:
+    """Record the keyword arguments of every `model.generate` call of the pipeline."""
     calls = []
     generate = generation_pipeline.model.generate
 
     def recording_generate(*args, **kwargs):
-        calls.append(kwargs["input_ids"])
+        calls.append(kwargs)
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(generation_pipeline.model, "generate", recording_generate)
     return calls
 
 
-def generated_posts(calls: list[torch.Tensor]) -> int:
-    return sum(input_ids.shape[0] for input_ids in calls)
+def generated_posts(calls: list[dict]) -> int:
+    return sum(call["input_ids"].shape[0] for call in calls)
 
 
 def answer_length(tokenizer, answer: str) -> int:
@@ -121,8 +121,10 @@ def test_batches_give_the_same_answers_as_single_posts(monkeypatch):
     batched = KnowledgeWriter(generation_pipeline, max_new_tokens=5, batch_size=2)(POSTS, CAPTIONS)
 
     assert batched == one_by_one
-    assert [input_ids.shape[0] for input_ids in calls] == [2, 2, 1]
+    assert [call["input_ids"].shape[0] for call in calls] == [2, 2, 1]
     assert generation_pipeline.tokenizer.pad_token == "<eos>"
+    eos_id = generation_pipeline.tokenizer.eos_token_id
+    assert all(call["pad_token_id"] == eos_id for call in calls)
     assert generation_pipeline.tokenizer.padding_side == "left"
 
 
@@ -233,7 +235,7 @@ def test_chat_template_formats_the_prompt(monkeypatch):
         [{"role": "user", "content": prompt}] for prompt in expected_prompts
     ]
     assert NO_CAPTION_TEXT in expected_prompts[1] and CAPTIONS[0] in expected_prompts[0]
-    seen = [tokenizer.decode(input_ids[0]) for input_ids in calls]
+    seen = [tokenizer.decode(call["input_ids"][0]) for call in calls]
     assert all(text.startswith("<user>") and text.endswith("<bot>") for text in seen)
 
 
@@ -244,7 +246,7 @@ def test_plain_prompt_without_chat_template(monkeypatch):
     writer([POSTS[0]], [CAPTIONS[0]])
 
     expected = generation_pipeline.tokenizer(writer.build_prompt(POSTS[0], CAPTIONS[0]))["input_ids"]
-    assert calls[0][0].tolist() == expected
+    assert calls[0]["input_ids"][0].tolist() == expected
 
 
 def test_rejects_a_pipeline_of_another_task():

@@ -98,8 +98,16 @@ def test_run_writes_results_for_every_split_in_both_seqeval_modes(single_process
     "arguments, message",
     [
         (["--final_eval_splits", "valid,tset"], "--final_eval_splits: no split ['tset']"),
-        (["--dataset_dir", "x", "--caption_as_text_segment"], "--caption_as_text_segment needs captions"),
-        (["--caption_as_text_segment"], "--granularities without caption"),
+        (
+            ["--dataset_dir", "x", "--caption_as_text_segment"],
+            "which no --text_source (or --captions_file) gives",
+        ),
+        (
+            ["--caption_as_text_segment", "--granularities", "image,caption"],
+            "a text source is either a segment or a granularity",
+        ),
+        (["--text_source", "knowledge"], "--text_source takes NAME=VALUE, got 'knowledge'"),
+        (["--input_dropout", "knowledge=0.3"], "--input_dropout names ['knowledge']"),
     ],
 )
 def test_bad_run_options_stop_before_training_with_a_clear_message(tmp_path, arguments, message):
