@@ -99,8 +99,8 @@ def test_run_writes_results_for_every_split_in_both_seqeval_modes(single_process
     [
         (["--final_eval_splits", "valid,tset"], "--final_eval_splits: no split ['tset']"),
         (
-            ["--dataset_dir", "x", "--caption_as_text_segment"],
-            "which no --text_source (or --captions_file) gives",
+            ["--text_source_as_segment", "knowledge"],
+            "names ['knowledge'], which no --text_source",
         ),
         (
             ["--caption_as_text_segment", "--granularities", "image,caption"],
