@@ -200,7 +200,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--cache_dir", default=None, help="feature and neighbour caches (default: output_dir/cache)"
     )
     run.add_argument(
-        "--checkpointing_steps", default="epoch", help="'epoch', a number of optimizer steps, or 'no'"
+        "--checkpointing_steps",
+        default="epoch",
+        help="'epoch' (a checkpoint at every epoch end), a number N (also every N optimizer steps, so a run "
+        "stopped mid-epoch resumes there), or 'no'",
     )
     run.add_argument("--keep_checkpoints", type=int, default=2, help="newest checkpoints kept on disk")
     run.add_argument(
@@ -705,7 +708,7 @@ def train_and_evaluate(args):
             del best_state
             accelerator.wait_for_everyone()
         state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
-        if args.checkpointing_steps == "epoch":
+        if args.checkpointing_steps != "no":
             checkpoint_now()
     progress.close()
     train_seconds = time.perf_counter() - train_started

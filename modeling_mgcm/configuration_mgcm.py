@@ -271,7 +271,11 @@ class MGCMConfig(PreTrainedConfig):
 
     def _check_text_sources(self) -> None:
         for name in self.text_sources:
-            if not isinstance(name, str) or not TEXT_SOURCE_NAME.fullmatch(name) or name in VISUAL_GRANULARITIES:
+            if (
+                not isinstance(name, str)
+                or not TEXT_SOURCE_NAME.fullmatch(name)
+                or name in VISUAL_GRANULARITIES
+            ):
                 raise ValueError(
                     f"MGCMConfig: text source name {name!r} must be a lowercase identifier ([a-z][a-z0-9_]*) "
                     f"other than {VISUAL_GRANULARITIES}"

@@ -1,5 +1,5 @@
-"""`MultimodalNERPipeline`: tag raw posts (text, image, caption, objects) with an MGCM model, registered as the
-transformers pipeline task "multimodal-ner".
+"""`MultimodalNERPipeline`: tag raw posts (text, image, caption, knowledge and other named texts, objects) with
+an MGCM model, registered as the transformers pipeline task "multimodal-ner".
 
 ```python
 import processing  # registers the task
@@ -12,11 +12,14 @@ tagger({"text": "Jordan visits Phoenix", "image": "photo.jpg", "caption": "a man
 ```
 
 A post is `{"text": str | list[str], "image": path | URL | bytes | PIL.Image | None, "caption": str | None,
-"objects": list | None, "image_id": str | None}` (only `text` is required), or just the text. A raw string is
+"objects": list | None, "image_id": str | None}` plus one `str | None` key per further text source of the
+processor (`"knowledge"`, ...) (only `text` is required), or just the text. A raw string is
 split into words with `split_tweet` (mentions, hashtags, URLs and emoji stay whole); a list of strings is taken
 as the words, and offsets then index the words joined by single spaces. `image_id` names the image in the
 `image_feature_cache` passed to the pipeline, whose precomputed features are used instead of the vision
-backbone.
+backbone. With `knowledge_writer` (a callable `f(texts, captions) -> texts`, a transformers `text-generation`
+pipeline or a `KnowledgeWriter`), a model that reads `knowledge` gets it written for every post whose
+`knowledge` is missing or None, a batch at a time (`""` means the post has none, and nothing is written).
 
 Outputs, per post:
 - `aggregation="entities"` (default): a list of `{"entity_group", "word", "start", "end", "score",
@@ -49,6 +52,7 @@ from modeling_mgcm.vision_features import extract_image_features
 
 from .image_loading import MISSING, ImageLoadError
 from .image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT, open_post_image
+from .knowledge_writer import as_knowledge_writer
 from .metrics import entity_spans
 from .processing_mgcm import merge_windows
 from .tweet_tokenizer import split_tweet
@@ -57,6 +61,8 @@ TASK_NAME = "multimodal-ner"
 AGGREGATIONS = ("entities", "words")
 ON_BAD_IMAGE = ("error", "mask")
 POST_KEYS = ("text", "image", "caption", "objects", "image_id")
+# The text source a `knowledge_writer` writes.
+KNOWLEDGE_SOURCE = "knowledge"
 # A batch of posts runs as at most this many model calls over length-sorted windows, each of at least
 # MIN_WINDOWS_PER_MODEL_CALL windows: less padding, still large matrix products.
 MAX_MODEL_CALLS_PER_BATCH = 4
@@ -85,6 +91,7 @@ class MultimodalNERPipeline(Pipeline):
         image_dir: folder that relative image paths are resolved against.
         image_feature_cache: an `ImageFeatureCache` (anything with `get(ids) -> (features (n, R, D),
             image_mask (n,))`) serving the features of posts that give an `image_id`.
+        knowledge_writer: writes the `knowledge` of posts that lack it (see the module docstring).
 
     `batch_size` counts posts; the windows of a batch's posts are sorted by length and run through the model
     in a few calls (see `model_batches`). The model is put in eval mode and runs under `torch.inference_mode`.
@@ -114,9 +121,15 @@ class MultimodalNERPipeline(Pipeline):
         self.id2label = {int(index): label for index, label in config.id2label.items()}
         self.uses_image = bool(config.use_image)
         self.uses_objects = bool(config.use_objects) and self.processor.object_labels is not None
-        # A caption reaches the model as its granularity, or as a second text segment (ITA-style control).
-        self.uses_caption = bool(config.use_caption) or bool(
-            getattr(self.processor, "caption_as_text_segment", False)
+        # A text source reaches the model as its granularity, or as a further text segment (PGIM's way).
+        self.text_sources = [
+            name
+            for name in self.processor.text_sources
+            if name in config.text_sources or name in self.processor.segment_sources
+        ]
+        self.post_keys = (
+            *POST_KEYS,
+            *(name for name in self.processor.text_sources if name not in POST_KEYS),
         )
         self.granularities = list(config.granularities)
         self._warned_unused = set()
@@ -132,12 +145,14 @@ class MultimodalNERPipeline(Pipeline):
         max_image_bytes: int | None = None,
         image_dir: str | None = None,
         image_feature_cache: Any = None,
+        knowledge_writer: Any = None,
         **unknown,
     ) -> tuple[dict, dict, dict]:
         if unknown:
             raise TypeError(
                 f"unknown {TASK_NAME} pipeline argument(s) {sorted(unknown)}; it takes aggregation, on_bad_image, "
-                "image_timeout, max_image_bytes, image_dir, image_feature_cache, batch_size and device"
+                "image_timeout, max_image_bytes, image_dir, image_feature_cache, knowledge_writer, batch_size "
+                "and device"
             )
         preprocess_params: dict[str, Any] = {}
         postprocess_params: dict[str, Any] = {}
@@ -170,6 +185,13 @@ class MultimodalNERPipeline(Pipeline):
                     f"{type(image_feature_cache).__name__}"
                 )
             preprocess_params["image_feature_cache"] = image_feature_cache
+        if knowledge_writer is not None:
+            if KNOWLEDGE_SOURCE not in self.text_sources:
+                raise ValueError(
+                    f"knowledge_writer was given but this MGCM model does not read {KNOWLEDGE_SOURCE!r} (its text "
+                    f"sources: {self.text_sources or 'none'})"
+                )
+            preprocess_params["knowledge_writer"] = as_knowledge_writer(knowledge_writer)
         return preprocess_params, {}, postprocess_params
 
     # ------------------------------------------------------------------------------------------------
@@ -202,6 +224,10 @@ class MultimodalNERPipeline(Pipeline):
             batch = list(itertools.islice(iterator, batch_size))
             if not batch:
                 return
+            preprocess_params = dict(preprocess_params)
+            writer = preprocess_params.pop("knowledge_writer", None)
+            if writer is not None:
+                batch = self._with_written_knowledge(batch, writer, first_index)
             prepared = []
             for offset, post in enumerate(batch):
                 try:
@@ -222,6 +248,22 @@ class MultimodalNERPipeline(Pipeline):
                 windows = [window_outputs[(post_index, index)] for index in range(len(post["windows"]))]
                 yield self.postprocess(self._post_outputs(post, windows), **postprocess_params)
 
+    def _with_written_knowledge(self, batch: list[Any], writer, first_index: int) -> list[dict[str, Any]]:
+        """The posts of a batch, those without `knowledge` (missing or None) given the writer's."""
+        posts = []
+        for offset, post in enumerate(batch):
+            try:
+                posts.append(self._check_post(post))
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"input {first_index + offset}: {error}") from error
+        lacking = [post for post in posts if post.get(KNOWLEDGE_SOURCE) is None]
+        if lacking:
+            texts = [self._words_and_spans(post["text"])[0] for post in lacking]
+            written = writer(texts, [post.get("caption") for post in lacking])
+            for post, knowledge in zip(lacking, written, strict=True):
+                post[KNOWLEDGE_SOURCE] = knowledge
+        return posts
+
     # ------------------------------------------------------------------------------------------------
     # One post -> words, windows and image
 
@@ -230,14 +272,15 @@ class MultimodalNERPipeline(Pipeline):
             return {"text": post}
         if not isinstance(post, Mapping):
             raise TypeError(f"a post must be a dict with a 'text' or a string, got {type(post).__name__}")
-        unknown = sorted(set(post) - set(POST_KEYS))
+        unknown = sorted(set(post) - set(self.post_keys))
         if unknown:
-            raise ValueError(f"unknown post keys {unknown}; a post has {list(POST_KEYS)}")
+            raise ValueError(f"unknown post keys {unknown}; a post has {list(self.post_keys)}")
         if "text" not in post:
             raise ValueError(f"a post needs a 'text' (str or list of words); got keys {sorted(post)}")
-        caption = post.get("caption")
-        if caption is not None and not isinstance(caption, str):
-            raise TypeError(f"'caption' must be a string or None, got {_describe(caption)}")
+        for name in self.processor.text_sources:
+            text = post.get(name)
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"{name!r} must be a string or None, got {_describe(text)}")
         objects = post.get("objects")
         if objects is not None and (isinstance(objects, str) or not isinstance(objects, Sequence)):
             raise TypeError(
@@ -328,10 +371,13 @@ class MultimodalNERPipeline(Pipeline):
         objects = post.get("objects")
         if objects and not self.uses_objects:
             self._warn_unused("detected objects")
+        for name in self.processor.text_sources:
+            if post.get(name) and name not in self.text_sources:
+                self._warn_unused(f"{name} texts")
         prepared["windows"] = self.processor.encode_windows(
             [words],
-            captions=[post.get("caption")] if self.uses_caption else None,
             objects=[self._objects(objects)] if self.uses_objects else None,
+            text_sources={name: [post.get(name)] for name in self.text_sources},
         )
         return prepared
 
@@ -388,9 +434,10 @@ class MultimodalNERPipeline(Pipeline):
         if not keys:
             return []
 
-        def length(key: tuple[int, int]) -> tuple[int, int]:
+        def length(key: tuple[int, int]) -> tuple[int, ...]:
             window = prepared[key[0]]["windows"][key[1]]
-            return len(window["input_ids"]), len(window.get("caption_input_ids") or ())
+            sources = (len(window.get(f"{name}_input_ids") or ()) for name in self.text_sources)
+            return len(window["input_ids"]), *sources
 
         keys.sort(key=length)
         group_size = max(MIN_WINDOWS_PER_MODEL_CALL, math.ceil(len(keys) / MAX_MODEL_CALLS_PER_BATCH))
@@ -575,6 +622,7 @@ __all__ = [
     "AGGREGATIONS",
     "BadImageWarning",
     "MultimodalNERPipeline",
+    "KNOWLEDGE_SOURCE",
     "ON_BAD_IMAGE",
     "POST_KEYS",
     "TASK_NAME",

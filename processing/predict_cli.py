@@ -5,9 +5,13 @@ One post:
     mgcm-predict --model outputs/mgcm --text "Jordan visits Phoenix" --image photo.jpg
 
 Many posts, streamed from JSON Lines (one `{"text", "image", "caption", "objects", "image_id", "id"}` object a
-line; only `text` is required, `id` is copied to the output):
+line, plus a key per further text source of the model, e.g. `"knowledge"`; only `text` is required, `id` is
+copied to the output):
 
     mgcm-predict --model outputs/mgcm --input posts.jsonl --output predictions.jsonl
+
+A model that reads PGIM-style `knowledge` gets it written for posts without one by a local text-generation
+model (`--knowledge_model FOLDER`, see `processing.knowledge_writer`), cached in `--knowledge_cache`.
 
 On several processes (`accelerate launch --num_processes N -m processing.predict_cli ...`, one per GPU or
 several machines), the input's chunks are dealt out between the processes in turn; each writes its records
@@ -301,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     single.add_argument("--image", help="the post's image: a path or an http(s) URL")
     single.add_argument("--caption", help="a caption of the image")
     single.add_argument("--objects", help="detected object labels, comma-separated (in score order)")
+    single.add_argument(
+        "--text_source",
+        action="append",
+        metavar="NAME=TEXT",
+        help="a further text about the post, e.g. knowledge='...'; repeat for several",
+    )
     many = parser.add_argument_group("many posts")
     many.add_argument("--input", help="JSON Lines file of posts ('-' for standard input)")
     many.add_argument(
@@ -319,6 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", help="'cpu', 'cuda', 'cuda:1', 'mps'... (default: the first accelerator, else CPU)"
     )
+    knowledge = parser.add_argument_group("writing knowledge for posts without it")
+    knowledge.add_argument(
+        "--knowledge_model", help="folder (or Hub id) of a text-generation model that writes the knowledge"
+    )
+    knowledge.add_argument(
+        "--knowledge_max_new_tokens", type=int, default=160, help="tokens written per post at most"
+    )
+    knowledge.add_argument("--knowledge_batch_size", type=int, default=8, help="posts per generation batch")
+    knowledge.add_argument(
+        "--knowledge_cache", help="JSON Lines file that keeps written knowledge across runs, keyed by input"
+    )
     return parser
 
 
@@ -326,9 +347,19 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     if (args.text is None) == (args.input is None):
         parser.error("give either --text (one post) or --input (a JSON Lines file of posts)")
     if args.input is not None and any(
-        value is not None for value in (args.image, args.caption, args.objects)
+        value is not None for value in (args.image, args.caption, args.objects, args.text_source)
     ):
-        parser.error("--image, --caption and --objects go with --text; in --input files they are post fields")
+        parser.error(
+            "--image, --caption, --objects and --text_source go with --text; in --input files they are post fields"
+        )
+    args.text_sources = {}
+    for value in args.text_source or []:
+        name, separator, text = value.partition("=")
+        if not separator or not name:
+            parser.error(f"--text_source takes NAME=TEXT, got {value!r}")
+        args.text_sources[name] = text
+    if args.knowledge_max_new_tokens < 1 or args.knowledge_batch_size < 1:
+        parser.error("--knowledge_max_new_tokens and --knowledge_batch_size must be >= 1")
     if args.batch_size < 1 or args.chunk_size < 1:
         parser.error(
             f"--batch_size and --chunk_size must be >= 1, got {args.batch_size} and {args.chunk_size}"
@@ -346,9 +377,19 @@ def _load_tagger(args: argparse.Namespace):
 
     import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 
+    from .knowledge_writer import KnowledgeWriter
+
     device = args.device
     if device is not None and device.lstrip("-").isdigit():
         device = int(device)
+    knowledge_writer = None
+    if args.knowledge_model is not None:
+        knowledge_writer = KnowledgeWriter(
+            pipeline("text-generation", model=args.knowledge_model, device=device),
+            max_new_tokens=args.knowledge_max_new_tokens,
+            batch_size=args.knowledge_batch_size,
+            cache_file=args.knowledge_cache,
+        )
     return pipeline(
         TASK_NAME,
         model=args.model,
@@ -356,6 +397,7 @@ def _load_tagger(args: argparse.Namespace):
         image_dir=args.image_dir,
         image_timeout=args.image_timeout,
         max_image_bytes=args.max_image_bytes,
+        knowledge_writer=knowledge_writer,
     )
 
 
@@ -390,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.text is not None:
         post: dict[str, Any] = {"text": args.text, "image": args.image, "caption": args.caption}
+        post.update(args.text_sources)
         if args.objects:
             post["objects"] = [label.strip() for label in args.objects.split(",") if label.strip()]
         with warnings.catch_warnings():
