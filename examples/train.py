@@ -20,6 +20,7 @@ are saved so that the Auto classes load them.
 """
 
 import argparse
+import hashlib
 import logging
 import math
 import os
@@ -131,6 +132,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="comma-separated subset of image,objects and the text sources given ('' for text only); "
         "default: all for --synthetic, else every text source given that is not a segment",
+    )
+    data.add_argument(
+        "--text_source_origin",
+        action="append",
+        metavar="NAME=TEXT",
+        help="where a text source comes from (e.g. knowledge='PGIM (Li et al. 2023), ChatGPT-written'), "
+        "for the model card",
     )
     model.add_argument(
         "--text_source_max_length",
@@ -244,6 +252,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.text_source_max_length, "--text_source_max_length", int
         )
         args.input_dropout_rates = name_value_pairs(args.input_dropout, "--input_dropout", float)
+        args.text_source_origins = name_value_pairs(args.text_source_origin, "--text_source_origin")
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
     if args.captions_file:
@@ -270,6 +279,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for option, names in (
         ("--text_source_as_segment", args.segment_sources),
         ("--text_source_max_length", list(args.text_source_lengths)),
+        ("--text_source_origin", list(args.text_source_origins)),
     ):
         missing = sorted(set(names) - set(text_sources))
         if missing:
@@ -329,6 +339,41 @@ def text_source_lengths(args, corpus) -> dict[str, int]:
         name for name in corpus["train"].column_names if name == "caption" or name in args.text_source_files
     ]
     return {name: args.text_source_lengths.get(name, DEFAULT_TEXT_SOURCE_LENGTH) for name in names}
+
+
+def text_source_records(args, corpus, processor) -> list[dict]:
+    """What the model card says of each text source read: its role, length, file, origin and coverage."""
+    records = []
+    for name in processor.text_sources:
+        if name not in args.granularities and name not in processor.segment_sources:
+            continue
+        path = args.text_source_files.get(name)
+        records.append(
+            {
+                "name": name,
+                "role": "segment" if name in processor.segment_sources else "granularity",
+                "max_length": processor.text_source_max_lengths[name],
+                "file": path,
+                "sha256": file_sha256(path) if path else None,
+                "origin": args.text_source_origins.get(
+                    name, "the synthetic corpus" if args.synthetic else None
+                ),
+                "input_dropout": args.input_dropout_rates.get(name, 0.0),
+                "coverage": {
+                    split: sum(1 for text in rows[name] if text.strip()) / max(len(rows), 1)
+                    for split, rows in corpus.items()
+                },
+            }
+        )
+    return records
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def tokenised_windows(processor, corpus, model_config, dropped_sources=()):
@@ -741,6 +786,7 @@ def train_and_evaluate(args):
         "text_model": args.text_model or "tiny random BERT",
         "vision_model": (args.vision_model or "tiny random ResNet") if use_image else None,
         "granularities": args.granularities,
+        "text_sources": text_source_records(args, corpus, processor),
         "augmentation_mode": args.augmentation_mode,
         "use_word_shape": not args.no_word_shape,
         "aux_span_loss_weight": args.aux_span_loss_weight,

@@ -3,8 +3,9 @@
 `explain(pipeline_or_model, post)` tags one post and draws, for every predicted entity, the gate value of
 each granularity (the weight of the direct word-to-visual attention branch against the coupled one) and
 the entity words' attention over the image regions (a heatmap over the image the vision backbone saw),
-over the detected objects and over the caption words. The figure is a matplotlib `Figure` (Agg, no
-pyplot state); with `output_path` it is written as a PNG and as a self-contained HTML page beside it.
+over the detected objects and over the words of each text source (the caption, knowledge, ...). The
+figure is a matplotlib `Figure` (Agg, no pyplot state); with `output_path` it is written as a PNG and as a
+self-contained HTML page beside it.
 
 Image regions: `extract_image_features` flattens a CNN feature map `(C, h, w)` row by row into `h*w`
 regions and keeps a ViT/CLIP token sequence as it is, CLS token first. `image_region_grid` recovers the
@@ -35,15 +36,22 @@ from .tweet_tokenizer import split_tweet
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# The granularities in drawing order, with their colours (Okabe-Ito, readable with colour blindness).
+# Granularity colours (Okabe-Ito, readable with colour blindness); other text sources take the rest of the
+# palette in the model's order of its text sources.
 GRANULARITY_COLOURS = {"image": "#0072B2", "objects": "#D55E00", "caption": "#009E73"}
+_OTHER_SOURCE_COLOURS = ("#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 ENTITY_TYPE_COLOURS = {"PER": "#E69F00", "LOC": "#56B4E9", "ORG": "#CC79A7", "MISC": "#F0E442"}
 _EXTRA_TYPE_COLOURS = ("#999999", "#BBCC33", "#EE8866", "#77AADD", "#AAAA00")
+# The keys every post may have; a post may also carry any other text source its processor reads.
 POST_KEYS = ("text", "words", "image", "caption", "objects", "id")
 # A grid is accepted when its rows/columns ratio is within this factor of the image's aspect ratio.
 _GRID_ASPECT_TOLERANCE = 1.3
-# Caption words drawn per entity; longer captions keep their most attended words.
-MAX_CAPTION_WORDS_DRAWN = 10
+# Words of a text source drawn per entity; longer texts keep their most attended words.
+MAX_SOURCE_WORDS_DRAWN = 10
+MAX_CAPTION_WORDS_DRAWN = MAX_SOURCE_WORDS_DRAWN  # the name before text sources
+# Figure lines per text source: longer texts (knowledge runs to hundreds of words) are cut there with " …";
+# the HTML page gives them whole.
+_MAX_SOURCE_DETAIL_LINES = 3
 
 # Layout, in inches (the figure's size in pixels is its size in inches times `dpi`).
 _MARGIN = 0.3
@@ -70,8 +78,8 @@ class ExplainedEntity:
         score: mean CRF marginal probability of its Viterbi tags.
         gate_values: granularity -> mean gate value over its words, for the granularities the post has.
         attention: granularity -> mean attention of its words, `(R,)` over image regions (the leading
-            non-spatial tokens included), `(num_objects,)` over the post's objects, `(num_caption_words,)`
-            over the caption words (the rest of the mass is on the caption's special tokens).
+            non-spatial tokens included), `(num_objects,)` over the post's objects, and for each text source
+            `(num_source_words,)` over that source's words (the rest of the mass is on its special tokens).
     """
 
     entity_group: str
@@ -98,9 +106,13 @@ class PostExplanation:
         model_image: `(H, W, 3)` floats in [0, 1]: the image as the vision backbone saw it, or None.
         region_grid: `(leading_tokens, rows, columns)` of the image regions, or None.
         object_labels: the objects the model saw, in the order of their attention columns.
-        caption: the caption as far as the model read it ("…" marks a truncated one), or None.
-        caption_words: the caption's words, in the order of their attention columns.
+        source_texts: text source -> its text as far as the model read it ("…" marks a truncated one), for
+            the sources with attention.
+        source_words: text source -> its words, in the order of their attention columns.
         post_id: the post's "id", if it had one.
+        granularities: the model's granularities in drawing order; text sources beyond the caption take
+            their colours in this order.
+        caption, caption_words: `source_texts` / `source_words` of the caption (None / [] without one).
     """
 
     text: str
@@ -114,9 +126,18 @@ class PostExplanation:
     model_image: np.ndarray | None = None
     region_grid: tuple[int, int, int] | None = None
     object_labels: list[str] = field(default_factory=list)
-    caption: str | None = None
-    caption_words: list[str] = field(default_factory=list)
+    source_texts: dict[str, str] = field(default_factory=dict)
+    source_words: dict[str, list[str]] = field(default_factory=dict)
     post_id: str | None = None
+    granularities: list[str] = field(default_factory=list)
+
+    @property
+    def caption(self) -> str | None:
+        return self.source_texts.get("caption")
+
+    @property
+    def caption_words(self) -> list[str]:
+        return self.source_words.get("caption", [])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,23 +190,27 @@ def _words_of(post: Mapping[str, Any]) -> tuple[str, list[str], list[tuple[int, 
     return " ".join(value), list(value), offsets
 
 
-def _checked_post(post: Any, image_timeout: float, max_image_bytes: int) -> dict[str, Any]:
-    """Validate a post and normalise it to `text`, `words`, `word_offsets`, `image`, `caption`, `objects`."""
+def _checked_post(
+    post: Any, text_sources: Sequence[str], image_timeout: float, max_image_bytes: int
+) -> dict[str, Any]:
+    """Validate a post and normalise it to `text`, `words`, `word_offsets`, `image`, `objects`, `id` and
+    `text_sources` (each of `text_sources` -> its text, None where absent or blank)."""
     if isinstance(post, str):
         post = {"text": post}
     if not isinstance(post, Mapping):
         raise TypeError(
-            f"a post is a string or a dict with 'text' or 'words', and optional 'image', 'caption', "
-            f"'objects'; got {type(post).__name__}"
+            f"a post is a string or a dict with 'text' or 'words', and optional 'image', 'caption' (or another "
+            f"text source), 'objects'; got {type(post).__name__}"
         )
     if "image_id" in post:
         raise ValueError(
             "explain draws the image itself: give the post's 'image' (a path, URL, bytes or PIL image), not "
             "its cached features' 'image_id'"
         )
-    unknown = sorted(set(post) - set(POST_KEYS))
+    keys = list(dict.fromkeys([*POST_KEYS, *text_sources]))
+    unknown = sorted(set(post) - set(keys))
     if unknown:
-        raise ValueError(f"post has unknown keys {unknown}; the keys a post may have are {list(POST_KEYS)}")
+        raise ValueError(f"post has unknown keys {unknown}; the keys a post may have are {keys}")
     if ("text" in post) == ("words" in post):
         raise ValueError("a post needs exactly one of 'text' (a string) or 'words' (a list of strings)")
     text, words, offsets = _words_of(post)
@@ -196,9 +221,10 @@ def _checked_post(post: Any, image_timeout: float, max_image_bytes: int) -> dict
     if image is not None:
         # Paths, http(s) URLs (fetched with a timeout and a size limit), bytes or PIL images, as the pipeline.
         image = open_post_image(image, timeout=image_timeout, max_bytes=max_image_bytes)
-    caption = post.get("caption")
-    if caption is not None and not isinstance(caption, str):
-        raise TypeError(f"post['caption'] must be a string or None, got {type(caption).__name__}")
+    source_texts = {name: post.get(name) for name in text_sources}
+    for name, source_text in source_texts.items():
+        if source_text is not None and not isinstance(source_text, str):
+            raise TypeError(f"post[{name!r}] must be a string or None, got {type(source_text).__name__}")
     objects = post.get("objects")
     if objects is not None and (isinstance(objects, str | Mapping) or not isinstance(objects, Sequence)):
         raise TypeError(
@@ -211,7 +237,10 @@ def _checked_post(post: Any, image_timeout: float, max_image_bytes: int) -> dict
         "words": words,
         "word_offsets": offsets,
         "image": image,
-        "caption": caption if caption and caption.strip() else None,
+        "text_sources": {
+            name: source_text if source_text and source_text.strip() else None
+            for name, source_text in source_texts.items()
+        },
         # A plain label counts as a sure detection; the processor keeps equal scores in their order.
         "objects": [{"label": item, "score": 1.0} if isinstance(item, str) else item for item in objects]
         if objects
@@ -276,8 +305,8 @@ def _model_view(pixel_values: np.ndarray, image_processor: Any) -> np.ndarray:
     return np.clip(pixels.transpose(1, 2, 0), 0.0, 1.0)
 
 
-def _inputs_present(encoding) -> set[str]:
-    """The granularities that the one post of `encoding` has an input for."""
+def _inputs_present(encoding, text_sources: Sequence[str]) -> set[str]:
+    """The granularities (the visual ones and `text_sources`) that the one post of `encoding` has an input for."""
     present = set()
     if "pixel_values" in encoding or "image_features" in encoding:
         image_mask = encoding.get("image_mask")
@@ -285,25 +314,27 @@ def _inputs_present(encoding) -> set[str]:
             present.add("image")
     if "object_mask" in encoding and bool(encoding["object_mask"][0].any()):
         present.add("objects")
-    if "caption_attention_mask" in encoding and bool(encoding["caption_attention_mask"][0].any()):
-        present.add("caption")
+    for name in text_sources:
+        mask = encoding.get(f"{name}_attention_mask")
+        if mask is not None and bool(mask[0].any()):
+            present.add(name)
     return present
 
 
-def _caption_word_columns(
-    processor: Any, caption: str, caption_ids: list[int]
+def _source_word_columns(
+    processor: Any, name: str, text: str, source_ids: list[int]
 ) -> tuple[list[str], list[int], str]:
-    """Caption words, per caption piece the index of its word (-1 for special tokens), and the part of the
-    caption the model read (the processor truncates it to `max_caption_length` pieces)."""
+    """The words of text source `name`, per piece of it the index of its word (-1 for special tokens), and the
+    part of `text` the model read (the processor truncates it to `text_source_max_lengths[name]` pieces)."""
     encoding = processor.tokenizer(
-        caption,
+        text,
         truncation=True,
-        max_length=processor.max_caption_length,
+        max_length=processor.text_source_max_lengths[name],
         return_offsets_mapping=True,
         return_attention_mask=False,
     )
-    if list(encoding["input_ids"]) != list(caption_ids):
-        raise RuntimeError("the caption re-tokenised differently from the processor's encoding")
+    if list(encoding["input_ids"]) != list(source_ids):
+        raise RuntimeError(f"the {name} re-tokenised differently from the processor's encoding")
     words, columns, spans = [], [], {}
     for piece, word in enumerate(encoding.word_ids()):
         if word is None:
@@ -316,10 +347,28 @@ def _caption_word_columns(
         index = spans[word]
         words[index] = (min(words[index][0], start), max(words[index][1], end))
         columns.append(index)
-    read = caption[: words[-1][1]] if words else ""
-    if read.strip() != caption.strip():
+    read = text[: words[-1][1]] if words else ""
+    if read.strip() != text.strip():
         read = read.rstrip() + " …"
-    return [caption[start:end] for start, end in words], columns, read
+    return [text[start:end] for start, end in words], columns, read
+
+
+def _word_attention(piece_attention: np.ndarray, columns: list[int], num_words: int) -> np.ndarray:
+    """`(W, pieces)` attention over a text source's pieces -> `(W, num_words)`, summed over each word's pieces."""
+    word_attention = np.zeros((piece_attention.shape[0], num_words))
+    for piece, column in enumerate(columns):
+        if column >= 0:
+            word_attention[:, column] += piece_attention[:, piece]
+    return word_attention
+
+
+def _text_sources_read(config: Any, processor: Any) -> list[str]:
+    """The processor's text sources that reach the model: as their granularity or as a text segment."""
+    return [
+        name
+        for name in processor.text_sources
+        if name in config.text_sources or name in processor.segment_sources
+    ]
 
 
 @torch.inference_mode()
@@ -335,8 +384,9 @@ def explain_post(
     Args:
         pipeline_or_model: an MGCM pipeline, a `(model, processor)` pair, or a model with `processor`.
         post: as the "multimodal-ner" pipeline takes it: `{"text": str | [str, ...]}` (or `"words"`: a list of
-            words), with optional `"image"` (a path, an http(s) URL, bytes or a PIL image), `"caption"`,
-            `"objects"` (`[{"label", "score"}, ...]` or labels) and `"id"` (the figure's title); or the text.
+            words), with optional `"image"` (a path, an http(s) URL, bytes or a PIL image), `"caption"` and
+            any other text source the processor reads (`"knowledge"`, ...: a string or None), `"objects"`
+            (`[{"label", "score"}, ...]` or labels) and `"id"` (the figure's title); or the text.
             A raw text is split with `split_tweet`; a word list's offsets index the words joined by spaces.
         processor: the model's `MGCMProcessor`, when `pipeline_or_model` is a model.
         image_timeout, max_image_bytes: limits for fetching an image URL.
@@ -346,17 +396,18 @@ def explain_post(
         TypeError, ValueError: a malformed post (naming the key and value), or no MGCM model and processor.
     """
     model, processor = _model_and_processor(pipeline_or_model, processor)
-    post = _checked_post(post, image_timeout, max_image_bytes)
+    post = _checked_post(post, processor.text_sources, image_timeout, max_image_bytes)
     config = model.config
     image = post["image"] if config.use_image else None
     objects = post["objects"] if config.use_objects else None
-    caption = post["caption"] if config.use_caption else None
+    # As the pipeline: every text source the model reads, None where the post has none.
+    texts = {name: post["text_sources"][name] for name in _text_sources_read(config, processor)}
 
     encoding = processor(
         words=[post["words"]],
         images=None if image is None else [image],
         objects=None if objects is None else [objects],
-        captions=None if caption is None else [caption],
+        text_sources={name: [text] for name, text in texts.items()},
         return_tensors="pt",
     )
     window_info = {name: encoding.pop(name) for name in WINDOW_INFO_KEYS}
@@ -391,8 +442,8 @@ def explain_post(
     tags = [id2label[int(tag)] for tag in tag_ids]
     tag_probabilities = word_probabilities[np.arange(len(tags)), tag_ids]
     # The model reports every granularity of its config (zeros where an input is absent); explain those
-    # the post has.
-    present = _inputs_present(encoding)
+    # the post has. A text source read as a segment has no granularity, so no attention of its own.
+    present = _inputs_present(encoding, config.text_sources)
     gate_values = {
         name: merged(values) for name, values in (output.gate_values or {}).items() if name in present
     }
@@ -407,9 +458,10 @@ def explain_post(
         tags=tags,
         tag_probabilities=tag_probabilities,
         entities=[],
-        gate_values={name: gate_values[name] for name in GRANULARITY_COLOURS if name in gate_values},
+        gate_values={name: gate_values[name] for name in config.granularities if name in gate_values},
         attention={},
         post_id=post["id"],
+        granularities=list(config.granularities),
     )
     if "image" in attention:
         pixel_values = encoding["pixel_values"][0].float().cpu().numpy()
@@ -420,17 +472,13 @@ def explain_post(
         object_ids = encoding["object_ids"][0][encoding["object_mask"][0].bool()].tolist()
         explanation.object_labels = [processor.object_labels[index] for index in object_ids]
         explanation.attention["objects"] = attention["objects"][:, : len(object_ids)]
-    if "caption" in attention:
-        caption_ids = encoding["caption_input_ids"][0][encoding["caption_attention_mask"][0].bool()].tolist()
-        explanation.caption_words, columns, explanation.caption = _caption_word_columns(
-            processor, caption, caption_ids
-        )
-        piece_attention = attention["caption"][:, : len(columns)]
-        word_attention = np.zeros((len(tags), len(explanation.caption_words)))
-        for piece, column in enumerate(columns):
-            if column >= 0:
-                word_attention[:, column] += piece_attention[:, piece]
-        explanation.attention["caption"] = word_attention
+    for name in config.text_sources:
+        if name not in attention:
+            continue
+        source_ids = encoding[f"{name}_input_ids"][0][encoding[f"{name}_attention_mask"][0].bool()].tolist()
+        words, columns, read = _source_word_columns(processor, name, texts[name], source_ids)
+        explanation.source_words[name], explanation.source_texts[name] = words, read
+        explanation.attention[name] = _word_attention(attention[name][:, : len(columns)], columns, len(words))
 
     offsets = post["word_offsets"]
     for entity_group, start, end in sorted(entity_spans(tags), key=lambda span: span[1]):
@@ -513,24 +561,59 @@ def _tweet_lines(
     return lines
 
 
+def _drawing_order(explanation: PostExplanation) -> list[str]:
+    """The granularities in drawing order: the model's, or those the explanation holds if it has no list."""
+    return explanation.granularities or list(
+        dict.fromkeys([*explanation.gate_values, *explanation.attention])
+    )
+
+
+def _granularity_colours(explanation: PostExplanation) -> dict[str, str]:
+    """Granularity -> bar colour: `GRANULARITY_COLOURS`, then the other text sources in drawing order."""
+    others = [name for name in _drawing_order(explanation) if name not in GRANULARITY_COLOURS]
+    cycle = len(_OTHER_SOURCE_COLOURS)
+    return {
+        **GRANULARITY_COLOURS,
+        **{name: _OTHER_SOURCE_COLOURS[index % cycle] for index, name in enumerate(others)},
+    }
+
+
 def _panel_kinds(explanation: PostExplanation) -> list[str]:
-    return ["entity"] + [name for name in GRANULARITY_COLOURS if name in explanation.attention]
+    return ["entity"] + [name for name in _drawing_order(explanation) if name in explanation.attention]
 
 
-def _wrapped(text: str, size: float, width: float) -> list[str]:
-    """`text` broken at spaces into lines no wider than `width` inches at font `size`."""
+def _wrapped(text: str, size: float, width: float, max_lines: int | None = None) -> list[str]:
+    """`text` broken at spaces into lines no wider than `width` inches at font `size`; beyond `max_lines`
+    lines it is cut, the last line ending with " …"."""
     lines: list[str] = []
     for word in text.split():
         if lines and _text_width(lines[-1] + " " + word, size) <= width:
             lines[-1] += " " + word
         else:
             lines.append(word)
+    if max_lines is not None and len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while " " in last and _text_width(last + " …", size) > width:
+            last = last.rsplit(" ", 1)[0]
+        lines = [*lines[: max_lines - 1], last + " …"]
+    return lines
+
+
+def _detail_lines(explanation: PostExplanation, width: float) -> list[str]:
+    """The objects and each text source the figure has panels for, in drawing order, wrapped to `width`."""
+    lines = []
+    for name in _panel_kinds(explanation):
+        if name == "objects":
+            lines += _wrapped("objects: " + ", ".join(explanation.object_labels), _SMALL_FONT_SIZE, width)
+        elif name in explanation.source_texts:
+            text = f"{name}: {explanation.source_texts[name]}"
+            lines += _wrapped(text, _SMALL_FONT_SIZE, width, max_lines=_MAX_SOURCE_DETAIL_LINES)
     return lines
 
 
 class _Layout(NamedTuple):
     tweet_lines: list  # lines of (text, entity type or None, x offset in inches)
-    detail_lines: list[str]  # the caption and the objects, wrapped
+    detail_lines: list[str]  # the objects and the text sources, wrapped
     header_height: float
     entity_rows: int
     footer_lines: list[str]
@@ -540,11 +623,7 @@ def _layout(explanation: PostExplanation, width: float, max_entities: int, note:
     """Where things go in a figure `width` inches wide."""
     text_width = _WRAP_SAFETY * (width - 2 * _MARGIN)
     tweet_lines = _tweet_lines(_tweet_chunks(explanation), text_width)
-    details = []
-    if "caption" in explanation.attention:
-        details += _wrapped(f"caption: {explanation.caption}", _SMALL_FONT_SIZE, text_width)
-    if "objects" in explanation.attention:
-        details += _wrapped("objects: " + ", ".join(explanation.object_labels), _SMALL_FONT_SIZE, text_width)
+    details = _detail_lines(explanation, text_width)
     # Title, tweet lines, the type legend and the details.
     header = _TITLE_HEIGHT + len(tweet_lines) * _TWEET_LINE_HEIGHT + (1 + len(details)) * _SMALL_LINE_HEIGHT
     rows = min(len(explanation.entities), max_entities)
@@ -566,7 +645,7 @@ def figure_size(
 
 
 def _draw_header(figure, explanation: PostExplanation, layout: _Layout, colours: dict[str, str]) -> None:
-    """Title, the highlighted tweet, the type legend, the caption and the objects, from the top down."""
+    """Title, the highlighted tweet, the type legend, the objects and the text sources, from the top down."""
     inches = figure.dpi_scale_trans
     top = figure.get_size_inches()[1]
     title = "MGCM explanation" + (f": post {explanation.post_id}" if explanation.post_id else "")
@@ -642,15 +721,17 @@ def _bar_panel(axes, labels: list[str], values: np.ndarray, colour: str, title: 
     _style_bar_axes(axes)
 
 
-def _gate_panel(axes, entity: ExplainedEntity) -> None:
+def _gate_panel(axes, entity: ExplainedEntity, colours: dict[str, str]) -> None:
     names = list(entity.gate_values)
     if not names:
         axes.axis("off")
-        axes.text(0.0, 0.5, "text only: no image, objects\nor caption, so no gates", fontsize=9, va="center")
+        axes.text(
+            0.0, 0.5, "text only: no image, objects\nor other text, so no gates", fontsize=9, va="center"
+        )
         return
     values = np.array([entity.gate_values[name] for name in names])
     positions = np.arange(len(names))
-    axes.barh(positions, values, color=[GRANULARITY_COLOURS[name] for name in names], height=0.6)
+    axes.barh(positions, values, color=[colours[name] for name in names], height=0.6)
     axes.set_yticks(positions, names, fontsize=8)
     axes.invert_yaxis()
     axes.set_xlim(0.0, 1.0)
@@ -685,21 +766,26 @@ def _image_panel(axes, explanation: PostExplanation, entity: ExplainedEntity) ->
     axes.set_title(title, fontsize=8, loc="left")
 
 
-def _caption_panel(axes, explanation: PostExplanation, entity: ExplainedEntity) -> None:
-    words = explanation.caption_words
-    values = entity.attention["caption"]
-    shown = np.arange(len(words))
-    title = "attention over caption words"
-    if len(words) > MAX_CAPTION_WORDS_DRAWN:
-        shown = np.sort(np.argsort(-values, kind="stable")[:MAX_CAPTION_WORDS_DRAWN])
-        title += f" (top {MAX_CAPTION_WORDS_DRAWN} of {len(words)})"
-    _bar_panel(axes, [words[index] for index in shown], values[shown], GRANULARITY_COLOURS["caption"], title)
+def _bars(
+    explanation: PostExplanation, entity: ExplainedEntity, name: str
+) -> tuple[list[str], np.ndarray, str]:
+    """Labels, weights and title of the entity's bar panel over the objects or a text source's words."""
+    values = entity.attention[name]
+    if name == "objects":
+        return explanation.object_labels, values, "attention over objects"
+    words = explanation.source_words[name]
+    title = f"attention over {name} words"
+    if len(words) <= MAX_SOURCE_WORDS_DRAWN:
+        return words, values, title
+    shown = np.sort(np.argsort(-values, kind="stable")[:MAX_SOURCE_WORDS_DRAWN])
+    title += f" (top {MAX_SOURCE_WORDS_DRAWN} of {len(words)})"
+    return [words[index] for index in shown], values[shown], title
 
 
 def _draw_entity_row(
     figure, explanation: PostExplanation, entity: ExplainedEntity, colour: str, bottom: float
 ) -> None:
-    """One row: the entity and its gates, then its attention over the image, the objects and the caption."""
+    """One row: the entity and its gates, then its attention over the image, the objects and the text sources."""
     inches = figure.dpi_scale_trans
     top = bottom + _ENTITY_ROW_HEIGHT
     words = _drawn_words(explanation, entity)
@@ -720,20 +806,19 @@ def _draw_entity_row(
         fontsize=9,
     )
     kinds = _panel_kinds(explanation)
+    colours = _granularity_colours(explanation)
+    bars = {kind: _bars(explanation, entity, kind) for kind in kinds if kind not in ("entity", "image")}
     panel_bottom = bottom + 0.3
     panel_height = _ENTITY_ROW_HEIGHT - 1.05
     # Room left of each bar panel for its tick labels, as wide as the longest one.
-    tick_labels = {
-        "entity": list(entity.gate_values),
-        "image": [],
-        "objects": explanation.object_labels,
-        "caption": explanation.caption_words,
-    }
+    tick_labels = {"entity": list(entity.gate_values), "image": []}
+    tick_labels.update({kind: labels for kind, (labels, _, _) in bars.items()})
     label_width = {
         kind: max((_text_width(label, 8) for label in labels), default=0.0) + (0.15 if labels else 0.0)
         for kind, labels in tick_labels.items()
     }
-    share = {"entity": 1.0, "objects": 1.0, "caption": 1.3}
+    # Text sources get wider panels than the gates and the objects.
+    share = {kind: 1.0 if kind in ("entity", "objects") else 1.3 for kind in kinds}
     image_width = panel_height + 0.4  # Room for the two-line title over the square image.
     free = figure.get_size_inches()[0] - 2 * _MARGIN - _PANEL_GAP * (len(kinds) - 1)
     free -= sum(label_width[kind] for kind in kinds) + (image_width if "image" in kinds else 0.0)
@@ -748,17 +833,10 @@ def _draw_entity_row(
         else:
             axes = _axes(figure, x, panel_bottom, width, panel_height)
             if kind == "entity":
-                _gate_panel(axes, entity)
-            elif kind == "objects":
-                _bar_panel(
-                    axes,
-                    explanation.object_labels,
-                    entity.attention["objects"],
-                    GRANULARITY_COLOURS["objects"],
-                    "attention over objects",
-                )
+                _gate_panel(axes, entity, colours)
             else:
-                _caption_panel(axes, explanation, entity)
+                labels, values, title = bars[kind]
+                _bar_panel(axes, labels, values, colours[kind], title)
         x += width + _PANEL_GAP
 
 
@@ -821,8 +899,9 @@ def draw_explanation(
 
 
 def render_html(explanation: PostExplanation, png: bytes, note: str | None = None) -> str:
-    """A self-contained HTML page: the post with its entities highlighted, a table of entities, `note`, and
-    the figure (`png`, inlined as base64)."""
+    """A self-contained HTML page: the post with its entities highlighted, the text sources the model read
+    (whole, where the figure cuts long ones), a table of entities, `note`, and the figure (`png`, inlined as
+    base64)."""
     colours = _type_colours(explanation)
     parts, position = [], 0
     for entity in explanation.entities:
@@ -867,6 +946,11 @@ def render_html(explanation: PostExplanation, png: bytes, note: str | None = Non
         "</head>\n<body>",
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="post">{"".join(parts)}</p>',
+        *(
+            f'<p class="source"><b>{html.escape(name)}</b>: {html.escape(explanation.source_texts[name])}</p>'
+            for name in _drawing_order(explanation)
+            if name in explanation.source_texts
+        ),
         f"<p>Entity types: {legend or 'none'}</p>",
         "<p>Gate: the mean weight of the direct word-to-input attention branch against the coupled branch, "
         "over the entity's words.</p>",
@@ -965,6 +1049,7 @@ __all__ = [
     "ENTITY_TYPE_COLOURS",
     "GRANULARITY_COLOURS",
     "MAX_CAPTION_WORDS_DRAWN",
+    "MAX_SOURCE_WORDS_DRAWN",
     "POST_KEYS",
     "ExplainedEntity",
     "PostExplanation",

@@ -26,6 +26,40 @@ def results_table(results: Mapping) -> str:
     return "\n".join(rows)
 
 
+def text_sources_section(results: Mapping) -> str:
+    """The card's account of the texts about each post the model read: role, length, origin, coverage."""
+    sources = results["run"].get("text_sources") or []
+    if not sources:
+        return ""
+    rows = [
+        "| source | read as | word pieces | origin | file (sha256) | posts with it | input dropout |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for source in sources:
+        coverage = ", ".join(f"{split} {_percent(share)}%" for split, share in source["coverage"].items())
+        file = f"`{source['file']}` (`{source['sha256'][:16]}`)" if source.get("file") else "-"
+        role = "its own granularity" if source["role"] == "granularity" else "a text segment after the post"
+        rows.append(
+            f"| `{source['name']}` | {role} | {source['max_length']} | {source.get('origin') or 'not stated'} | "
+            f"{file} | {coverage} | {source.get('input_dropout', 0.0)} |"
+        )
+    text = (
+        "\n## Text sources\n\nTexts about each post that the model was trained with, as post keys of the "
+        "pipeline and `mgcm-predict`. A post without one is tagged without it (its mask is zero), which the "
+        "model met in training only as often as the coverage below says, unless input dropout was on.\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+    without = results.get("metrics_without")
+    if without:
+        names = ", ".join(without["text_sources"])
+        text += (
+            f"\nThe same model scored as if no post had {names} (the selected checkpoint, nothing retrained):"
+            f"\n\n{results_table(without)}\n"
+        )
+    return text
+
+
 def render_model_card(results: Mapping) -> str:
     """The card's Markdown text: what the model is, how it was trained and selected, and its scores."""
     run = results["run"]
@@ -49,7 +83,8 @@ tags:
 # MGCM multimodal NER ({run["dataset"]})
 
 MGCM (multi-granularity cross-modality representation learning, Liu et al. 2022) tags PER, LOC, ORG and
-MISC entities in a post from its words, its image, its detected objects and its image caption.
+MISC entities in a post from its words, its image, its detected objects and texts about it (an image
+caption, LLM-written knowledge, ...).
 
 - Text encoder: `{run["text_model"]}`; vision backbone: `{run.get("vision_model") or "none"}`.
 - Granularities: {granularities}; semantic augmentation: `{run["augmentation_mode"]}`; word shape:
@@ -57,7 +92,7 @@ MISC entities in a post from its words, its image, its detected objects and its 
 - Trained {results["training"]["epochs_run"]} epoch(s), {results["training"]["optimizer_steps"]} optimizer steps,
   on {results["training"]["num_processes"]} process(es); the checkpoint kept is the epoch with the best
   **valid** lenient F1 (epoch {results["training"]["best_epoch"]}), never selected on test.
-{image_line}
+{image_line}{text_sources_section(results)}
 ## Results
 
 Entity-level seqeval scores (%) on every split of the corpus. **lenient** is seqeval's default
@@ -79,4 +114,4 @@ processor = AutoProcessor.from_pretrained("path/to/this/folder")
 """
 
 
-__all__ = ["render_model_card", "results_table"]
+__all__ = ["render_model_card", "results_table", "text_sources_section"]

@@ -3,12 +3,14 @@
 import base64
 import copy
 import io
+import itertools
 import re
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgba
 from PIL import Image
 from transformers import AutoModelForTokenClassification, AutoProcessor, ViTConfig, pipeline
 
@@ -17,6 +19,7 @@ import processing
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from processing import LABEL_TO_ID, ImageLoadError, MGCMProcessor, merge_windows
 from processing.explain import (
+    GRANULARITY_COLOURS,
     MAX_CAPTION_WORDS_DRAWN,
     draw_explanation,
     explain,
@@ -29,6 +32,8 @@ from processing.tiny_backbones import build_corpus_tokenizer, tiny_image_process
 
 OBJECTS = [{"label": "car", "score": 0.4}, {"label": "person", "score": 0.9}, {"label": "dog", "score": 0.7}]
 CAPTION = "a person in the photo"  # each word is whole in the tiny vocabulary
+KNOWLEDGE = "Obama visits Paris with the person in the photo"  # 9 words, each whole
+KNOWLEDGE_LENGTH = 8  # knowledge pieces read, [CLS] and [SEP] included: the first 6 words
 
 
 def _force_tags(model: MGCMForTokenClassification, first: str, second: str) -> None:
@@ -452,6 +457,173 @@ def test_a_bare_model_takes_its_processor_as_a_keyword(tagger, red_image):
 
 
 # --------------------------------------------------------------------------------------------------
+# Other text sources
+
+
+def _text_source_tagger(
+    tiny_mgcm_dir, text_sources: list[str], shared: bool = False, force_tags: bool = True, **processor_options
+) -> tuple[MGCMForTokenClassification, MGCMProcessor]:
+    """The tiny model with `text_sources` (with `force_tags` its CRF tags the first two words as one PER)
+    and its processor with `processor_options`."""
+    saved = AutoProcessor.from_pretrained(tiny_mgcm_dir)
+    config = copy.deepcopy(AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir).config)
+    config.text_sources = text_sources
+    config.share_text_source_block = shared
+    torch.manual_seed(0)
+    model = MGCMForTokenClassification(config).eval()
+    if force_tags:
+        _force_tags(model, "B-PER", "I-PER")
+    processor = MGCMProcessor(
+        tokenizer=saved.tokenizer,
+        image_processor=saved.image_processor,
+        neighbour_table=saved.neighbour_table,
+        object_labels=saved.object_labels,
+        max_length=saved.max_length,
+        stride=saved.stride,
+        **processor_options,
+    )
+    return model, processor
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["own-blocks", "shared-block"])
+def knowledge_tagger(request, tiny_mgcm_dir):
+    """A model reading the caption and knowledge, with a block per source or one shared block."""
+    return _text_source_tagger(
+        tiny_mgcm_dir,
+        ["caption", "knowledge"],
+        shared=request.param,
+        text_source_max_lengths={"knowledge": KNOWLEDGE_LENGTH},
+    )
+
+
+def knowledge_post(image) -> dict:
+    return {**full_post(image), "knowledge": KNOWLEDGE}
+
+
+def test_each_entity_gets_attention_over_the_knowledge_words_it_read(knowledge_tagger, red_image):
+    model, processor = knowledge_tagger
+    assert ("text_sources" in model.mgcm.cross_modal_blocks) == model.config.share_text_source_block
+    explanation = explain_post(knowledge_tagger, knowledge_post(red_image))
+
+    inputs = processor(
+        words=[full_post(red_image)["words"]],
+        images=[red_image],
+        objects=[OBJECTS],
+        text_sources={"caption": [CAPTION], "knowledge": [KNOWLEDGE]},
+        return_tensors="pt",
+    )
+    for name in ("overflow_to_sample_mapping", "window_word_offset"):
+        inputs.pop(name)
+    with torch.no_grad():
+        output = model(**inputs, output_attentions=True)
+
+    read = KNOWLEDGE.split()[: KNOWLEDGE_LENGTH - 2]
+    assert explanation.source_words["knowledge"] == read
+    assert explanation.source_texts["knowledge"] == " ".join(read) + " …"
+    [entity] = explanation.entities
+    assert set(entity.gate_values) == {"image", "objects", "caption", "knowledge"}
+    assert entity.gate_values["knowledge"] == pytest.approx(
+        float(output.gate_values["knowledge"][0, :2].mean()), abs=1e-6
+    )
+    assert entity.attention["knowledge"].shape == (len(read),)
+    knowledge_pieces = output.cross_attentions["knowledge"][0, :2].mean(0).numpy()
+    np.testing.assert_allclose(entity.attention["knowledge"], knowledge_pieces[1:-1], atol=1e-6)
+    # The caption is explained alike, beside it.
+    assert explanation.caption_words == explanation.source_words["caption"] == CAPTION.split()
+    caption_pieces = output.cross_attentions["caption"][0, :2].mean(0).numpy()
+    np.testing.assert_allclose(entity.attention["caption"], caption_pieces[1:-1], atol=1e-6)
+
+
+def test_the_figure_and_the_page_have_the_knowledge(knowledge_tagger, red_image, tmp_path):
+    figure = explain(knowledge_tagger, knowledge_post(red_image), tmp_path / "knowledge.png", dpi=40)
+    titles = [axes.get_title(loc="left") for axes in figure.axes]
+    assert titles[0] == "gate per granularity" and titles[3:] == [
+        "attention over caption words",
+        "attention over knowledge words",
+    ]
+    read = KNOWLEDGE.split()[: KNOWLEDGE_LENGTH - 2]
+    assert [label.get_text() for label in figure.axes[4].get_yticklabels()] == read
+    # A colour of its own, in the gate panel and in its bar panel.
+    [knowledge_colour] = {bar.get_facecolor() for bar in figure.axes[4].patches}
+    gate_colours = [bar.get_facecolor() for bar in figure.axes[0].patches]
+    assert gate_colours[3] == knowledge_colour and len(set(gate_colours)) == 4
+    texts = [text.get_text() for text in figure.texts]
+    assert f"knowledge: {' '.join(read)} …" in texts
+    page = (tmp_path / "knowledge.html").read_text(encoding="utf-8")
+    assert f"<b>knowledge</b>: {' '.join(read)} …</p>" in page and "<th>gate knowledge</th>" in page
+
+
+def test_a_post_without_knowledge_has_no_knowledge_attention(knowledge_tagger, red_image):
+    explanation = explain_post(knowledge_tagger, {**knowledge_post(red_image), "knowledge": "  "})
+    assert set(explanation.attention) == {"image", "objects", "caption"}
+    assert "knowledge" not in explanation.gate_values and "knowledge" not in explanation.source_words
+    assert "knowledge" not in explanation.entities[0].attention
+    figure = draw_explanation(explanation, dpi=30)
+    assert not any("knowledge" in axes.get_title(loc="left") for axes in figure.axes)
+    assert not any(text.get_text().startswith("knowledge:") for text in figure.texts)
+
+
+def test_a_long_knowledge_text_is_cut_in_the_figure_and_whole_in_the_page(tiny_mgcm_dir, red_image):
+    tagger = _text_source_tagger(
+        tiny_mgcm_dir, ["caption", "knowledge"], text_source_max_lengths={"knowledge": 400}
+    )
+    knowledge = "Obama visits Paris with the person in the photo " * 30
+    explanation = explain_post(tagger, {**knowledge_post(red_image), "knowledge": knowledge})
+    assert explanation.source_texts["knowledge"] == knowledge.strip()  # read whole
+    assert explanation.entities[0].attention["knowledge"].shape == (270,)
+    figure = draw_explanation(explanation, dpi=40)
+    # The knowledge's detail lines: the header's last lines, down to the first entity's bold words.
+    start = next(
+        index for index, text in enumerate(figure.texts) if text.get_text().startswith("knowledge: ")
+    )
+    lines = list(itertools.takewhile(lambda text: text.get_fontweight() != "bold", figure.texts[start:]))
+    assert len(lines) == 3 and lines[-1].get_text().endswith(" …")
+    renderer = figure.canvas.get_renderer()
+    assert all(line.get_window_extent(renderer).x1 <= figure.bbox.width for line in lines)
+    knowledge_axes = next(axes for axes in figure.axes if "knowledge" in axes.get_title(loc="left"))
+    assert len(knowledge_axes.get_yticklabels()) == MAX_CAPTION_WORDS_DRAWN
+    assert knowledge.strip() in render_html(explanation, b"")
+
+
+def test_a_caption_read_as_a_text_segment_has_no_attention_but_reaches_the_model(tiny_mgcm_dir):
+    # Untrained emissions, so that the tags' probabilities show whether the caption was read.
+    model, processor = _text_source_tagger(tiny_mgcm_dir, [], force_tags=False, caption_as_text_segment=True)
+    words = ["Obama", "Phoenix", "visits"]
+    explanation = explain_post((model, processor), {"words": words, "caption": CAPTION})
+    assert explanation.attention == {} and explanation.caption is None and explanation.caption_words == []
+    inputs = processor(words=[words], captions=[CAPTION], return_tensors="pt")
+    for name in ("overflow_to_sample_mapping", "window_word_offset"):
+        inputs.pop(name)
+    with torch.no_grad():
+        marginals = model.crf.marginals(model(**inputs).logits, inputs["word_mask"].bool())[0]
+    expected = marginals[torch.arange(3), [LABEL_TO_ID[tag] for tag in explanation.tags]].numpy()
+    np.testing.assert_allclose(explanation.tag_probabilities, expected, atol=1e-6)
+    without_caption = explain_post((model, processor), {"words": words})
+    assert not np.allclose(without_caption.tag_probabilities, explanation.tag_probabilities)
+
+
+def test_text_sources_beyond_the_caption_take_further_colours_in_order(tiny_mgcm_dir):
+    model, processor = _text_source_tagger(
+        tiny_mgcm_dir, ["knowledge", "caption", "ocr"], text_source_max_lengths={"knowledge": 8, "ocr": 8}
+    )
+    post = {"words": ["Obama", "Phoenix", "visits"], "caption": CAPTION, "knowledge": "Paris", "ocr": "photo"}
+    explanation = explain_post((model, processor), post)
+    assert list(explanation.gate_values) == list(explanation.attention) == ["knowledge", "caption", "ocr"]
+    figure = draw_explanation(explanation, dpi=30)
+    assert [axes.get_title(loc="left") for axes in figure.axes[1:]] == [
+        f"attention over {name} words" for name in ("knowledge", "caption", "ocr")
+    ]
+    gate_colours = [bar.get_facecolor() for bar in figure.axes[0].patches]
+    assert len(set(gate_colours)) == 3 and gate_colours[1] == to_rgba(GRANULARITY_COLOURS["caption"])
+    # Further sources' colours follow the model's order, whatever the post holds.
+    [ocr_colour] = {bar.get_facecolor() for bar in figure.axes[3].patches}
+    without_knowledge = draw_explanation(
+        explain_post((model, processor), {**post, "knowledge": None}), dpi=30
+    )
+    assert {bar.get_facecolor() for bar in without_knowledge.axes[2].patches} == {ocr_colour}
+
+
+# --------------------------------------------------------------------------------------------------
 # Wrong inputs
 
 
@@ -470,6 +642,7 @@ def test_a_bare_model_takes_its_processor_as_a_keyword(tagger, red_image):
         ({"text": ["Obama", ""]}, ValueError, r"post\['text'\]\[1\] = ''"),
         ({"text": "Obama", "image": 3}, TypeError, "an image must be a path, an http"),
         ({"text": "Obama", "caption": ["a"]}, TypeError, r"post\['caption'\] must be a string"),
+        ({"text": "Obama", "knowledge": "x"}, ValueError, r"unknown keys \['knowledge'\]"),
         ({"text": "Obama", "objects": "person"}, TypeError, r"post\['objects'\] must be a list"),
         ({"text": "Obama", "objects": [{"label": "person"}]}, ValueError, "object 0"),
     ],
@@ -509,3 +682,9 @@ def test_wrong_models_processors_and_output_paths_are_refused(tagger, tmp_path):
     with pytest.raises(ValueError, match="figsize"):
         draw_explanation(explanation, figsize=(0, 3))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("knowledge", [["Paris"], 3, {"text": "Paris"}])
+def test_a_knowledge_that_is_not_a_string_is_refused_naming_the_key(knowledge_tagger, knowledge):
+    with pytest.raises(TypeError, match=r"post\['knowledge'\] must be a string or None"):
+        explain_post(knowledge_tagger, {"text": "Obama Phoenix", "knowledge": knowledge})
