@@ -20,8 +20,18 @@ clipping, Accelerate autocast in `--precision`):
 - `full`: + the caption granularity (BLIP-2 captions). Its caption pass is detached
   (`detach_caption_encoding=True`, MGCMConfig's default and so what run_accuracy.sh trains): the shared
   encoder runs over the captions without dropout and without back-propagation;
-- `full-caption-grad`: `full` with `detach_caption_encoding=False`, the caption pass trained too (an extra
-  row: what the caption costs when the encoder learns from it).
+- `full-caption-grad`: `full` with `detach_text_source_encoding=False`, the caption pass trained too (an extra
+  row: what the caption costs when the encoder learns from it);
+- `full+knowledge`: `full` + PGIM's LLM-written knowledge (`../shared/data/knowledge/twitter2015_pgim.txt`,
+  200 word pieces) as a text-source granularity with its own block, encoded detached like the caption;
+  `full+knowledge-shared`: the same with one block shared by caption and knowledge
+  (`share_text_source_block`); `full+knowledge-grad`: the knowledge and caption passes trained too;
+- `full+knowledge-concat`: `full` with the knowledge appended to the tweet as a second segment (PGIM's way:
+  the encoder reads tweet + knowledge with gradient); `text+knowledge-concat`: PGIM's own model, encoder +
+  CRF over tweet + knowledge.
+
+`--configs` measures a subset (`text` is always in it, as the baseline) and `--training-only` skips the
+memory children and the one-off costs.
 
 In one process, every configuration takes the same fixed sequence of real Twitter-2015 train batches (16
 windows, shuffled with a fixed seed). A step is collation (padding, neighbour lookup) + forward + backward +
@@ -134,27 +144,39 @@ EPOCHS_OF_THE_ACCURACY_RUNS = 5
 INFER_BATCH_SIZE = 32
 
 # Per configuration: its MGCMConfig fields (the processor carries the neighbour table when augmenting).
+_FULL = {"augmentation_mode": "gate", "use_word_shape": True}
 CONFIGS: dict[str, dict[str, Any]] = {
-    "text": {"augmentation_mode": "none", "use_word_shape": False, "use_caption": False},
-    "text+shape+sa": {"augmentation_mode": "gate", "use_word_shape": True, "use_caption": False},
-    "full": {
-        "augmentation_mode": "gate",
-        "use_word_shape": True,
-        "use_caption": True,
-        "detach_caption_encoding": True,
+    "text": {"augmentation_mode": "none", "use_word_shape": False, "text_sources": []},
+    "text+shape+sa": {**_FULL, "text_sources": []},
+    "full": {**_FULL, "text_sources": ["caption"], "detach_text_source_encoding": True},
+    "full-caption-grad": {**_FULL, "text_sources": ["caption"], "detach_text_source_encoding": False},
+    "full+knowledge": {**_FULL, "text_sources": ["caption", "knowledge"]},
+    "full+knowledge-shared": {
+        **_FULL,
+        "text_sources": ["caption", "knowledge"],
+        "share_text_source_block": True,
     },
-    "full-caption-grad": {
-        "augmentation_mode": "gate",
-        "use_word_shape": True,
-        "use_caption": True,
-        "detach_caption_encoding": False,
+    "full+knowledge-grad": {
+        **_FULL,
+        "text_sources": ["caption", "knowledge"],
+        "detach_text_source_encoding": False,
     },
+    "full+knowledge-concat": {**_FULL, "text_sources": ["caption"]},
+    "text+knowledge-concat": {"augmentation_mode": "none", "use_word_shape": False, "text_sources": []},
 }
+# The configurations that append the knowledge to the tweet as a text segment instead.
+KNOWLEDGE_AS_SEGMENT = ("full+knowledge-concat", "text+knowledge-concat")
+KNOWLEDGE_LENGTH = 200
 BASELINE = "text"
 FULL = "full"
 # Issue 6: the overhead over `text` with the caption granularity, and without it.
 TARGET_RATIO_WITH_CAPTION = 1.4
 TARGET_RATIO_WITHOUT_CAPTION = 1.25
+TARGET_RATIOS = {
+    "text+shape+sa": TARGET_RATIO_WITHOUT_CAPTION,
+    "full": TARGET_RATIO_WITH_CAPTION,
+    "full-caption-grad": TARGET_RATIO_WITH_CAPTION,
+}
 
 
 @dataclass(frozen=True)
@@ -240,6 +262,7 @@ def build_config_run(
     """Model, processor, windows, collator and optimizer of configuration `name`, as train.py builds them."""
     settings = dict(CONFIGS[name])
     augmented = settings["augmentation_mode"] != "none"
+    segments = ["knowledge"] if name in KNOWLEDGE_AS_SEGMENT else []
     table = neighbour_table if augmented else None
     torch.manual_seed(MODEL_SEED)
     model = MGCMForTokenClassification.from_backbones(
@@ -260,10 +283,12 @@ def build_config_run(
         stride=defaults.stride,
         max_objects=model.config.max_objects,
         url_token=URL_TOKEN,
+        text_source_max_lengths={"knowledge": KNOWLEDGE_LENGTH},
+        segment_sources=segments,
     )
-    windows = processor.preprocess_corpus(corpus["train"])
-    if not model.config.use_caption:
-        windows = windows.remove_columns(["caption_input_ids"])
+    windows = load_train_script().tokenised_windows(
+        processor, datasets.DatasetDict(train=corpus["train"]), model.config
+    )["train"]
     batch_size = defaults.per_device_train_batch_size
     batches = [
         [windows[index] for index in indices]
@@ -347,11 +372,7 @@ def summarise_steps(timings: dict[str, list[dict]], batch_size: int, train_windo
     for name, row in rows.items():
         row["ratio_to_text"] = row["median_step_seconds"] / baseline["median_step_seconds"]
         row["cpu_time_ratio_to_text"] = row["median_step_cpu_seconds"] / baseline["median_step_cpu_seconds"]
-        target = None
-        if name != BASELINE:
-            target = (
-                TARGET_RATIO_WITH_CAPTION if CONFIGS[name]["use_caption"] else TARGET_RATIO_WITHOUT_CAPTION
-            )
+        target = TARGET_RATIOS.get(name)
         row["target_ratio"] = target
         row["met"] = None if target is None else row["ratio_to_text"] <= target
     return rows
@@ -364,19 +385,20 @@ def measure_training(
     schedule: Schedule,
     precision: str,
     dataset_dir: Path,
+    names: Sequence[str] = tuple(CONFIGS),
 ) -> dict:
-    """Interleaved training steps of every configuration on one encoder (see the module docstring)."""
+    """Interleaved training steps of the configurations `names` on one encoder (see the module docstring)."""
     defaults = training_defaults(dataset_dir, encoder_dir)
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
     runs = {
         name: build_config_run(
             name, encoder_dir, corpus, neighbour_table, defaults, accelerator, schedule.total_steps
         )
-        for name in CONFIGS
+        for name in names
     }
-    timings: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    timings: dict[str, list[dict]] = {name: [] for name in names}
     started = time.perf_counter()
-    for name, position, timed in interleaved_schedule(list(CONFIGS), schedule):
+    for name, position, timed in interleaved_schedule(list(names), schedule):
         run = runs[name]
         step = training_step(run, run.batches[position], accelerator, defaults.max_grad_norm)
         if timed:
@@ -389,7 +411,10 @@ def measure_training(
     configs = summarise_steps(timings, defaults.per_device_train_batch_size, train_windows)
     for name, run in runs.items():
         configs[name]["parameters"] = sum(p.numel() for p in run.model.parameters())
-        configs[name]["config"] = CONFIGS[name]
+        configs[name]["config"] = {
+            **CONFIGS[name],
+            "segment_sources": run.processor.segment_sources,
+        }
     del runs
     accelerator.free_memory()
     gc.collect()
@@ -524,8 +549,13 @@ CHILD_PHASES: dict[str, Callable[[dict], dict]] = {
 
 
 def load_real_corpus(spec: dict):
-    """Twitter-2015 with BLIP-2 captions, and its neighbour table (read from the cache folder when built)."""
-    corpus = load_tweet_corpus(spec["dataset_dir"], captions_file=spec["captions_file"])
+    """Twitter-2015 with BLIP-2 captions and PGIM knowledge, and its neighbour table (read from the cache
+    folder when built)."""
+    corpus = load_tweet_corpus(
+        spec["dataset_dir"],
+        captions_file=spec["captions_file"],
+        text_source_files={"knowledge": spec["knowledge_file"]},
+    )
     words = [word for split in corpus.values() for tokens in split["tokens"] for word in tokens]
     table = build_neighbour_table(words, spec["word_vectors"], k=spec["k"], cache_dir=spec["cache_dir"])
     return corpus, table
@@ -690,6 +720,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--work-dir", type=Path, default=None, help="scratch folder (default: a temporary one)"
     )
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "cost.json")
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"comma-separated configurations to time (default all: {','.join(CONFIGS)}); text is always timed",
+    )
+    parser.add_argument(
+        "--training-only",
+        action="store_true",
+        help="time training only: no memory children, no one-off costs",
+    )
     parser.add_argument("--child", choices=sorted(CHILD_PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--child-spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -707,6 +747,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.warmup is not None and args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    args.configs = list(dict.fromkeys([BASELINE, *(name for name in args.configs.split(",") if name)]))
+    unknown = sorted(set(args.configs) - set(CONFIGS))
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS)}")
     return args
 
 
@@ -750,7 +794,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     encoders = resolve_encoders(args.encoders)
     dataset_dir = (args.data_dir / "twitter2015").resolve()
     captions_file = (args.data_dir / "captions" / "twitter2015_blip2.txt").resolve()
-    for required in (dataset_dir, captions_file, args.word_vectors):
+    knowledge_file = (args.data_dir / "knowledge" / "twitter2015_pgim.txt").resolve()
+    for required in (dataset_dir, captions_file, knowledge_file, args.word_vectors):
         if not required.exists():
             raise SystemExit(f"{required} does not exist (see --data-dir and --word-vectors)")
     report: dict[str, Any] = {
@@ -763,6 +808,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "data": {
             "corpus": "Twitter-2015 (../shared/data/twitter2015)",
             "captions": "BLIP-2 (../shared/data/captions/twitter2015_blip2.txt)",
+            "knowledge": f"PGIM (../shared/data/knowledge/twitter2015_pgim.txt), {KNOWLEDGE_LENGTH} word pieces",
             "word_vectors": args.word_vectors.name,
             "url_token": URL_TOKEN,
         },
@@ -795,6 +841,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         common = {
             "dataset_dir": str(dataset_dir),
             "captions_file": str(captions_file),
+            "knowledge_file": str(knowledge_file),
             "word_vectors": str(args.word_vectors),
             "k": training_defaults(dataset_dir, encoders[0]).num_neighbours,
             "cache_dir": str(cache_dir),
@@ -802,54 +849,63 @@ def main(argv: Sequence[str] | None = None) -> None:
             "precision": args.precision,
         }
 
-        # ---- one-off: neighbour table (its first build fills the cache that everything below reads)
-        peak, neighbour = run_child("neighbour_table", common, work_dir)
-        neighbour["peak_rss_mib"] = peak
-        neighbour["note"] = (
-            "build_neighbour_table over every Twitter-2015 token (all splits, as train.py), into an empty "
-            "cache folder, then the same call reading the cache; both load the vectors first "
-            "(vectors_load_seconds); the build uses every CPU thread"
-        )
-        report["one_off"]["neighbour_table"] = neighbour
-        report["one_off"]["captions"] = {
-            "cached": False,
-            "note": (
-                "caption encodings are not cached: the caption goes through the text encoder being trained, at "
-                "every step, so its cost is inside the full / text ratio. With detach_caption_encoding=True "
-                "(the default, `full`) the pass is a forward without dropout or gradient; "
-                "`full-caption-grad` back-propagates through it"
-            ),
-        }
-        print(
-            f"\nneighbour table: {neighbour['table_words']} words x k={neighbour['k']} from "
-            f"{neighbour['corpus_word_types']} corpus word types; first build {neighbour['first_build_seconds']:.1f} s, "
-            f"cached {neighbour['cached_seconds']:.1f} s (vectors load {neighbour['vectors_load_seconds']:.1f} s); "
-            f"peak RSS {peak:.0f} MiB"
-        )
-        write_json_atomically(args.output, report)
+        if not args.training_only:
+            # ---- one-off: neighbour table (its first build fills the cache that everything below reads)
+            peak, neighbour = run_child("neighbour_table", common, work_dir)
+            neighbour["peak_rss_mib"] = peak
+            neighbour["note"] = (
+                "build_neighbour_table over every Twitter-2015 token (all splits, as train.py), into an empty "
+                "cache folder, then the same call reading the cache; both load the vectors first "
+                "(vectors_load_seconds); the build uses every CPU thread"
+            )
+            report["one_off"]["neighbour_table"] = neighbour
+            report["one_off"]["captions"] = {
+                "cached": False,
+                "note": (
+                    "caption encodings are not cached: the caption goes through the text encoder being trained, at "
+                    "every step, so its cost is inside the full / text ratio. With detach_caption_encoding=True "
+                    "(the default, `full`) the pass is a forward without dropout or gradient; "
+                    "`full-caption-grad` back-propagates through it"
+                ),
+            }
+            print(
+                f"\nneighbour table: {neighbour['table_words']} words x k={neighbour['k']} from "
+                f"{neighbour['corpus_word_types']} corpus word types; first build {neighbour['first_build_seconds']:.1f} s, "
+                f"cached {neighbour['cached_seconds']:.1f} s (vectors load {neighbour['vectors_load_seconds']:.1f} s); "
+                f"peak RSS {peak:.0f} MiB"
+            )
+            write_json_atomically(args.output, report)
 
-        # ---- one-off: image feature cache
-        images = measure_image_feature_cache(args.images, args.image_epochs, 16, work_dir)
-        report["one_off"]["image_feature_cache"] = images
-        print(
-            f"\nimage features, {images['images']} {IMAGE_SIZE}x{IMAGE_SIZE} images x {images['epochs']} epochs: "
-            f"without cache {images['without_cache_seconds']:.1f} s, with cache {images['with_cache_seconds']:.1f} s "
-            f"(build {images['with_cache_build_seconds']:.1f} s + reads {images['with_cache_read_seconds']:.1f} s); "
-            f"saving {images['saving_seconds']:.1f} s, ratio {images['ratio_without_to_with']:.2f}; "
-            f"cache {images['cache_bytes'] / 2**20:.1f} MiB"
-        )
-        write_json_atomically(args.output, report)
+            # ---- one-off: image feature cache
+            images = measure_image_feature_cache(args.images, args.image_epochs, 16, work_dir)
+            report["one_off"]["image_feature_cache"] = images
+            print(
+                f"\nimage features, {images['images']} {IMAGE_SIZE}x{IMAGE_SIZE} images x {images['epochs']} epochs: "
+                f"without cache {images['without_cache_seconds']:.1f} s, with cache {images['with_cache_seconds']:.1f} s "
+                f"(build {images['with_cache_build_seconds']:.1f} s + reads {images['with_cache_read_seconds']:.1f} s); "
+                f"saving {images['saving_seconds']:.1f} s, ratio {images['ratio_without_to_with']:.2f}; "
+                f"cache {images['cache_bytes'] / 2**20:.1f} MiB"
+            )
+            write_json_atomically(args.output, report)
 
         corpus, table = load_real_corpus(common)
         for encoder_dir in encoders:
             name = encoder_dir.name
             result = measure_training(
-                encoder_dir, corpus, table, schedule_for(name, args), args.precision, dataset_dir
+                encoder_dir,
+                corpus,
+                table,
+                schedule_for(name, args),
+                args.precision,
+                dataset_dir,
+                args.configs,
             )
             report["training"]["encoders"][name] = result
             print_training(name, result)
             write_json_atomically(args.output, report)
 
+            if args.training_only:
+                continue
             model_dir = work_dir / f"model-{name}"
             spec = {
                 **common,
