@@ -36,6 +36,8 @@ GRANULARITIES = (*VISUAL_GRANULARITIES, "caption")
 # A text source's name becomes its input names (`<name>_input_ids`, `<name>_attention_mask`) and a
 # corpus column, so it must be a lowercase identifier.
 TEXT_SOURCE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+# Names a text source cannot take: the visual granularities and the other columns of a tweet corpus.
+RESERVED_TEXT_SOURCE_NAMES = (*VISUAL_GRANULARITIES, "id", "tokens", "ner_tags", "labels", "words")
 # The key of the single cross-modal block that every text source shares with `share_text_source_block`.
 SHARED_TEXT_SOURCE_BLOCK = "text_sources"
 
@@ -271,15 +273,7 @@ class MGCMConfig(PreTrainedConfig):
 
     def _check_text_sources(self) -> None:
         for name in self.text_sources:
-            if (
-                not isinstance(name, str)
-                or not TEXT_SOURCE_NAME.fullmatch(name)
-                or name in VISUAL_GRANULARITIES
-            ):
-                raise ValueError(
-                    f"MGCMConfig: text source name {name!r} must be a lowercase identifier ([a-z][a-z0-9_]*) "
-                    f"other than {VISUAL_GRANULARITIES}"
-                )
+            check_text_source_name(name, "MGCMConfig: text_sources")
         repeated = sorted({name for name in self.text_sources if self.text_sources.count(name) > 1})
         if repeated:
             raise ValueError(f"MGCMConfig: text_sources repeats {repeated}")
@@ -311,6 +305,19 @@ class MGCMConfig(PreTrainedConfig):
             raise ValueError(f"MGCMConfig: image_feature_dim must be >= 1, got {self.image_feature_dim}")
 
 
+def check_text_source_name(name: object, where: str) -> None:
+    """Raise a ValueError (starting with `where`) unless `name` can name a text source."""
+    if (
+        not isinstance(name, str)
+        or not TEXT_SOURCE_NAME.fullmatch(name)
+        or name in RESERVED_TEXT_SOURCE_NAMES
+    ):
+        raise ValueError(
+            f"{where}: text source name {name!r} must be a lowercase identifier ([a-z][a-z0-9_]*) other than "
+            f"{', '.join(RESERVED_TEXT_SOURCE_NAMES)}"
+        )
+
+
 def span_tags_of_labels(id2label: dict[int, str]) -> list[int]:
     """The auxiliary task's tag (0 O, 1 B, 2 I) of each label id, from BIO label names.
 
@@ -336,9 +343,11 @@ __all__ = [
     "GRANULARITIES",
     "MGCM_LABEL_NAMES",
     "MGCMConfig",
+    "RESERVED_TEXT_SOURCE_NAMES",
     "SHARED_TEXT_SOURCE_BLOCK",
     "SPAN_TAG_NAMES",
     "TEXT_SOURCE_NAME",
     "VISUAL_GRANULARITIES",
+    "check_text_source_name",
     "span_tags_of_labels",
 ]

@@ -569,7 +569,11 @@ class MGCMModel(MGCMPreTrainedModel):
                 )
             ids, mask = inputs.get(match["name"], (None, None))
             inputs[match["name"]] = (tensor, mask) if match["kind"] == "input_ids" else (ids, tensor)
-        return {name: inputs.get(name, (None, None)) for name in self.config.text_sources}
+        inputs = {name: inputs.get(name, (None, None)) for name in self.config.text_sources}
+        for name, (ids, mask) in inputs.items():
+            if ids is None and mask is not None:
+                raise ValueError(f"{name}_attention_mask was given without {name}_input_ids")
+        return inputs
 
     def _block_of(self, granularity: str) -> MGCMCoupledAttentionBlock:
         if self.text_source_embeddings is not None and granularity in self.config.text_sources:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from modeling_mgcm.configuration_mgcm import TEXT_SOURCE_NAME
+from modeling_mgcm.configuration_mgcm import check_text_source_name
 
 from .corpus_schema import corpus_features
 from .corpus_stats import corpus_stats, format_corpus_stats
@@ -402,8 +402,7 @@ def load_tweet_corpus(
             )
         source_files = {"caption": captions_file, **source_files}
     for name in source_files:
-        if not TEXT_SOURCE_NAME.fullmatch(name):
-            raise ValueError(f"text source name {name!r} must be a lowercase identifier ([a-z][a-z0-9_]*)")
+        check_text_source_name(name, "load_tweet_corpus: text_source_files")
     text_sources = {name: read_captions_file(path) for name, path in source_files.items()}
     objects = read_objects_file(objects_file) if objects_file is not None else {}
     return DatasetDict(

@@ -20,7 +20,7 @@ from transformers import AutoImageProcessor, AutoProcessor, BatchFeature, Proces
 from transformers.utils import PROCESSOR_NAME
 
 from modeling_mgcm import MGCMConfig
-from modeling_mgcm.configuration_mgcm import TEXT_SOURCE_NAME
+from modeling_mgcm.configuration_mgcm import check_text_source_name
 
 from .neighbour_table import NeighbourTable
 from .tweet_normalise import clean_token, is_url
@@ -282,10 +282,7 @@ class MGCMProcessor(ProcessorMixin):
     @staticmethod
     def _checked_source_lengths(lengths: Mapping[str, int]) -> dict[str, int]:
         for name, length in lengths.items():
-            if not isinstance(name, str) or not TEXT_SOURCE_NAME.fullmatch(name):
-                raise ValueError(
-                    f"text source name {name!r} must be a lowercase identifier ([a-z][a-z0-9_]*)"
-                )
+            check_text_source_name(name, "MGCMProcessor: text_source_max_lengths")
             if isinstance(length, bool) or not isinstance(length, int) or length < 1:
                 raise ValueError(
                     f"the maximum length of text source {name!r} must be an integer >= 1, got {length!r}"
@@ -656,9 +653,11 @@ class MGCMProcessor(ProcessorMixin):
                     )
                     # [CLS] tweet [SEP] first [SEP] second [SEP]: a separator before each segment.
                     after_words = []
-                    for segment in segments:
+                    for index, segment in enumerate(segments):
                         input_ids += separator_ids + segment
-                        after_words += separator_types + [segment_type] * len(segment)
+                        # The separator after the tweet closes the first segment; later ones, a text source.
+                        types = separator_types if index == 0 else [segment_type] * len(separator_ids)
+                        after_words += types + [segment_type] * len(segment)
                     end_types = after_words + end_types
                 input_ids += end_ids
                 word_ids += [-1] * (len(input_ids) - len(word_ids))

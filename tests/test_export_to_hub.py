@@ -4,10 +4,7 @@ must load as remote code in a process that cannot import this project and predic
 import importlib.util
 import json
 import math
-import os
 import shutil
-import site
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clean_process import run_clean_script
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -134,22 +132,7 @@ def fixed_batch(folder: Path) -> dict:
 # Runs in the clean process: only the standard library and site-packages are importable, not this project.
 CLEAN_PROCESS_SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
-
-    # -I -S gave a sys.path without site-packages and without this project's editable install (a .pth
-    # hook, which only `site` reads); add the parent's site-packages folders back as plain folders, and
-    # nothing else. They come from the parent: in a virtual environment `sysconfig` here would name the
-    # base interpreter's site-packages, where the environment's packages are not.
-    for folder in sys.argv[4].split(os.pathsep):
-        if folder not in sys.path:
-            sys.path.append(folder)
-    for name in ("processing", "modeling_mgcm"):
-        try:
-            __import__(name)
-        except ModuleNotFoundError:
-            pass
-        else:
-            raise SystemExit(f"the project package {name} is importable in the clean process")
+    import json, sys
 
     import torch
     from PIL import Image
@@ -182,24 +165,11 @@ def test_exported_folder_loads_in_a_clean_process_with_identical_predictions(
 ):
     batch = fixed_batch(tmp_path)
     (tmp_path / "batch.json").write_text(json.dumps(batch), encoding="utf-8")
-    (tmp_path / "clean_load.py").write_text(CLEAN_PROCESS_SCRIPT, encoding="utf-8")
     work_dir = tmp_path / "elsewhere"
-    work_dir.mkdir()
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS"))
-    }
-    environment.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    completed = subprocess.run(
-        [sys.executable, "-I", "-S", str(tmp_path / "clean_load.py"), str(exported_dir)]
-        + [str(tmp_path / "batch.json"), str(tmp_path / "remote.safetensors")]
-        + [os.pathsep.join(site.getsitepackages())],
-        cwd=work_dir,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    completed = run_clean_script(
+        CLEAN_PROCESS_SCRIPT,
+        [str(exported_dir), str(tmp_path / "batch.json"), str(tmp_path / "remote.safetensors")],
+        work_dir,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     loaded = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -209,7 +179,7 @@ def test_exported_folder_loads_in_a_clean_process_with_identical_predictions(
         ".processing_mgcm"
     )
     assert loaded["project_modules"] == []
-    assert (tmp_path / "modules" / "transformers_modules").is_dir()
+    assert (work_dir / "modules" / "transformers_modules").is_dir()
 
     model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir).eval()
     processor = AutoProcessor.from_pretrained(tiny_mgcm_dir)

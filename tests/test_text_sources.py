@@ -7,9 +7,10 @@ import json
 
 import datasets
 import pytest
+import test_corpus
 import torch
 from safetensors.torch import load_file, save_file
-from test_corpus import TRAIN_TEXT, corpus_dir, write_file  # noqa: F401  (corpus_dir is a fixture)
+from test_corpus import write_file
 from test_modeling_mgcm import (  # noqa: F401  (single_thread is an autouse fixture)
     CLS,
     SEP,
@@ -27,6 +28,8 @@ from processing import WINDOW_INFO_KEYS, MGCMProcessor
 from processing.corpus import CorpusFormatError, load_tweet_corpus
 
 SOURCES = ["caption", "knowledge"]
+# test_corpus's fixture: a corpus folder with tweets 101, 102, 103 in train.txt and 201 in valid.txt.
+corpus_dir = test_corpus.corpus_dir
 # The corpus columns every split has; a text source of one of these names would overwrite it.
 CORPUS_COLUMNS = ("id", "tokens", "ner_tags", "image", "objects")
 
@@ -137,11 +140,17 @@ def test_an_old_config_json_with_use_caption_loads_as_the_caption_source(tiny_te
     ("overrides", "message"),
     [
         (dict(text_sources=["Knowledge"]), r"text source name 'Knowledge' must be a lowercase identifier"),
-        (dict(text_sources=["image"]), r"text source name 'image' must be .* other than \('image', 'objects'\)"),
+        (
+            dict(text_sources=["image"]),
+            r"text_sources: text source name 'image' must be .* other than image, objects, id, tokens",
+        ),
         (dict(text_sources=["objects"]), r"text source name 'objects'"),
         (dict(text_sources=["knowledge", "knowledge"]), r"text_sources repeats \['knowledge'\]"),
         (dict(use_caption=True, text_sources=["caption", "caption"]), r"text_sources repeats \['caption'\]"),
-        (dict(input_dropout={"knowledge": 0.5}), r"input_dropout names 'knowledge', which is not a granularity"),
+        (
+            dict(input_dropout={"knowledge": 0.5}),
+            r"input_dropout names 'knowledge', which is not a granularity",
+        ),
         (dict(use_image=False, input_dropout={"image": 0.5}), r"input_dropout names 'image'"),
         (dict(input_dropout={"caption": 1}), r"input_dropout\['caption'\] must be in \[0, 1\), got 1"),
         (dict(input_dropout={"caption": -0.1}), r"input_dropout\['caption'\] must be in \[0, 1\)"),
@@ -213,7 +222,9 @@ def test_malformed_text_source_inputs_raise(tiny_text_config):
     misspelt = {**batch, "knowledge_input_idz": batch.pop("knowledge_input_ids")}
     with pytest.raises(TypeError, match="unexpected keyword argument 'knowledge_input_idz'"):
         run(model, misspelt)
-    without_mask = {key: value for key, value in knowledge_batch().items() if key != "knowledge_attention_mask"}
+    without_mask = {
+        key: value for key, value in knowledge_batch().items() if key != "knowledge_attention_mask"
+    }
     with pytest.raises(ValueError, match="knowledge_input_ids need knowledge_attention_mask"):
         run(model, without_mask)
     short_mask = knowledge_batch()
@@ -327,7 +338,9 @@ def test_legacy_caption_projection_weights_load_and_are_saved_under_the_new_name
     legacy = tmp_path / "legacy"
     model.save_pretrained(legacy)
     weights = load_file(legacy / "model.safetensors")
-    renamed = {key.replace(".text_source_projection.", ".caption_projection."): t for key, t in weights.items()}
+    renamed = {
+        key.replace(".text_source_projection.", ".caption_projection."): t for key, t in weights.items()
+    }
     assert sorted(key for key in renamed if "caption_projection" in key) == [
         "mgcm.caption_projection.bias",
         "mgcm.caption_projection.weight",
@@ -401,7 +414,9 @@ def test_a_segment_source_follows_the_tweet_after_the_separator_and_belongs_to_n
     assert first["input_ids"] == [CLS, *tweet, SEP, *knowledge, SEP]
     assert first["word_ids"] == [-1, 0, 1, 2, *[-1] * (len(knowledge) + 2)]
     # BERT's sentence pairs: the second segment has token type 1.
-    pair_types = tiny_tokenizer("obama in paris", "the president", return_token_type_ids=True)["token_type_ids"]
+    pair_types = tiny_tokenizer("obama in paris", "the president", return_token_type_ids=True)[
+        "token_type_ids"
+    ]
     assert first["token_type_ids"] == pair_types == [0] * (len(tweet) + 2) + [1] * (len(knowledge) + 1)
     assert "knowledge_input_ids" not in first
     assert windows[1]["input_ids"] == [CLS, *piece_ids(tiny_tokenizer, "london"), SEP]
@@ -417,16 +432,16 @@ def test_two_segment_sources_follow_the_tweet_in_their_order(tiny_tokenizer):
         captions=["a man", "a city"],
         text_sources={"knowledge": ["the president", ""]},
     )
-    obama, paris, president = (piece_ids(tiny_tokenizer, text) for text in ("obama", "paris", "the president"))
+    obama, paris, president = (
+        piece_ids(tiny_tokenizer, text) for text in ("obama", "paris", "the president")
+    )
     man, city = piece_ids(tiny_tokenizer, "a man"), piece_ids(tiny_tokenizer, "a city")
     assert windows[0]["input_ids"] == [CLS, *obama, SEP, *president, SEP, *man, SEP]
     assert windows[1]["input_ids"] == [CLS, *paris, SEP, *city, SEP]
     segment_pieces = len(president) + len(man)
     assert windows[0]["word_ids"] == [-1, *[0] * len(obama), *[-1] * (segment_pieces + 3)]
-    types = windows[0]["token_type_ids"]
-    assert [types[position] for position, piece in enumerate(windows[0]["input_ids"]) if piece != SEP] == [
-        0
-    ] * (1 + len(obama)) + [1] * segment_pieces
+    # BERT's pair layout: the tweet and its [SEP] are type 0, everything after it type 1.
+    assert windows[0]["token_type_ids"] == [0] * (2 + len(obama)) + [1] * (segment_pieces + 2)
 
 
 def test_lengths_and_segments_round_trip_through_save_pretrained(tiny_tokenizer, tmp_path):
@@ -501,11 +516,6 @@ def test_the_processor_s_knowledge_reaches_the_model_s_knowledge_block(tiny_toke
     assert (output.gate_values["caption"][1, :1] > 0).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MGCMProcessor accepts the text source names 'image' and 'objects', which MGCMConfig refuses; "
-    "preprocess_corpus then reads the corpus's objects column as text and fails with a TypeError",
-)
 @pytest.mark.parametrize("name", ["image", "objects"])
 def test_the_processor_refuses_the_source_names_the_config_refuses(tiny_tokenizer, name):
     with pytest.raises(ValueError, match=name):
@@ -516,7 +526,9 @@ def test_the_processor_refuses_the_source_names_the_config_refuses(tiny_tokenize
 # Corpus
 
 
-KNOWLEDGE_FILE = "101.jpg :Barack Obama is the 44th president\n103.jpg :London is a city\n999.jpg :not in corpus\n"
+KNOWLEDGE_FILE = (
+    "101.jpg :Barack Obama is the 44th president\n103.jpg :London is a city\n999.jpg :not in corpus\n"
+)
 
 
 def test_the_loader_adds_a_column_per_text_source_empty_where_a_tweet_has_none(corpus_dir, tmp_path):
@@ -549,11 +561,6 @@ def test_bad_text_source_names_are_refused(corpus_dir, tmp_path):
         load_tweet_corpus(corpus_dir, captions_file=knowledge, text_source_files={"caption": knowledge})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_tweet_corpus accepts text source names that are corpus columns: the source's strings "
-    "silently replace the id, tokens, ner_tags or image column (and are dropped for 'objects')",
-)
 @pytest.mark.parametrize("name", CORPUS_COLUMNS)
 def test_a_text_source_named_like_a_corpus_column_is_refused(corpus_dir, tmp_path, name):
     knowledge = write_file(tmp_path / "knowledge.txt", KNOWLEDGE_FILE)
