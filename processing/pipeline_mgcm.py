@@ -121,18 +121,23 @@ class MultimodalNERPipeline(Pipeline):
         self.id2label = {int(index): label for index, label in config.id2label.items()}
         self.uses_image = bool(config.use_image)
         self.uses_objects = bool(config.use_objects) and self.processor.object_labels is not None
-        # A text source reaches the model as its granularity, or as a further text segment (PGIM's way).
-        self.text_sources = [
-            name
-            for name in self.processor.text_sources
-            if name in config.text_sources or name in self.processor.segment_sources
-        ]
-        self.post_keys = (
-            *POST_KEYS,
-            *(name for name in self.processor.text_sources if name not in POST_KEYS),
-        )
         self.granularities = list(config.granularities)
         self._warned_unused = set()
+
+    @property
+    def text_sources(self) -> list[str]:
+        """The text sources the model reads: as their granularity, or as text segments (PGIM's way)."""
+        # A property: `Pipeline.__init__` sanitises the call's parameters before this class's __init__ runs.
+        return [
+            name
+            for name in self.processor.text_sources
+            if name in self.model.config.text_sources or name in self.processor.segment_sources
+        ]
+
+    @property
+    def post_keys(self) -> tuple[str, ...]:
+        """The keys a post may have: `POST_KEYS` and every text source of the processor."""
+        return (*POST_KEYS, *(name for name in self.processor.text_sources if name not in POST_KEYS))
 
     # ------------------------------------------------------------------------------------------------
     # Parameters

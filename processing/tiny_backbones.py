@@ -53,10 +53,13 @@ def tiny_image_processor(image_size: int = 64) -> ViTImageProcessorPil:
     )
 
 
-def save_tiny_mgcm(folder, max_length: int = 128, stride: int = 16):
+def save_tiny_mgcm(
+    folder, max_length: int = 128, stride: int = 16, text_source_max_lengths: dict[str, int] | None = None
+):
     """Save an untrained full-featured MGCM and its processor into `folder`, as `examples/train.py` does.
 
-    Every granularity is on (image, objects, caption), with gated semantic augmentation over a small
+    Every granularity is on (image, objects, caption, and a text source per entry of
+    `text_source_max_lengths`, e.g. `{"knowledge": 24}`), with gated semantic augmentation over a small
     random neighbour table and the word-shape feature; for tests and benchmarks. Returns `folder`.
     """
     import numpy as np
@@ -77,7 +80,7 @@ def save_tiny_mgcm(folder, max_length: int = 128, stride: int = 16):
         vision_config=tiny_vision_config(),
         use_image=True,
         use_objects=True,
-        use_caption=True,
+        text_sources=list(dict.fromkeys(["caption", *(text_source_max_lengths or {})])),
         object_labels=list(SYNTHETIC_OBJECT_LABELS),
         augmentation_mode="gate",
         augmentation_dim=table.dim,
@@ -95,6 +98,7 @@ def save_tiny_mgcm(folder, max_length: int = 128, stride: int = 16):
         object_labels=list(SYNTHETIC_OBJECT_LABELS),
         max_length=max_length,
         stride=stride,
+        text_source_max_lengths=text_source_max_lengths,
     )
     processor.save_pretrained(folder)
     return folder
