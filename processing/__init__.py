@@ -16,6 +16,7 @@ from .data_collator import MGCMDataCollator
 from .explain import ExplainedEntity, PostExplanation, explain, explain_post
 from .image_feature_cache import ImageCacheStats, ImageFeatureCache
 from .image_loading import ImageLoadError, load_image
+from .knowledge_writer import PGIM_PROMPT, KnowledgeWriter
 from .labels import ENTITY_TYPES, ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, normalise_tag, repair_bio_tags
 from .metrics import entity_spans, format_metrics_table, ner_metrics, score_entity_spans
 from .neighbour_table import NeighbourTable, build_neighbour_table
@@ -88,5 +89,7 @@ __all__ = [
     "merge_windows",
     "BadImageWarning",
     "MultimodalNERPipeline",
+    "KnowledgeWriter",
+    "PGIM_PROMPT",
     "split_tweet",
 ]
