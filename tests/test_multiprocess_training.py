@@ -71,11 +71,16 @@ def test_the_learning_rate_at_every_step_does_not_depend_on_the_number_of_proces
 
 
 def test_a_two_process_run_whose_batches_lack_side_inputs_trains_to_the_end(tmp_path):
-    """Images, objects and captions each for one tweet in 8, batch 2 per process: many steps have a batch
-    without one of them on one rank only. Every block still runs, so DDP finds every parameter used; with
-    gradient checkpointing (non-reentrant), as DDP needs it."""
+    """Images, objects and captions each for one tweet in 8, batch 2 per process, and input dropout of the
+    objects and captions on top: many steps have a batch without one of them on one rank only. Every block
+    still runs, so DDP finds every parameter used; with gradient checkpointing (non-reentrant), as DDP needs
+    it."""
     arguments = [
         "--gradient_checkpointing",
+        "--input_dropout",
+        "objects=0.5",
+        "--input_dropout",
+        "caption=0.5",
         "--synthetic",
         "--synthetic_sizes",
         "64,16,16",
@@ -94,6 +99,8 @@ def test_a_two_process_run_whose_batches_lack_side_inputs_trains_to_the_end(tmp_
     assert results["training"]["optimizer_steps"] == 2 * 16  # 64 tweets / (2 x 2) per step, 2 epochs
     assert results["run"]["granularities"] == ["image", "objects", "caption"]
     assert results["images"]["with_features"] < results["images"]["missing"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["input_dropout"] == {"objects": 0.5, "caption": 0.5}
 
 
 def test_a_non_finite_loss_on_rank_1_stops_both_ranks_naming_the_step(tmp_path):
