@@ -5,6 +5,7 @@ import os
 import site
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 # Prepended to every script: -I -S give a sys.path without site-packages and without this project's editable
@@ -51,3 +52,29 @@ def run_clean_script(script: str, arguments: list[str], work_dir: Path, timeout:
         text=True,
         timeout=timeout,
     )
+
+
+# Runs in the clean process: tags the batch with and without knowledge through the exported remote code.
+KNOWLEDGE_TAGGING_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForTokenClassification, AutoProcessor
+
+    exported, batch_file, result_file = sys.argv[1:4]
+    torch.set_num_threads(1)
+    batch = json.load(open(batch_file))
+    model = AutoModelForTokenClassification.from_pretrained(exported, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(exported, trust_remote_code=True)
+    tensors = {}
+    for name, knowledge in (("with", batch["knowledge"]), ("without", [None] * len(batch["knowledge"]))):
+        inputs = processor(words=batch["words"], captions=batch["captions"], text_sources={"knowledge": knowledge})
+        with torch.no_grad():
+            output = model(**{k: v for k, v in inputs.items() if k not in ("overflow_to_sample_mapping", "window_word_offset")})
+        tensors[name + ".logits"] = output.logits
+        tensors[name + ".knowledge_gate"] = output.gate_values["knowledge"]
+    save_file(tensors, result_file)
+    print(json.dumps({"model": type(model).__module__, "text_sources": model.config.text_sources}))
+    """
+)

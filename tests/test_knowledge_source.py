@@ -3,13 +3,13 @@ to end: it saves and reloads, tags through the pipeline and `mgcm-predict` with 
 with knowledge written for it), and exports to a Hub folder that loads as remote code in a clean process."""
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from clean_process import run_clean_script
+from clean_process import KNOWLEDGE_TAGGING_SCRIPT, run_clean_script
 from safetensors.torch import load_file
+from test_export_to_hub import export_to_hub, one_thread  # noqa: F401  (a fixture)
 from training_runs import run_train_script
 from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
@@ -182,34 +182,8 @@ def test_mgcm_predict_tags_jsonl_posts_with_and_without_knowledge(trained_dir, v
     assert single["entities"] == json.loads(json.dumps(expected))
 
 
-# Runs in the clean process: tags the batch with and without knowledge through the exported remote code.
-CLEAN_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForTokenClassification, AutoProcessor
-
-    exported, batch_file, result_file = sys.argv[1:4]
-    torch.set_num_threads(1)
-    batch = json.load(open(batch_file))
-    model = AutoModelForTokenClassification.from_pretrained(exported, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(exported, trust_remote_code=True)
-    tensors = {}
-    for name, knowledge in (("with", batch["knowledge"]), ("without", [None] * len(batch["knowledge"]))):
-        inputs = processor(words=batch["words"], captions=batch["captions"], text_sources={"knowledge": knowledge})
-        with torch.no_grad():
-            output = model(**{k: v for k, v in inputs.items() if k not in ("overflow_to_sample_mapping", "window_word_offset")})
-        tensors[name + ".logits"] = output.logits
-        tensors[name + ".knowledge_gate"] = output.gate_values["knowledge"]
-    save_file(tensors, result_file)
-    print(json.dumps({"model": type(model).__module__, "text_sources": model.config.text_sources}))
-    """
-)
-
-
+@pytest.mark.usefixtures("one_thread")
 def test_the_hub_export_loads_in_a_clean_process_and_reads_the_knowledge(trained_dir, valid_posts, tmp_path):
-    from test_export_to_hub import export_to_hub
 
     exported = tmp_path / "hub"
     export_to_hub.main([str(trained_dir), str(exported)])
@@ -220,7 +194,7 @@ def test_the_hub_export_loads_in_a_clean_process_and_reads_the_knowledge(trained
     }
     (tmp_path / "batch.json").write_text(json.dumps(batch), encoding="utf-8")
     completed = run_clean_script(
-        CLEAN_SCRIPT,
+        KNOWLEDGE_TAGGING_SCRIPT,
         [str(exported), str(tmp_path / "batch.json"), str(tmp_path / "remote.safetensors")],
         tmp_path / "clean",
     )

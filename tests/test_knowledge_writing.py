@@ -2,12 +2,18 @@
 with a tiny randomly initialised text-generation model, on a tiny model that reads a `knowledge` source."""
 
 import json
+import shutil
 
 import pytest
+import torch
+from clean_process import KNOWLEDGE_TAGGING_SCRIPT, run_clean_script
+from safetensors.torch import load_file
+from test_export_to_hub import export_to_hub, fake_results, one_thread  # noqa: F401  (a fixture)
 from test_knowledge_writer import build_pipeline
-from transformers import pipeline
+from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
 import processing  # noqa: F401  (registers the pipeline task)
+from processing import WINDOW_INFO_KEYS
 from processing.knowledge_writer import KnowledgeWriter
 from processing.predict_cli import main as predict_main
 from processing.tiny_backbones import save_tiny_mgcm
@@ -89,3 +95,44 @@ def test_mgcm_predict_writes_knowledge_with_a_local_model_and_caches_it(
     expected = tagger(POSTS, knowledge_writer=writer, batch_size=32)
     records = [json.loads(line) for line in outputs[0].splitlines()]
     assert [record["entities"] for record in records] == json.loads(json.dumps(expected))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_hub_export_of_a_knowledge_model_reads_knowledge_in_a_clean_process(
+    knowledge_model_dir, tmp_path
+):
+
+    training_dir = tmp_path / "run"
+    shutil.copytree(knowledge_model_dir, training_dir)
+    (training_dir / "results.json").write_text(json.dumps(fake_results()), encoding="utf-8")
+    exported = tmp_path / "hub"
+    export_to_hub.main([str(training_dir), str(exported)])
+    batch = {
+        "words": [post["text"].split() for post in POSTS],
+        "captions": [post.get("caption") for post in POSTS],
+        "knowledge": ["Jordan (person) Phoenix (location)", "Obama (person)", None],
+    }
+    (tmp_path / "batch.json").write_text(json.dumps(batch), encoding="utf-8")
+    result_file = tmp_path / "remote.safetensors"
+    completed = run_clean_script(
+        KNOWLEDGE_TAGGING_SCRIPT,
+        [str(exported), str(tmp_path / "batch.json"), str(result_file)],
+        tmp_path / "clean",
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert json.loads(completed.stdout.strip().splitlines()[-1])["text_sources"] == ["caption", "knowledge"]
+    remote = load_file(str(result_file))
+    model = AutoModelForTokenClassification.from_pretrained(knowledge_model_dir).eval()
+    processor = AutoProcessor.from_pretrained(knowledge_model_dir)
+    inputs = processor(
+        words=batch["words"], captions=batch["captions"], text_sources={"knowledge": batch["knowledge"]}
+    )
+    with torch.no_grad():
+        output = model(**{k: v for k, v in inputs.items() if k not in WINDOW_INFO_KEYS})
+    assert torch.equal(remote["with.logits"], output.logits)
+    assert torch.equal(remote["with.knowledge_gate"], output.gate_values["knowledge"])
+    # The third post has no knowledge: its gate is zero, as for every post of the run without knowledge.
+    assert (remote["with.knowledge_gate"][:2].sum(dim=1) > 0).all() and (
+        remote["with.knowledge_gate"][2] == 0
+    ).all()
+    assert (remote["without.knowledge_gate"] == 0).all()
