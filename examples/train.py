@@ -369,11 +369,8 @@ def text_source_records(args, corpus, processor) -> list[dict]:
 
 
 def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def tokenised_windows(processor, corpus, model_config, dropped_sources=()):
