@@ -70,8 +70,10 @@ from processing.tiny_backbones import (
 
 logger = get_logger(__name__)
 VISUAL_GRANULARITY_CHOICES = ("image", "objects")
-# Pieces kept of a text source whose length --text_source_max_length does not set (the caption's default).
-DEFAULT_TEXT_SOURCE_LENGTH = 32
+# Word pieces kept of a text source that --text_source_max_length does not set: BLIP-2 captions are ~12 words,
+# PGIM's knowledge ~100 words (130-200 pieces), other sources get room for a paragraph.
+DEFAULT_TEXT_SOURCE_LENGTHS = {"caption": 32, "knowledge": 200}
+DEFAULT_TEXT_SOURCE_LENGTH = 128
 
 
 def name_value_pairs(values: list[str] | None, option: str, convert=str) -> dict:
@@ -144,8 +146,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--text_source_max_length",
         action="append",
         metavar="NAME=N",
-        help=f"word pieces kept of a text source (default {DEFAULT_TEXT_SOURCE_LENGTH}; PGIM's knowledge is "
-        "130-200 pieces)",
+        help="word pieces kept of a text source, special tokens included (default: caption 32, knowledge 200, "
+        f"others {DEFAULT_TEXT_SOURCE_LENGTH})",
     )
     model.add_argument(
         "--text_source_as_segment",
@@ -338,7 +340,10 @@ def text_source_lengths(args, corpus) -> dict[str, int]:
     names = [
         name for name in corpus["train"].column_names if name == "caption" or name in args.text_source_files
     ]
-    return {name: args.text_source_lengths.get(name, DEFAULT_TEXT_SOURCE_LENGTH) for name in names}
+    defaults = {name: DEFAULT_TEXT_SOURCE_LENGTHS.get(name, DEFAULT_TEXT_SOURCE_LENGTH) for name in names}
+    return defaults | {
+        name: args.text_source_lengths[name] for name in names if name in args.text_source_lengths
+    }
 
 
 def text_source_records(args, corpus, processor) -> list[dict]:
