@@ -121,7 +121,7 @@ def build_tagger(args: argparse.Namespace, posts: list[dict], work_dir: Path):
         args.text_model,
         str(vision_folder),
         use_image=True,
-        use_caption=True,
+        text_sources=["caption"],
         augmentation_mode="gate",
         augmentation_dim=table.dim,
         num_neighbours=table.k,

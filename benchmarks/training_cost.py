@@ -18,7 +18,7 @@ clipping, Accelerate autocast in `--precision`):
 - `text`: encoder + CRF (no augmentation, no word shape, no caption);
 - `text+shape+sa`: + word shape + gated GloVe 6B 50d augmentation, k=4 (the full model without caption);
 - `full`: + the caption granularity (BLIP-2 captions). Its caption pass is detached
-  (`detach_caption_encoding=True`, MGCMConfig's default and so what run_accuracy.sh trains): the shared
+  (`detach_text_source_encoding=True`, MGCMConfig's default and so what run_accuracy.sh trains): the shared
   encoder runs over the captions without dropout and without back-propagation;
 - `full-caption-grad`: `full` with `detach_text_source_encoding=False`, the caption pass trained too (an extra
   row: what the caption costs when the encoder learns from it);
@@ -863,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "cached": False,
                 "note": (
                     "caption encodings are not cached: the caption goes through the text encoder being trained, at "
-                    "every step, so its cost is inside the full / text ratio. With detach_caption_encoding=True "
+                    "every step, so its cost is inside the full / text ratio. With detach_text_source_encoding=True "
                     "(the default, `full`) the pass is a forward without dropout or gradient; "
                     "`full-caption-grad` back-propagates through it"
                 ),

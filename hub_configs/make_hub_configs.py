@@ -192,7 +192,7 @@ def offline_configuration(short_name: str, encoder: str, text_config: dict) -> H
             vision_config=None,
             use_image=False,
             use_objects=False,
-            use_caption=True,
+            text_sources=["caption"],
             augmentation_mode="gate",
             augmentation_dim=50,
             num_neighbours=4,

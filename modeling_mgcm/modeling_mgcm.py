@@ -806,7 +806,7 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
                 reads precomputed `image_features` (pass `image_feature_dim`) or no image.
             use_safetensors: as in `from_pretrained`: a backbone folder holding only pickle weights is refused
                 unless this is False.
-            config_kwargs: any other `MGCMConfig` field (`use_caption=True`, `object_labels=...`, ...).
+            config_kwargs: any other `MGCMConfig` field (`text_sources=["caption"]`, `object_labels=...`, ...).
         """
         for name in ("text_config", "vision_config"):
             if name in config_kwargs:
