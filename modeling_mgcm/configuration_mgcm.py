@@ -80,7 +80,8 @@ class MGCMConfig(PreTrainedConfig):
             (a keyword kept from earlier configs, and a read-only property) puts `"caption"` first.
         share_text_source_block: one cross-modal block for every text source, told apart by a learned
             source embedding added to their tokens, instead of a block each; each source keeps its own gate
-            values and slot in the fusion.
+            values and slot in the fusion. Off by default: a block each scored as well or better at the same
+            step cost (BENCHMARKS.md, issue 15).
         input_dropout: granularity name -> probability of removing that input from an example during
             training (its mask row set to zero), so that one model serves posts with and without it.
         object_labels: the detector's class names; `object_ids` index into them, `len(object_labels)`
