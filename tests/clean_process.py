@@ -54,10 +54,13 @@ def run_clean_script(script: str, arguments: list[str], work_dir: Path, timeout:
     )
 
 
-# Runs in the clean process: tags the batch with and without knowledge through the exported remote code.
-KNOWLEDGE_TAGGING_SCRIPT = textwrap.dedent(
+# The start of a clean-process script that tags a batch with an exported folder: argv is (exported folder,
+# batch JSON file, result safetensors file); it leaves `exported`, `batch`, `result_file`, `model` and
+# `processor` defined.
+LOAD_EXPORTED_MODEL = textwrap.dedent(
     """
     import json, sys
+
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForTokenClassification, AutoProcessor
@@ -67,6 +70,12 @@ KNOWLEDGE_TAGGING_SCRIPT = textwrap.dedent(
     batch = json.load(open(batch_file))
     model = AutoModelForTokenClassification.from_pretrained(exported, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(exported, trust_remote_code=True)
+    """
+)
+
+# Tags the batch with and without knowledge through the exported remote code.
+KNOWLEDGE_TAGGING_SCRIPT = LOAD_EXPORTED_MODEL + textwrap.dedent(
+    """
     tensors = {}
     for name, knowledge in (("with", batch["knowledge"]), ("without", [None] * len(batch["knowledge"]))):
         inputs = processor(words=batch["words"], captions=batch["captions"], text_sources={"knowledge": knowledge})

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clean_process import run_clean_script
+from clean_process import LOAD_EXPORTED_MODEL, run_clean_script
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -130,20 +130,10 @@ def fixed_batch(folder: Path) -> dict:
 
 
 # Runs in the clean process: only the standard library and site-packages are importable, not this project.
-CLEAN_PROCESS_SCRIPT = textwrap.dedent(
+CLEAN_PROCESS_SCRIPT = LOAD_EXPORTED_MODEL + textwrap.dedent(
     """
-    import json, sys
-
-    import torch
     from PIL import Image
-    from safetensors.torch import save_file
-    from transformers import AutoModelForTokenClassification, AutoProcessor
 
-    exported, batch_file, result_file = sys.argv[1:4]
-    torch.set_num_threads(1)
-    batch = json.load(open(batch_file))
-    model = AutoModelForTokenClassification.from_pretrained(exported, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(exported, trust_remote_code=True)
     images = [None if path is None else Image.open(path).convert("RGB") for path in batch["images"]]
     inputs = processor(words=batch["words"], images=images, objects=batch["objects"], captions=batch["captions"])
     model_inputs = {key: value for key, value in inputs.items() if key not in ("overflow_to_sample_mapping", "window_word_offset")}
