@@ -423,9 +423,22 @@ def main(argv: list[str] | None = None) -> int:
     stats.add_argument("data_dir", type=Path, help="folder with train.txt, valid.txt and/or test.txt")
     stats.add_argument("--captions-file", type=Path, help="captions, '<IMGID>.jpg :<caption>' per line")
     stats.add_argument("--objects-file", type=Path, help='JSON {"<IMGID>": [{"label": ..., "score": ...}]}')
+    stats.add_argument(
+        "--text-source",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a further text source in the captions format, e.g. knowledge=twitter2015_pgim.txt",
+    )
     stats.add_argument("--image-dir", type=Path, help="folder with <IMGID>.jpg images")
     stats.add_argument("--repair-bio", action="store_true", help="turn I- tags that open an entity into B-")
     args = parser.parse_args(argv)
+    text_source_files = {}
+    for value in args.text_source:
+        name, separator, path = value.partition("=")
+        if not separator or not name or not path:
+            parser.error(f"--text-source takes NAME=FILE, got {value!r}")
+        text_source_files[name] = path
     try:
         corpus = load_tweet_corpus(
             args.data_dir,
@@ -433,8 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             captions_file=args.captions_file,
             objects_file=args.objects_file,
             repair_bio=args.repair_bio,
+            text_source_files=text_source_files,
         )
-    except (CorpusFormatError, FileNotFoundError) as error:
+    except (CorpusFormatError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(format_corpus_stats(corpus_stats(corpus)))

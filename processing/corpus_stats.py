@@ -1,10 +1,11 @@
-"""Corpus statistics per split: tweets, tokens, entities per type, and image, caption and object coverage."""
+"""Corpus statistics per split: tweets, tokens, entities per type, and the coverage of images, objects and
+each text source (caption, knowledge, ...)."""
 
 import math
 from collections import Counter
 from collections.abc import Mapping
 
-from datasets import Dataset
+from datasets import Dataset, Value
 from seqeval.metrics.sequence_labeling import get_entities
 
 from .labels import ENTITY_TYPES
@@ -26,7 +27,14 @@ def _split_stats(dataset: Dataset) -> dict:
     arrow_rows = dataset.with_format("arrow")
     tweets = len(dataset)
     with_image = tweets - arrow_rows["image"].null_count
-    with_caption = sum(1 for caption in arrow_rows["caption"].to_pylist() if caption)
+    # Every string column but the id is a text source (caption first, then knowledge, ...).
+    text_sources = [
+        name for name, feature in dataset.features.items() if feature == Value("string") and name != "id"
+    ]
+    with_text_sources = {
+        name: sum(1 for text in arrow_rows[name].to_pylist() if text and text.strip())
+        for name in text_sources
+    }
     with_objects = sum(1 for objects in arrow_rows["objects"].to_pylist() if objects)
     return {
         "tweets": tweets,
@@ -36,14 +44,16 @@ def _split_stats(dataset: Dataset) -> dict:
         "inside_tags_opening_entity": sum(lenient.values()) - sum(b_only.values()),
         "with_image": with_image,
         "missing_image": tweets - with_image,
-        "with_caption": with_caption,
+        "with_caption": with_text_sources.get("caption", 0),
+        "with_text_sources": with_text_sources,
         "with_objects": with_objects,
     }
 
 
 def corpus_stats(dataset_dict: Mapping[str, Dataset]) -> dict[str, dict]:
     """Statistics of every split: {split: {"tweets", "tokens", "entities_b_only", "entities_lenient",
-    "inside_tags_opening_entity", "with_image", "missing_image", "with_caption", "with_objects"}}.
+    "inside_tags_opening_entity", "with_image", "missing_image", "with_caption", "with_text_sources" (name ->
+    tweets with a non-blank text of that source), "with_objects"}}.
 
     `entities_b_only` counts B- tags per type; `entities_lenient` counts entities as seqeval's default
     (lenient, conlleval-like) mode does, where an I- tag opening an entity starts one too.
@@ -70,7 +80,13 @@ def format_corpus_stats(stats: Mapping[str, Mapping]) -> str:
     rows += [
         ("I- tags opening an entity", [str(stats[s]["inside_tags_opening_entity"]) for s in splits]),
         ("missing image", [_percent(stats[s]["missing_image"], stats[s]["tweets"]) for s in splits]),
-        ("with caption", [_percent(stats[s]["with_caption"], stats[s]["tweets"]) for s in splits]),
+        *(
+            (
+                f"with {name}",
+                [_percent(stats[s]["with_text_sources"].get(name, 0), stats[s]["tweets"]) for s in splits],
+            )
+            for name in dict.fromkeys(name for s in splits for name in stats[s]["with_text_sources"])
+        ),
         ("with objects", [_percent(stats[s]["with_objects"], stats[s]["tweets"]) for s in splits]),
     ]
     label_width = max(len(label) for label, _ in rows)

@@ -75,6 +75,34 @@ def test_twitter2015_captions_cover_every_tweet_but_the_two_empty_ones(twitter20
     assert all(s["missing_image"] == s["tweets"] for s in stats.values())
 
 
+@pytest.mark.parametrize(
+    "corpus, coverage",
+    [
+        ("twitter2015", {"train": (3999, 4000), "valid": (999, 1000), "test": (3256, 3257)}),
+        ("twitter2017", {"train": (3373, 3373), "valid": (723, 723)}),
+    ],
+)
+def test_pgim_knowledge_covers_the_tweets_the_readme_says(corpus, coverage):
+    knowledge = SHARED_DATA / "knowledge" / f"{corpus}_pgim.txt"
+    stats = corpus_stats(load_tweet_corpus(SHARED_DATA / corpus, text_source_files={"knowledge": knowledge}))
+    assert {
+        split: (s["with_text_sources"]["knowledge"], s["tweets"]) for split, s in stats.items()
+    } == coverage
+
+
+def test_the_stats_command_reports_each_text_source():
+    completed = subprocess.run(
+        [sys.executable, "-m", "processing.corpus", "stats", str(SHARED_DATA / "twitter2017")]
+        + ["--text-source", f"knowledge={SHARED_DATA / 'knowledge' / 'twitter2017_pgim.txt'}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = {line.split("  ")[0].strip(): line for line in completed.stdout.splitlines()}
+    assert "3373 (100.0%)" in rows["with knowledge"] and "0 (0.0%)" in rows["with caption"]
+
+
 def test_twitter2015_test_gold_against_itself_scores_5207_lenient_and_5072_strict(twitter2015):
     gold = gold_tag_names(twitter2015["test"])
     lenient = ner_metrics(gold, gold, mode="lenient")
