@@ -38,6 +38,7 @@ the default) or, with `on_bad_image="mask"`, gives a `BadImageWarning` and the p
 image (text, caption and objects), which the "words" output records in `image_error`.
 """
 
+import functools
 import itertools
 import math
 import warnings
@@ -124,17 +125,18 @@ class MultimodalNERPipeline(Pipeline):
         self.granularities = list(config.granularities)
         self._warned_unused = set()
 
-    @property
+    @functools.cached_property
     def text_sources(self) -> list[str]:
         """The text sources the model reads: as their granularity, or as text segments (PGIM's way)."""
-        # A property: `Pipeline.__init__` sanitises the call's parameters before this class's __init__ runs.
+        # Computed on first use: `Pipeline.__init__` sanitises the parameters (which read it) after setting the
+        # model and processor but before this class's __init__ body runs.
         return [
             name
             for name in self.processor.text_sources
             if name in self.model.config.text_sources or name in self.processor.segment_sources
         ]
 
-    @property
+    @functools.cached_property
     def post_keys(self) -> tuple[str, ...]:
         """The keys a post may have: `POST_KEYS` and every text source of the processor."""
         return (*POST_KEYS, *(name for name in self.processor.text_sources if name not in POST_KEYS))
