@@ -56,6 +56,7 @@ from processing.checkpointing import (
     save_pretrained_atomically,
     write_json_atomically,
 )
+from processing.cli_options import name_value_pairs
 from processing.evaluation import evaluate_corpus
 from processing.model_card import render_model_card
 from processing.nonfinite_loss import NonFiniteLossMonitor
@@ -74,20 +75,6 @@ VISUAL_GRANULARITY_CHOICES = ("image", "objects")
 # PGIM's knowledge ~100 words (130-200 pieces), other sources get room for a paragraph.
 DEFAULT_TEXT_SOURCE_LENGTHS = {"caption": 32, "knowledge": 200}
 DEFAULT_TEXT_SOURCE_LENGTH = 128
-
-
-def name_value_pairs(values: list[str] | None, option: str, convert=str) -> dict:
-    """`["knowledge=f.txt", ...]` -> `{"knowledge": "f.txt"}`, the value passed through `convert`."""
-    pairs = {}
-    for value in values or []:
-        name, separator, text = value.partition("=")
-        if not separator or not name or not text:
-            raise argparse.ArgumentTypeError(f"{option} takes NAME=VALUE, got {value!r}")
-        try:
-            pairs[name] = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} {value!r}: {text!r} is not a valid value") from None
-    return pairs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -255,7 +242,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
         args.input_dropout_rates = name_value_pairs(args.input_dropout, "--input_dropout", float)
         args.text_source_origins = name_value_pairs(args.text_source_origin, "--text_source_origin")
-    except argparse.ArgumentTypeError as error:
+    except ValueError as error:
         parser.error(str(error))
     if args.captions_file:
         if "caption" in args.text_source_files:

@@ -21,6 +21,7 @@ from datasets import Dataset, DatasetDict
 
 from modeling_mgcm.configuration_mgcm import check_text_source_name
 
+from .cli_options import name_value_pairs
 from .corpus_schema import corpus_features
 from .corpus_stats import corpus_stats, format_corpus_stats
 from .labels import ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, TAG_ALIASES, normalise_tag, repair_bio_tags
@@ -433,12 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     stats.add_argument("--image-dir", type=Path, help="folder with <IMGID>.jpg images")
     stats.add_argument("--repair-bio", action="store_true", help="turn I- tags that open an entity into B-")
     args = parser.parse_args(argv)
-    text_source_files = {}
-    for value in args.text_source:
-        name, separator, path = value.partition("=")
-        if not separator or not name or not path:
-            parser.error(f"--text-source takes NAME=FILE, got {value!r}")
-        text_source_files[name] = path
+    try:
+        text_source_files = name_value_pairs(args.text_source, "--text-source")
+    except ValueError as error:
+        parser.error(str(error))
     try:
         corpus = load_tweet_corpus(
             args.data_dir,

@@ -41,6 +41,7 @@ from typing import Any, BinaryIO, TextIO
 
 from tqdm.auto import tqdm
 
+from .cli_options import name_value_pairs
 from .image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT
 from .pipeline_mgcm import TASK_NAME, BadImageWarning
 
@@ -352,12 +353,11 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(
             "--image, --caption, --objects and --text_source go with --text; in --input files they are post fields"
         )
-    args.text_sources = {}
-    for value in args.text_source or []:
-        name, separator, text = value.partition("=")
-        if not separator or not name:
-            parser.error(f"--text_source takes NAME=TEXT, got {value!r}")
-        args.text_sources[name] = text
+    try:
+        # An empty text is allowed: it says the post has none of that source.
+        args.text_sources = name_value_pairs(args.text_source, "--text_source", allow_empty=True)
+    except ValueError as error:
+        parser.error(str(error))
     if args.knowledge_max_new_tokens < 1 or args.knowledge_batch_size < 1:
         parser.error("--knowledge_max_new_tokens and --knowledge_batch_size must be >= 1")
     if args.batch_size < 1 or args.chunk_size < 1:
