@@ -16,8 +16,9 @@
 # EPOCHS (5, for all-MiniLM-L6-v2), MPNET_EPOCHS (4, for all-mpnet-base-v2: the epoch count of the plain MPNet
 # fine-tune the issue quotes as the reference, and what fits one session with 2 workers), PRECISION (bf16 where
 # the CPU has avx512_bf16, 1.6x faster than fp32 there; no elsewhere, where bf16 is emulated and ~10x slower),
-# CHECKPOINT_STEPS (50), KNOWLEDGE_LENGTH (200 word pieces of PGIM knowledge), KNOWLEDGE_DROPOUT (0.3, the
-# input dropout of full+knowledge+dropout), THREADS (torch threads per run; unset = torch default), ONLY
+# CHECKPOINT_STEPS (50), KNOWLEDGE_LENGTH (200 word pieces of PGIM knowledge), KNOWLEDGE_DROPOUT (the knowledge
+# input dropout of full+knowledge+dropout; unset = the rate benchmarks/select_input_dropout.py picks from the
+# sweep), DROPOUT_SWEEP (the sweep's rates: 0.25 0.5 0.75), SWEEP_EPOCHS (1), THREADS (torch threads per run; unset = torch default), ONLY
 # (regex), LIST.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,9 @@ MPNET_EPOCHS=${MPNET_EPOCHS:-4}
 if grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null; then PRECISION=${PRECISION:-bf16}; else PRECISION=${PRECISION:-no}; fi
 CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-50}
 KNOWLEDGE_LENGTH=${KNOWLEDGE_LENGTH:-200}
-KNOWLEDGE_DROPOUT=${KNOWLEDGE_DROPOUT:-0.3}
+KNOWLEDGE_DROPOUT=${KNOWLEDGE_DROPOUT:-}
+DROPOUT_SWEEP=${DROPOUT_SWEEP:-0.25 0.5 0.75}
+SWEEP_EPOCHS=${SWEEP_EPOCHS:-1}
 ONLY=${ONLY:-.}
 GLOVE="$MODELS/glove-6b-50d"
 mkdir -p "$OUT"
@@ -62,9 +65,9 @@ config_args() {
       echo "--granularities=caption,knowledge $full $with_knowledge --share_text_source_block" \
         "--drop_text_sources_at_eval knowledge"
       ;;
-    full+knowledge+dropout)
-      echo "--granularities=caption,knowledge $full $with_knowledge --input_dropout knowledge=$KNOWLEDGE_DROPOUT" \
-        "--drop_text_sources_at_eval knowledge"
+    full+knowledge+dropout*) # the rate is the name's suffix (the sweep) or the sweep's choice
+      echo "--granularities=caption,knowledge $full $with_knowledge" \
+        "--input_dropout knowledge=${3#full+knowledge+dropout}" "--drop_text_sources_at_eval knowledge"
       ;;
     full+knowledge-concat)
       echo "--granularities=caption $full $with_knowledge --text_source_as_segment knowledge"
@@ -101,34 +104,61 @@ plan() {
   for seed in 2 3; do
     for config in text+shape+sa-add full-aux; do echo "t17 minilm $config $seed"; done
   done
-  # PGIM's knowledge (issue 16): MiniLM on both corpora, then MPNet on Twitter-2015.
-  for seed in 1 2 3; do
-    for dataset in t15 t17; do
-      for config in full+knowledge full+knowledge-concat; do echo "$dataset minilm $config $seed"; done
-    done
+  # PGIM's knowledge (issue 16), cheapest answer to each target first: one seed of MGCM's way and of PGIM's
+  # way (target 2), the MPNet run of target 1, the short input-dropout sweep (1 epoch each, MiniLM,
+  # Twitter-2015 valid) and the dropout run it sets (target 3), Twitter-2017 valid (target 4); then seeds.
+  echo "t15 minilm full+knowledge 1"
+  echo "t15 minilm full+knowledge-concat 1"
+  echo "t15 mpnet full+knowledge 1"
+  for rate in $DROPOUT_SWEEP; do echo "t15 minilm full+knowledge+dropout$rate 1 $SWEEP_EPOCHS"; done
+  echo "t15 minilm full+knowledge+dropout 1"
+  echo "t17 minilm full+knowledge 1"
+  echo "t15 minilm text+knowledge-concat 1"
+  for seed in 2 3; do
+    for config in full+knowledge full+knowledge-concat; do echo "t15 minilm $config $seed"; done
   done
-  for dataset in t15 t17; do
-    for config in text+knowledge-concat full+knowledge+dropout full+knowledge-shared; do
-      echo "$dataset minilm $config 1"
-    done
-  done
-  for seed in 1 2 3; do echo "t15 mpnet full+knowledge $seed"; done
-  echo "t15 mpnet full+knowledge-concat 1"
+  for seed in 2 3; do echo "t15 mpnet full+knowledge $seed"; done
   echo "t17 mpnet full+knowledge 1"
+  echo "t17 minilm full+knowledge-concat 1"
+  for config in text+knowledge-concat full+knowledge+dropout; do echo "t17 minilm $config 1"; done
+  for seed in 2 3; do
+    for config in full+knowledge full+knowledge-concat; do echo "t17 minilm $config $seed"; done
+  done
+  for dataset in t15 t17; do echo "$dataset minilm full+knowledge-shared 1"; done
+  echo "t15 mpnet full+knowledge-concat 1"
 }
 
+# Prints the input-dropout rate of full+knowledge+dropout: KNOWLEDGE_DROPOUT, else the sweep's choice; fails
+# while the sweep is unfinished.
+chosen_dropout() {
+  if [ -n "$KNOWLEDGE_DROPOUT" ]; then echo "$KNOWLEDGE_DROPOUT" && return 0; fi
+  # shellcheck disable=SC2086 # one argument per rate
+  python benchmarks/select_input_dropout.py "$OUT/sweep-e$SWEEP_EPOCHS" $DROPOUT_SWEEP 2>/dev/null
+}
+
+# run_one <dataset> <encoder> <config> <seed> [<epochs>]: a run with an epoch count of its own is a sweep
+# point, kept apart under $OUT/sweep-e<epochs>/.
 run_one() {
-  local dataset=$1 encoder=$2 config=$3 seed=$4
-  local name="$dataset-$encoder-$config-s$seed" dataset_dir captions knowledge splits encoder_dir epochs
+  local dataset=$1 encoder=$2 config=$3 seed=$4 sweep_epochs=${5:-}
+  local name="${sweep_epochs:+sweep-e$sweep_epochs/}$dataset-$encoder-$config-s$seed"
+  local dataset_dir captions knowledge splits encoder_dir epochs rate
   local run_dir="$OUT/$name" lock="$OUT/$name.lock"
   if [ -f "$run_dir/results.json" ]; then
     [ -n "${LIST:-}" ] && echo "done     $name"
     return 0
   fi
+  if [ "$config" = full+knowledge+dropout ]; then
+    if ! rate=$(chosen_dropout); then
+      [ -n "${LIST:-}" ] && echo "waiting  $name (for the input-dropout sweep)"
+      return 0
+    fi
+    config=full+knowledge+dropout$rate
+  fi
   if [ -n "${LIST:-}" ]; then
     if [ -d "$run_dir/checkpoints" ]; then echo "started  $name"; else echo "todo     $name"; fi
     return 0
   fi
+  mkdir -p "$(dirname "$lock")"
   if ! mkdir "$lock" 2>/dev/null; then
     local owner
     owner=$(cat "$lock/pid" 2>/dev/null || true)
@@ -140,11 +170,13 @@ run_one() {
     t15) dataset_dir="$DATA/twitter2015" splits=valid,test ;;
     t17) dataset_dir="$DATA/twitter2017" splits=valid ;;
   esac
+  [ -n "$sweep_epochs" ] && splits=valid
   captions="$DATA/captions/${dataset_dir##*/}_blip2.txt" knowledge="$DATA/knowledge/${dataset_dir##*/}_pgim.txt"
   case $encoder in
     minilm) encoder_dir="$MODELS/all-MiniLM-L6-v2" epochs=$EPOCHS ;;
     mpnet) encoder_dir="$MODELS/all-mpnet-base-v2" epochs=$MPNET_EPOCHS ;;
   esac
+  epochs=${sweep_epochs:-$epochs}
   echo "$(date -u +%FT%TZ) start $name"
   # shellcheck disable=SC2046 # config_args yields separate arguments on purpose
   if ! ${THREADS:+env OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS} \
@@ -163,7 +195,7 @@ run_one() {
   echo "$(date -u +%FT%TZ) done  $name"
 }
 
-plan | while read -r dataset encoder config seed; do
+plan | while read -r dataset encoder config seed sweep_epochs; do
   [[ "$dataset-$encoder-$config-s$seed" =~ $ONLY ]] || continue
-  run_one "$dataset" "$encoder" "$config" "$seed"
+  run_one "$dataset" "$encoder" "$config" "$seed" $sweep_epochs
 done
