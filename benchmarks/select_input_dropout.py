@@ -24,7 +24,9 @@ def valid_f1s(results_file: Path) -> tuple[float, float]:
         with_knowledge = results["metrics"]["valid"]["lenient"]["overall_f1"]
         without = results["metrics_without"]["metrics"]["valid"]["lenient"]["overall_f1"]
     except KeyError as missing:
-        raise SystemExit(f"{results_file}: no valid F1 {missing} (was it run with --drop_text_sources_at_eval?)")
+        raise SystemExit(
+            f"{results_file}: no valid F1 {missing} (was it run with --drop_text_sources_at_eval?)"
+        ) from None
     return with_knowledge, without
 
 
@@ -40,8 +42,12 @@ def main() -> None:
         raise SystemExit(3)
     scores = {rate: valid_f1s(path) for rate, path in files.items()}
     for rate, (with_knowledge, without) in scores.items():
-        print(f"rate {rate}: valid F1 {100 * with_knowledge:.2f} with, {100 * without:.2f} without", file=sys.stderr)
-    best = max(sorted(scores, key=float), key=lambda rate: sum(scores[rate]))  # max keeps the first (lowest) tie
+        print(
+            f"rate {rate}: valid F1 {100 * with_knowledge:.2f} with, {100 * without:.2f} without",
+            file=sys.stderr,
+        )
+    # max keeps the first of equal scores: the lowest rate.
+    best = max(sorted(scores, key=float), key=lambda rate: sum(scores[rate]))
     print(best)
 
 
