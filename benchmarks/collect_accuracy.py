@@ -15,7 +15,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from processing.checkpointing import write_json_atomically
+from processing.training.checkpointing import write_json_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_NAME = re.compile(r"(?P<dataset>t15|t17)-(?P<encoder>minilm|mpnet)-(?P<config>.+)-s(?P<seed>\d+)")

@@ -118,7 +118,7 @@ def minilm_sized_folder(folder: Path) -> Path:
     from transformers import BertConfig, BertModel
 
     from processing import make_synthetic_corpus
-    from processing.tiny_backbones import build_corpus_tokenizer
+    from processing.testing.tiny_backbones import build_corpus_tokenizer
 
     corpus = make_synthetic_corpus(600, 200, 200, seed=42)
     tokenizer = build_corpus_tokenizer(

@@ -51,7 +51,7 @@ from transformers import AutoTokenizer, ConvNextImageProcessorPil, ResNetConfig,
 
 from modeling_mgcm import MGCMForTokenClassification
 from processing import LABEL_NAMES, ImageFeatureCache, MGCMProcessor, build_neighbour_table, load_tweet_corpus
-from processing.tiny_backbones import tiny_image_processor, tiny_vision_config
+from processing.testing.tiny_backbones import tiny_image_processor, tiny_vision_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_MODELS = Path(

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from processing.neighbour_table import TABLE_FILE_NAME, build_neighbour_table
-from processing.tweet_normalise import normalise_token
-from processing.word_vectors import load_word_vectors
+from modeling_mgcm.neighbour_table import TABLE_FILE_NAME
+from modeling_mgcm.tweet_normalise import normalise_token
+from processing.text.neighbour_search import build_neighbour_table
+from processing.text.word_vectors import load_word_vectors
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ("twitter2015", "twitter2017")

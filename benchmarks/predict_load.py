@@ -40,7 +40,7 @@ SUMMARY_PATTERNS = {
 
 def build_tiny_model(folder: Path) -> Path:
     """Save a tiny untrained MGCM model and processor with every granularity into `folder`."""
-    from processing.tiny_backbones import save_tiny_mgcm
+    from processing.testing.tiny_backbones import save_tiny_mgcm
 
     return save_tiny_mgcm(folder)
 

@@ -123,12 +123,12 @@ from processing import (
     load_word_vectors,
     make_synthetic_corpus,
 )
-from processing.checkpointing import write_json_atomically
-from processing.tiny_backbones import (
+from processing.testing.tiny_backbones import (
     tiny_image_processor,
     tiny_vision_config,
     weights_fingerprint,
 )
+from processing.training.checkpointing import write_json_atomically
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_MODELS = Path(
@@ -626,7 +626,7 @@ def measure_image_feature_cache(num_images: int, epochs: int, batch_size: int, w
         "image_size": IMAGE_SIZE,
         "image_format": "PNG (processing.make_synthetic_corpus)",
         "generation_seconds": generation_seconds,
-        "vision_backbone": "tiny random ResNet (processing.tiny_backbones.tiny_vision_config)",
+        "vision_backbone": "tiny random ResNet (processing.testing.tiny_backbones.tiny_vision_config)",
         "feature_shape": list(cache.feature_shape),
         "storage_dtype": str(cache.storage_dtype).removeprefix("torch."),
         "epochs": epochs,

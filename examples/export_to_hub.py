@@ -28,7 +28,7 @@ from transformers.utils import CONFIG_NAME, PROCESSOR_NAME
 
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, MGCMModel
 from processing import MGCMProcessor
-from processing.model_card import render_model_card, results_table
+from processing.training.model_card import render_model_card, results_table
 
 # The packages of this project: exported code must not import them, since a Hub user does not have them.
 PROJECT_PACKAGES = ("modeling_mgcm", "processing")

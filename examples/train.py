@@ -48,7 +48,17 @@ from processing import (
     load_tweet_corpus,
     make_synthetic_corpus,
 )
-from processing.checkpointing import (
+from processing.cli_options import name_value_pairs
+from processing.corpus.synthetic import SYNTHETIC_OBJECT_LABELS, score_ambiguous_mentions
+from processing.evaluation.corpus_evaluation import evaluate_corpus
+from processing.testing.tiny_backbones import (
+    build_corpus_tokenizer,
+    tiny_image_processor,
+    tiny_text_config,
+    tiny_vision_config,
+    weights_fingerprint,
+)
+from processing.training.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -56,18 +66,8 @@ from processing.checkpointing import (
     save_pretrained_atomically,
     write_json_atomically,
 )
-from processing.cli_options import name_value_pairs
-from processing.evaluation import evaluate_corpus
-from processing.model_card import render_model_card
-from processing.nonfinite_loss import NonFiniteLossMonitor
-from processing.synthetic import SYNTHETIC_OBJECT_LABELS, score_ambiguous_mentions
-from processing.tiny_backbones import (
-    build_corpus_tokenizer,
-    tiny_image_processor,
-    tiny_text_config,
-    tiny_vision_config,
-    weights_fingerprint,
-)
+from processing.training.model_card import render_model_card
+from processing.training.nonfinite_loss import NonFiniteLossMonitor
 
 logger = get_logger(__name__)
 VISUAL_GRANULARITY_CHOICES = ("image", "objects")

@@ -13,7 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .vision_features import image_feature_dim as backbone_feature_dim
 
-# The tag set of docs/interfaces.md. `processing.labels` holds the same list; this package must not import it.
+# The tag set of docs/interfaces.md. `processing.corpus.labels` holds the same list; this package must not import it.
 MGCM_LABEL_NAMES = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
 
 # The 80 COCO classes, in the detectors' usual order: the paper's object detector (Mask R-CNN) speaks these.

@@ -505,7 +505,7 @@ class MGCMModel(MGCMPreTrainedModel):
     def _checked_word_shapes(self, word_shape_ids: Tensor | None, word_mask: Tensor) -> Tensor:
         if word_shape_ids is None:
             raise ValueError(
-                "config.use_word_shape=True needs word_shape_ids (B, W) (processing.word_shape), got none"
+                "config.use_word_shape=True needs word_shape_ids (B, W) (modeling_mgcm.word_shape), got none"
             )
         if word_shape_ids.shape != word_mask.shape:
             raise ValueError(

@@ -1,95 +1,93 @@
-import warnings
+"""Everything around the model: corpora, features, evaluation, training support, and the user commands.
 
-from .corpus import (
-    ConllTweet,
-    CorpusFormatError,
-    DuplicateTweetIdError,
-    load_tweet_corpus,
-    read_captions_file,
-    read_conll_file,
-    read_objects_file,
-    write_conll,
-)
-from .corpus_schema import corpus_features
-from .corpus_stats import corpus_stats, format_corpus_stats
-from .data_collator import MGCMDataCollator
-from .explain import ExplainedEntity, PostExplanation, explain, explain_post
-from .image_feature_cache import ImageCacheStats, ImageFeatureCache
-from .image_loading import ImageLoadError, load_image
-from .knowledge_writer import PGIM_PROMPT, KnowledgeWriter
-from .labels import ENTITY_TYPES, ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, normalise_tag, repair_bio_tags
-from .metrics import entity_spans, format_metrics_table, ner_metrics, score_entity_spans
-from .neighbour_table import NeighbourTable, build_neighbour_table
-from .object_detection import DetectedObjects, ObjectDetectionStats, detect_objects, write_objects_file
-from .pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
-from .processing_mgcm import WINDOW_INFO_KEYS, MGCMProcessor, merge_windows
-from .synthetic import SYNTHETIC_OBJECT_LABELS, make_synthetic_corpus, score_ambiguous_mentions
-from .tweet_normalise import NUMBER_CLASS_TOKEN, URL_CLASS_TOKEN, normalise_token
-from .tweet_tokenizer import split_tweet
-from .word_shape import NUM_WORD_SHAPES, WORD_SHAPE_NAMES, word_shape_id
-from .word_vectors import WordVectors, WordVectorsFormatError, load_word_vectors
+- `corpus/`: the tweet corpora (CoNLL readers, captions, objects, text sources), their `datasets` features and
+  statistics, tag normalisation, and the synthetic corpus of the tests;
+- `text/`: word vectors and building the semantic-augmentation neighbour table;
+- `images/`: the image feature cache and object detection over a corpus's images;
+- `evaluation/`: seqeval scores (lenient and strict) and scoring a model on a corpus;
+- `training/`: checkpointing, the data collator, the non-finite-loss guard and the model card;
+- `testing/`: tiny random backbones for tests and smoke runs;
+- `explanation.py` and `predict_cli.py` (`mgcm-predict`): inference commands over the pipeline.
 
-# `python -m processing.corpus` runs a module that importing this package has already loaded; runpy's
-# warning about that is noise for this command.
-warnings.filterwarnings(
-    "ignore", message=r"'processing\.corpus' found in sys\.modules", category=RuntimeWarning
-)
+The model, the processor and the pipeline live in `modeling_mgcm/`, the folder that ships with a model. The
+public names below are re-exported here and imported on first use, so that `import processing` loads nothing.
+"""
 
-__all__ = [
-    "ExplainedEntity",
-    "PostExplanation",
-    "explain",
-    "explain_post",
-    "DetectedObjects",
-    "ImageCacheStats",
-    "ImageFeatureCache",
-    "ImageLoadError",
-    "ObjectDetectionStats",
-    "detect_objects",
-    "load_image",
-    "write_objects_file",
-    "ENTITY_TYPES",
-    "ID_TO_LABEL",
-    "LABEL_NAMES",
-    "LABEL_TO_ID",
-    "SYNTHETIC_OBJECT_LABELS",
-    "ConllTweet",
-    "CorpusFormatError",
-    "DuplicateTweetIdError",
-    "corpus_features",
-    "corpus_stats",
-    "entity_spans",
-    "format_corpus_stats",
-    "format_metrics_table",
-    "load_tweet_corpus",
-    "make_synthetic_corpus",
-    "ner_metrics",
-    "normalise_tag",
-    "read_captions_file",
-    "read_conll_file",
-    "read_objects_file",
-    "repair_bio_tags",
-    "score_ambiguous_mentions",
-    "score_entity_spans",
-    "write_conll",
-    "NUM_WORD_SHAPES",
-    "NUMBER_CLASS_TOKEN",
-    "URL_CLASS_TOKEN",
-    "WORD_SHAPE_NAMES",
-    "NeighbourTable",
-    "WordVectors",
-    "WordVectorsFormatError",
-    "build_neighbour_table",
-    "load_word_vectors",
-    "normalise_token",
-    "word_shape_id",
-    "MGCMDataCollator",
-    "MGCMProcessor",
-    "WINDOW_INFO_KEYS",
-    "merge_windows",
-    "BadImageWarning",
-    "MultimodalNERPipeline",
-    "KnowledgeWriter",
-    "PGIM_PROMPT",
-    "split_tweet",
-]
+import importlib
+from typing import Any
+
+_PUBLIC_NAMES = {
+    "ImageLoadError": "modeling_mgcm.image_loading",
+    "load_image": "modeling_mgcm.image_loading",
+    "KnowledgeWriter": "modeling_mgcm.knowledge_writer",
+    "PGIM_PROMPT": "modeling_mgcm.knowledge_writer",
+    "NeighbourTable": "modeling_mgcm.neighbour_table",
+    "BadImageWarning": "modeling_mgcm.pipeline_mgcm",
+    "MultimodalNERPipeline": "modeling_mgcm.pipeline_mgcm",
+    "MGCMProcessor": "modeling_mgcm.processing_mgcm",
+    "WINDOW_INFO_KEYS": "modeling_mgcm.processing_mgcm",
+    "merge_windows": "modeling_mgcm.processing_mgcm",
+    "NUMBER_CLASS_TOKEN": "modeling_mgcm.tweet_normalise",
+    "URL_CLASS_TOKEN": "modeling_mgcm.tweet_normalise",
+    "normalise_token": "modeling_mgcm.tweet_normalise",
+    "split_tweet": "modeling_mgcm.tweet_tokenizer",
+    "NUM_WORD_SHAPES": "modeling_mgcm.word_shape",
+    "WORD_SHAPE_NAMES": "modeling_mgcm.word_shape",
+    "word_shape_id": "modeling_mgcm.word_shape",
+    "ENTITY_TYPES": "processing.corpus.labels",
+    "ID_TO_LABEL": "processing.corpus.labels",
+    "LABEL_NAMES": "processing.corpus.labels",
+    "LABEL_TO_ID": "processing.corpus.labels",
+    "normalise_tag": "processing.corpus.labels",
+    "repair_bio_tags": "processing.corpus.labels",
+    "corpus_features": "processing.corpus.schema",
+    "corpus_stats": "processing.corpus.stats",
+    "format_corpus_stats": "processing.corpus.stats",
+    "SYNTHETIC_OBJECT_LABELS": "processing.corpus.synthetic",
+    "make_synthetic_corpus": "processing.corpus.synthetic",
+    "score_ambiguous_mentions": "processing.corpus.synthetic",
+    "ConllTweet": "processing.corpus.tweet_corpus",
+    "CorpusFormatError": "processing.corpus.tweet_corpus",
+    "DuplicateTweetIdError": "processing.corpus.tweet_corpus",
+    "load_tweet_corpus": "processing.corpus.tweet_corpus",
+    "read_captions_file": "processing.corpus.tweet_corpus",
+    "read_conll_file": "processing.corpus.tweet_corpus",
+    "read_objects_file": "processing.corpus.tweet_corpus",
+    "write_conll": "processing.corpus.tweet_corpus",
+    "entity_spans": "processing.evaluation.metrics",
+    "format_metrics_table": "processing.evaluation.metrics",
+    "ner_metrics": "processing.evaluation.metrics",
+    "score_entity_spans": "processing.evaluation.metrics",
+    "ExplainedEntity": "processing.explanation",
+    "PostExplanation": "processing.explanation",
+    "explain": "processing.explanation",
+    "explain_post": "processing.explanation",
+    "ImageCacheStats": "processing.images.feature_cache",
+    "ImageFeatureCache": "processing.images.feature_cache",
+    "DetectedObjects": "processing.images.object_detection",
+    "ObjectDetectionStats": "processing.images.object_detection",
+    "detect_objects": "processing.images.object_detection",
+    "write_objects_file": "processing.images.object_detection",
+    "build_neighbour_table": "processing.text.neighbour_search",
+    "neighbour_table_from_embeddings": "processing.text.neighbour_search",
+    "WordVectors": "processing.text.word_vectors",
+    "WordVectorsFormatError": "processing.text.word_vectors",
+    "load_word_vectors": "processing.text.word_vectors",
+    "MGCMDataCollator": "processing.training.data_collator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'processing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC_NAMES])
+
+
+__all__ = sorted(_PUBLIC_NAMES)

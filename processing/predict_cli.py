@@ -11,7 +11,7 @@ copied to the output):
     mgcm-predict --model outputs/mgcm --input posts.jsonl --output predictions.jsonl
 
 A model that reads PGIM-style `knowledge` gets it written for posts without one by a local text-generation
-model (`--knowledge_model FOLDER`, see `processing.knowledge_writer`), cached in `--knowledge_cache`.
+model (`--knowledge_model FOLDER`, see `modeling_mgcm.knowledge_writer`), cached in `--knowledge_cache`.
 
 On several processes (`accelerate launch --num_processes N -m processing.predict_cli ...`, one per GPU or
 several machines), the input's chunks are dealt out between the processes in turn; each writes its records
@@ -41,9 +41,9 @@ from typing import Any, BinaryIO, TextIO
 
 from tqdm.auto import tqdm
 
-from .cli_options import name_value_pairs
-from .image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT
-from .pipeline_mgcm import TASK_NAME, BadImageWarning
+from modeling_mgcm.image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT
+from modeling_mgcm.pipeline_mgcm import TASK_NAME, BadImageWarning
+from processing.cli_options import name_value_pairs
 
 PASSTHROUGH_KEYS = ("id",)
 
@@ -376,8 +376,7 @@ def _load_tagger(args: argparse.Namespace):
     from transformers import pipeline
 
     import modeling_mgcm  # noqa: F401  (registers the Auto classes)
-
-    from .knowledge_writer import KnowledgeWriter
+    from modeling_mgcm.knowledge_writer import KnowledgeWriter
 
     device = args.device
     if device is not None and device.lstrip("-").isdigit():

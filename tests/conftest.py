@@ -65,6 +65,6 @@ def tiny_mgcm_dir(tmp_path_factory):
     """A saved, untrained, full-featured MGCM folder: model (image, objects, caption, gated semantic
     augmentation, word shape) and its processor (tokenizer, image processor, neighbour table, object labels),
     as `examples/train.py` writes it. Load it with the Auto classes."""
-    from processing.tiny_backbones import save_tiny_mgcm
+    from processing.testing.tiny_backbones import save_tiny_mgcm
 
     return save_tiny_mgcm(tmp_path_factory.mktemp("tiny-mgcm"), max_length=32, stride=4)

@@ -10,19 +10,19 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 from seqeval.metrics.sequence_labeling import get_entities
 
-from processing.corpus import (
+from processing.corpus.cli import main
+from processing.corpus.labels import LABEL_NAMES, LABEL_TO_ID, repair_bio_tags
+from processing.corpus.schema import corpus_features
+from processing.corpus.stats import corpus_stats, format_corpus_stats
+from processing.corpus.tweet_corpus import (
     CorpusFormatError,
     DuplicateTweetIdError,
     load_tweet_corpus,
-    main,
     read_captions_file,
     read_conll_file,
     read_objects_file,
     write_conll,
 )
-from processing.corpus_schema import corpus_features
-from processing.corpus_stats import corpus_stats, format_corpus_stats
-from processing.labels import LABEL_NAMES, LABEL_TO_ID, repair_bio_tags
 
 TRAIN_TEXT = (
     "IMGID:101\nRT\tO\n@user\tO\nBarack\tB-PER\nObama\tI-PER\nin\tO\nParis\tB-LOC\n\n"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from datasets import Image
 
-from processing.corpus import load_tweet_corpus
-from processing.corpus_stats import corpus_stats
-from processing.metrics import ner_metrics
+from processing.corpus.stats import corpus_stats
+from processing.corpus.tweet_corpus import load_tweet_corpus
+from processing.evaluation.metrics import ner_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

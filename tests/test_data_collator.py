@@ -278,7 +278,7 @@ def test_a_dataset_dict_is_preprocessed_split_by_split_with_split_row_indices(pr
 
 def test_objects_are_left_out_with_a_warning_when_the_processor_has_no_object_labels(tiny_bert_dir, caplog):
     text_only = MGCMProcessor(AutoTokenizer.from_pretrained(tiny_bert_dir))
-    with caplog.at_level(logging.WARNING, logger="processing.processing_mgcm"):
+    with caplog.at_level(logging.WARNING, logger="modeling_mgcm.processing_mgcm"):
         rows = text_only.preprocess_corpus(make_corpus(5), keep_in_memory=True)
 
     assert "object_ids" not in rows.column_names

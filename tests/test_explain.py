@@ -18,7 +18,7 @@ import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 import processing
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from processing import LABEL_TO_ID, ImageLoadError, MGCMProcessor, merge_windows
-from processing.explain import (
+from processing.explanation import (
     GRANULARITY_COLOURS,
     MAX_CAPTION_WORDS_DRAWN,
     draw_explanation,
@@ -28,7 +28,7 @@ from processing.explain import (
     image_region_grid,
     render_html,
 )
-from processing.tiny_backbones import build_corpus_tokenizer, tiny_image_processor, tiny_text_config
+from processing.testing.tiny_backbones import build_corpus_tokenizer, tiny_image_processor, tiny_text_config
 
 OBJECTS = [{"label": "car", "score": 0.4}, {"label": "person", "score": 0.9}, {"label": "dog", "score": 0.7}]
 CAPTION = "a person in the photo"  # each word is whole in the tiny vocabulary

@@ -21,7 +21,8 @@ from transformers import AutoConfig, AutoModelForTokenClassification, AutoProces
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 import processing  # noqa: F401  (registers the processor)
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, extract_image_features
-from processing import MGCMProcessor, NeighbourTable
+from processing import MGCMProcessor
+from processing.text.neighbour_search import neighbour_table_from_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE_MINILM = Path("/root/.cache/mgcm-offline-models/all-MiniLM-L6-v2")
@@ -491,7 +492,7 @@ def test_hub_processor_settings_load_into_mgcm_processor(name, tiny_tokenizer, t
     tiny_tokenizer.save_pretrained(folder)
     words = ["obama", "paris", "london", "the", "in", "at"]
     vectors = np.random.default_rng(0).normal(size=(len(words), config.augmentation_dim))
-    NeighbourTable.from_embeddings(words, vectors, k=config.num_neighbours).save_pretrained(
+    neighbour_table_from_embeddings(words, vectors, k=config.num_neighbours).save_pretrained(
         folder / "neighbour_table"
     )
 

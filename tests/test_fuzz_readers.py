@@ -23,7 +23,10 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 from transformers import AutoProcessor
 
-from processing.corpus import (
+from modeling_mgcm.neighbour_table import CHECKSUM_KEY, TABLE_FILE_NAME, NeighbourTable, _content_digest
+from modeling_mgcm.tweet_tokenizer import split_tweet
+from processing.corpus.labels import LABEL_NAMES, LABEL_TO_ID, TAG_ALIASES
+from processing.corpus.tweet_corpus import (
     CorpusFormatError,
     load_tweet_corpus,
     read_captions_file,
@@ -31,10 +34,8 @@ from processing.corpus import (
     read_objects_file,
     write_conll,
 )
-from processing.labels import LABEL_NAMES, LABEL_TO_ID, TAG_ALIASES
-from processing.neighbour_table import CHECKSUM_KEY, TABLE_FILE_NAME, NeighbourTable, _content_digest
-from processing.object_detection import write_objects_file
-from processing.tweet_tokenizer import split_tweet
+from processing.images.object_detection import write_objects_file
+from processing.text.neighbour_search import neighbour_table_from_embeddings
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:
@@ -330,7 +331,7 @@ TABLE_CHANGE = st.one_of(
 def small_table(seed: int, num_words: int, dim: int, k: int) -> NeighbourTable:
     rng = np.random.default_rng(seed)
     words = [f"w{index}" for index in range(num_words)]
-    return NeighbourTable.from_embeddings(words, rng.normal(size=(num_words, dim)), k=k)
+    return neighbour_table_from_embeddings(words, rng.normal(size=(num_words, dim)), k=k)
 
 
 @pytest.fixture(scope="module")
@@ -429,7 +430,7 @@ def test_a_damaged_neighbour_table_file_is_refused_or_reads_as_it_was_written(
 )
 def test_saving_a_neighbour_table_and_loading_it_back_is_the_identity(tmp_path, words, dim, seed, normalise):
     vectors = np.random.default_rng(seed).normal(size=(len(words), dim))
-    table = NeighbourTable.from_embeddings(
+    table = neighbour_table_from_embeddings(
         words, vectors, k=random.Random(seed).randint(1, len(words) - 1), normalise=normalise
     )
     table.save_pretrained(tmp_path)

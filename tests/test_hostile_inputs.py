@@ -21,12 +21,12 @@ from transformers import AutoModelForTokenClassification, AutoProcessor, pipelin
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 import processing  # noqa: F401  (registers the pipeline task)
+from modeling_mgcm.pipeline_mgcm import BadImageWarning
+from modeling_mgcm.word_shape import WORD_SHAPE_NAMES
 from processing import ImageFeatureCache, ImageLoadError, load_image, load_tweet_corpus, merge_windows
-from processing.corpus import CorpusFormatError
-from processing.pipeline_mgcm import BadImageWarning
+from processing.corpus.tweet_corpus import CorpusFormatError
 from processing.predict_cli import parse_post_line, run_batch
-from processing.tiny_backbones import tiny_image_processor
-from processing.word_shape import WORD_SHAPE_NAMES
+from processing.testing.tiny_backbones import tiny_image_processor
 
 IMAGE_ROWS = Features({"id": Value("string"), "image": ImageFeature()})
 LABELS = {"O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"}
@@ -269,7 +269,7 @@ def test_bad_images_in_a_corpus_are_masked_and_counted_by_the_feature_cache(tmp_
 
 def test_an_unknown_object_label_is_skipped_counted_and_logged_once(tagger, processor, caplog):
     post = {"text": "Jordan visits Phoenix", "objects": [{"label": "spaceship", "score": 0.9}, "person"]}
-    with caplog.at_level(logging.WARNING, logger="processing.processing_mgcm"):
+    with caplog.at_level(logging.WARNING, logger="modeling_mgcm.processing_mgcm"):
         output = tagger(post)
         tagger(post)
     assert output == tagger({"text": "Jordan visits Phoenix", "objects": ["person"]})

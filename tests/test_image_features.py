@@ -26,9 +26,9 @@ from transformers import (
     ViTModel,
 )
 
+from modeling_mgcm.image_loading import ImageLoadError, load_image
 from modeling_mgcm.vision_features import extract_image_features, image_feature_dim
-from processing.image_feature_cache import ImageFeatureCache, sanitise_backbone_name
-from processing.image_loading import ImageLoadError, load_image
+from processing.images.feature_cache import ImageFeatureCache, sanitise_backbone_name
 
 GOOD_IDS = ["rgb", "rgba", "grey", "palette", "wide"]
 IMAGE_SIZE = 32
@@ -397,7 +397,7 @@ def test_a_damaged_shard_is_detected_and_rebuilt(tmp_path, corpus, resnet, resne
     else:
         shard.unlink()
 
-    with caplog.at_level(logging.WARNING, logger="processing.image_feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="processing.images.feature_cache"):
         reopened = ImageFeatureCache(tmp_path / "cache", resnet, resnet_processor, "r", shard_size=2)
     assert "shard-00001.safetensors fail verification" in caplog.text
     with pytest.raises(KeyError, match="run build"):
@@ -405,7 +405,7 @@ def test_a_damaged_shard_is_detected_and_rebuilt(tmp_path, corpus, resnet, resne
     # A build that does not need the lost images still drops the bad shard from the index.
     assert reopened.build(corpus["valid"]).vision_forward_calls == 0
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="processing.image_feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="processing.images.feature_cache"):
         ImageFeatureCache(tmp_path / "cache", resnet, resnet_processor, "r", shard_size=2)
     assert "fail verification" not in caplog.text
     stats = reopened.build(corpus)

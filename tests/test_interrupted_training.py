@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from training_runs import run_train_script
 
-from processing.checkpointing import TRAINING_STATE_FILE, latest_checkpoint, load_checkpoint
+from processing.training.checkpointing import TRAINING_STATE_FILE, latest_checkpoint, load_checkpoint
 
 # 32 training tweets in batches of 8: 4 optimizer steps per epoch, a checkpoint every 2 steps.
 SMALL_RUN = [

@@ -1,4 +1,4 @@
-"""Tests for `processing.knowledge_writer`, on a tiny random GPT-2 and a WordLevel tokenizer built offline."""
+"""Tests for `modeling_mgcm.knowledge_writer`, on a tiny random GPT-2 and a WordLevel tokenizer built offline."""
 
 import json
 
@@ -7,7 +7,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, PreTrainedTokenizerFast, pipeline
 
-from processing.knowledge_writer import (
+from modeling_mgcm.knowledge_writer import (
     NO_CAPTION_TEXT,
     PGIM_PROMPT,
     KnowledgeWriter,

@@ -13,10 +13,10 @@ from test_knowledge_writer import build_pipeline
 from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
 import processing  # noqa: F401  (registers the pipeline task)
+from modeling_mgcm.knowledge_writer import KnowledgeWriter
 from processing import WINDOW_INFO_KEYS
-from processing.knowledge_writer import KnowledgeWriter
 from processing.predict_cli import main as predict_main
-from processing.tiny_backbones import save_tiny_mgcm
+from processing.testing.tiny_backbones import save_tiny_mgcm
 
 POSTS = [
     {"text": "Jordan visits Phoenix", "caption": "a man on a court"},

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
-from processing.labels import LABEL_NAMES, LABEL_TO_ID
-from processing.metrics import entity_spans, format_metrics_table, ner_metrics
+from processing.corpus.labels import LABEL_NAMES, LABEL_TO_ID
+from processing.evaluation.metrics import entity_spans, format_metrics_table, ner_metrics
 
 
 def test_hand_computed_scores_with_a_wrong_type():

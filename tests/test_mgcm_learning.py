@@ -20,7 +20,7 @@ from processing import (
     merge_windows,
     score_ambiguous_mentions,
 )
-from processing.tiny_backbones import (
+from processing.testing.tiny_backbones import (
     build_corpus_tokenizer,
     tiny_image_processor,
     tiny_text_config,

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from training_runs import learning_rates, run_train_script
 
-from processing.checkpointing import TRAINING_STATE_FILE, latest_checkpoint
+from processing.training.checkpointing import TRAINING_STATE_FILE, latest_checkpoint
 
 pytestmark = pytest.mark.multiprocess
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import processing.neighbour_table as neighbour_table_module
-from processing.neighbour_table import TABLE_FILE_NAME, NeighbourTable, build_neighbour_table
-from processing.tweet_normalise import NUMBER_CLASS_TOKEN, URL_CLASS_TOKEN, normalise_token
-from processing.word_vectors import WordVectors, WordVectorsFormatError, load_word_vectors
+import modeling_mgcm.neighbour_table as neighbour_table_module
+from modeling_mgcm.neighbour_table import TABLE_FILE_NAME, NeighbourTable
+from modeling_mgcm.tweet_normalise import NUMBER_CLASS_TOKEN, URL_CLASS_TOKEN, normalise_token
+from processing.text.neighbour_search import build_neighbour_table, neighbour_table_from_embeddings
+from processing.text.word_vectors import WordVectors, WordVectorsFormatError, load_word_vectors
 
 
 def random_vectors(num_words: int, dim: int, seed: int = 0) -> WordVectors:
@@ -214,7 +215,7 @@ def test_bad_settings_are_refused(clustered_vectors):
 
 
 def test_from_embeddings_keeps_every_word():
-    table = NeighbourTable.from_embeddings(
+    table = neighbour_table_from_embeddings(
         ["paris", "london", "obama"], np.eye(3, dtype=np.float32) + 0.1, k=2
     )
     assert table.vocabulary == ["paris", "london", "obama"] and table.k == 2

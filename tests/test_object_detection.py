@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from processing import CorpusFormatError, load_tweet_corpus, read_objects_file
-from processing.object_detection import detect_objects, select_detections, write_objects_file
+from processing.images.object_detection import detect_objects, select_detections, write_objects_file
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "objects_format.md"
 # The red channel of each test image tells the fake detector which image it sees.
@@ -175,7 +175,7 @@ def test_a_second_call_reuses_the_file_and_detects_only_new_images(tmp_path, cor
 
 
 def test_missing_and_corrupt_images_are_logged(corpus, caplog):
-    with caplog.at_level(logging.WARNING, logger="processing.object_detection"):
+    with caplog.at_level(logging.WARNING, logger="processing.images.object_detection"):
         detect_objects(corpus, FakeDetector(), show_progress=False)
     assert re.search(
         r"2 missing images get no objects, e\.g\. IMGID gone: .*gone\.jpg: missing image", caplog.text

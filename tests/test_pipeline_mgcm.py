@@ -15,9 +15,9 @@ from transformers import AutoModelForTokenClassification, AutoProcessor, pipelin
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 import processing  # noqa: F401  (registers the pipeline task)
+from modeling_mgcm.pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
+from modeling_mgcm.tweet_tokenizer import split_tweet
 from processing import ImageFeatureCache, ImageLoadError, make_synthetic_corpus
-from processing.pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
-from processing.tweet_tokenizer import split_tweet
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import pipeline
 
 import processing  # noqa: F401  (registers the pipeline task)
-from processing.pipeline_mgcm import BadImageWarning
+from modeling_mgcm.pipeline_mgcm import BadImageWarning
 from processing.predict_cli import main, tag_records
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

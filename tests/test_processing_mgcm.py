@@ -12,8 +12,9 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-from processing import MGCMProcessor, NeighbourTable, merge_windows, word_shape_id
-from processing.processing_mgcm import plan_windows
+from modeling_mgcm.processing_mgcm import plan_windows
+from processing import MGCMProcessor, merge_windows, word_shape_id
+from processing.text.neighbour_search import neighbour_table_from_embeddings
 
 OBJECT_LABELS = ["person", "car", "dog"]
 
@@ -232,7 +233,7 @@ def test_objects_map_to_ids_best_scores_first_padded_with_the_no_object_id(token
         [],
         [{"label": "unicorn", "score": 0.8}, {"label": "dog", "score": 0.75}],
     ]
-    with caplog.at_level(logging.WARNING, logger="processing.processing_mgcm"):
+    with caplog.at_level(logging.WARNING, logger="modeling_mgcm.processing_mgcm"):
         encoding = processor([["rt"], ["rt"], ["rt"]], objects=objects)
 
     assert encoding["object_ids"].tolist() == [[0, 2, 0], [3, 3, 3], [2, 3, 3]]
@@ -342,7 +343,7 @@ def test_settings_are_validated(tokenizer):
 def test_save_and_load_with_auto_processor_round_trips_every_part(tmp_path, tokenizer):
     vocabulary = ["paris", "london", "obama"]
     vectors = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-    table = NeighbourTable.from_embeddings(vocabulary, vectors, k=2)
+    table = neighbour_table_from_embeddings(vocabulary, vectors, k=2)
     processor = MGCMProcessor(
         tokenizer,
         image_processor=tiny_image_processor(),
@@ -388,7 +389,7 @@ def test_a_text_only_processor_round_trips_without_image_processor_or_table(tmp_
 
 
 def test_loading_fails_loudly_when_the_saved_neighbour_table_is_missing(tmp_path, tokenizer):
-    table = NeighbourTable.from_embeddings(["paris", "london"], np.eye(2, dtype=np.float32), k=1)
+    table = neighbour_table_from_embeddings(["paris", "london"], np.eye(2, dtype=np.float32), k=1)
     MGCMProcessor(tokenizer, neighbour_table=table).save_pretrained(tmp_path)
     for name in os.listdir(tmp_path / "neighbour_table"):
         os.remove(tmp_path / "neighbour_table" / name)

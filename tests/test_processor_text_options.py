@@ -10,8 +10,8 @@ import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 import processing  # noqa: F401  (registers the pipeline task)
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from processing import WINDOW_INFO_KEYS, MGCMProcessor, word_shape_id
-from processing.labels import LABEL_NAMES
-from processing.tiny_backbones import build_corpus_tokenizer, tiny_text_config
+from processing.corpus.labels import LABEL_NAMES
+from processing.testing.tiny_backbones import build_corpus_tokenizer, tiny_text_config
 
 WORDS = ["Obama", "visits", "Paris", "http://t.co/w7rktBN5ac", "a", "man", "on", "stage", "rt"]
 

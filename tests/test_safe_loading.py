@@ -18,12 +18,13 @@ from transformers import AutoModelForTokenClassification, AutoProcessor, BertMod
 import modeling_mgcm
 import processing
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
+from modeling_mgcm.neighbour_table import CHECKSUM_KEY, TABLE_FILE_NAME, NeighbourTable
 from processing import LABEL_NAMES
-from processing import neighbour_table as neighbour_table_module
-from processing.checkpointing import load_checkpoint, save_checkpoint
-from processing.neighbour_table import CHECKSUM_KEY, TABLE_FILE_NAME, NeighbourTable, build_neighbour_table
-from processing.tiny_backbones import tiny_text_config
-from processing.word_vectors import WordVectors, WordVectorsFormatError, load_word_vectors
+from processing.text import neighbour_search as neighbour_table_module
+from processing.testing.tiny_backbones import tiny_text_config
+from processing.text.neighbour_search import build_neighbour_table
+from processing.text.word_vectors import WordVectors, WordVectorsFormatError, load_word_vectors
+from processing.training.checkpointing import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_SOURCES = sorted(
@@ -161,7 +162,7 @@ def test_a_safetensors_folder_loads_through_the_auto_classes_without_remote_code
     processor = AutoProcessor.from_pretrained(tiny_mgcm_dir)
     # The installed package's own classes, not code copied from the folder (which needs trust_remote_code).
     assert type(model).__module__ == "modeling_mgcm.modeling_mgcm"
-    assert type(processor).__module__ == "processing.processing_mgcm"
+    assert type(processor).__module__ == "modeling_mgcm.processing_mgcm"
     assert unpickling_spy == []
 
 
@@ -316,7 +317,7 @@ def test_a_damaged_neighbour_table_cache_file_is_rebuilt_not_trusted(
     original = build_neighbour_table(vectors.words, vectors, k=2, cache_dir=tmp_path)
     (cache_file,) = tmp_path.glob("neighbour_table-*.safetensors")
     damage(cache_file)
-    with caplog.at_level(logging.WARNING, logger="processing.neighbour_table"):
+    with caplog.at_level(logging.WARNING, logger="processing.text.neighbour_search"):
         rebuilt = build_neighbour_table(vectors.words, vectors, k=2, cache_dir=tmp_path)
     assert len(counted_searches) == 2, "the damaged cache file was used instead of rebuilt"
     assert str(cache_file) in caplog.text and "rebuilding" in caplog.text

@@ -8,10 +8,9 @@ import pytest
 from datasets import Image
 from PIL import Image as PILImage
 
-from processing.corpus import load_tweet_corpus, write_conll
-from processing.corpus_schema import corpus_features
-from processing.labels import ENTITY_TYPES, LABEL_NAMES, LABEL_TO_ID
-from processing.synthetic import (
+from processing.corpus.labels import ENTITY_TYPES, LABEL_NAMES, LABEL_TO_ID
+from processing.corpus.schema import corpus_features
+from processing.corpus.synthetic import (
     SYNTHETIC_AMBIGUOUS_NAMES,
     SYNTHETIC_CAPTION_WORDS,
     SYNTHETIC_OBJECT_LABELS,
@@ -21,6 +20,7 @@ from processing.synthetic import (
     make_synthetic_corpus,
     score_ambiguous_mentions,
 )
+from processing.corpus.tweet_corpus import load_tweet_corpus, write_conll
 
 
 @pytest.fixture(scope="module")

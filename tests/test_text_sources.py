@@ -25,7 +25,7 @@ from test_modeling_mgcm import (  # noqa: F401  (single_thread is an autouse fix
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from modeling_mgcm.configuration_mgcm import SHARED_TEXT_SOURCE_BLOCK
 from processing import WINDOW_INFO_KEYS, MGCMProcessor
-from processing.corpus import CorpusFormatError, load_tweet_corpus
+from processing.corpus.tweet_corpus import CorpusFormatError, load_tweet_corpus
 
 SOURCES = ["caption", "knowledge"]
 # test_corpus's fixture: a corpus folder with tweets 101, 102, 103 in train.txt and 201 in valid.txt.

@@ -17,8 +17,8 @@ from transformers import AutoModelForTokenClassification, AutoProcessor
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 from processing import ImageFeatureCache, MGCMDataCollator, make_synthetic_corpus
-from processing.checkpointing import latest_checkpoint
-from processing.evaluation import evaluate_corpus
+from processing.evaluation.corpus_evaluation import evaluate_corpus
+from processing.training.checkpointing import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (64, 24, 24)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processing.tweet_tokenizer import split_tweet
+from modeling_mgcm.tweet_tokenizer import split_tweet
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processing.word_shape import (
+from modeling_mgcm.word_shape import (
     ALL_CAPS_SHAPE_ID,
     CAPITALISED_SHAPE_ID,
     DIGITS_SHAPE_ID,

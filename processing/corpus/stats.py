@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datasets import Dataset, Value
 from seqeval.metrics.sequence_labeling import get_entities
 
-from .labels import ENTITY_TYPES
+from processing.corpus.labels import ENTITY_TYPES
 
 
 def _split_stats(dataset: Dataset) -> dict:

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import ner_metrics
-from .processing_mgcm import merge_windows
+from modeling_mgcm.processing_mgcm import merge_windows
+from processing.evaluation.metrics import ner_metrics
 
 WINDOW_INFO_KEYS = ("overflow_to_sample_mapping", "window_word_offset")
 SCORING_MODES = ("lenient", "strict")

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from .image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT, open_post_image
-from .metrics import entity_spans
-from .processing_mgcm import WINDOW_INFO_KEYS, merge_windows
-from .tweet_tokenizer import split_tweet
+from modeling_mgcm.image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT, open_post_image
+from modeling_mgcm.processing_mgcm import WINDOW_INFO_KEYS, merge_windows
+from modeling_mgcm.tweet_tokenizer import split_tweet
+from processing.evaluation.metrics import entity_spans
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

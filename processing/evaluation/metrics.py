@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2, Entities
 
-from .labels import ID_TO_LABEL
+from processing.corpus.labels import ID_TO_LABEL
 
 MODES = ("lenient", "strict")
 

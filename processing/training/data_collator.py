@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature
 
-from .processing_mgcm import MGCMProcessor
+from modeling_mgcm.processing_mgcm import MGCMProcessor
 
 # Columns every window row carries (see `MGCMProcessor.encode_windows`).
 WINDOW_ROW_COLUMNS = (

@@ -30,9 +30,9 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 from PIL import Image as PILImage
 
-from .corpus_schema import corpus_features
-from .labels import ENTITY_TYPES, LABEL_TO_ID
-from .metrics import as_tag_names, entity_spans, score_entity_spans
+from processing.corpus.labels import ENTITY_TYPES, LABEL_TO_ID
+from processing.corpus.schema import corpus_features
+from processing.evaluation.metrics import as_tag_names, entity_spans, score_entity_spans
 
 SYNTHETIC_SPLITS = ("train", "valid", "test")
 

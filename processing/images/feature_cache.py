@@ -39,9 +39,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from modeling_mgcm.image_loading import MISSING, ImageLoadError, load_image
 from modeling_mgcm.vision_features import extract_image_features
-
-from .image_loading import MISSING, ImageLoadError, load_image, unique_image_entries
+from processing.images.corpus_images import unique_image_entries
 
 logger = logging.getLogger(__name__)
 

@@ -65,16 +65,15 @@ def save_tiny_mgcm(
     import numpy as np
 
     from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
-
-    from .labels import LABEL_NAMES
-    from .neighbour_table import NeighbourTable
-    from .processing_mgcm import MGCMProcessor
-    from .synthetic import SYNTHETIC_OBJECT_LABELS
+    from modeling_mgcm.processing_mgcm import MGCMProcessor
+    from processing.corpus.labels import LABEL_NAMES
+    from processing.corpus.synthetic import SYNTHETIC_OBJECT_LABELS
+    from processing.text.neighbour_search import neighbour_table_from_embeddings
 
     words = ["Jordan", "Phoenix", "Obama", "Paris", "visits", "the", "in", "at", "with", "photo", "person"]
     tokenizer = build_corpus_tokenizer(words)
     vectors = np.random.default_rng(0).normal(size=(len(words), 8))
-    table = NeighbourTable.from_embeddings([word.lower() for word in words], vectors, k=2)
+    table = neighbour_table_from_embeddings([word.lower() for word in words], vectors, k=2)
     config = MGCMConfig(
         text_config=tiny_text_config(len(tokenizer), hidden_size=32),
         vision_config=tiny_vision_config(),

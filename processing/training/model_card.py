@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping
 
-from .labels import ENTITY_TYPES
+from processing.corpus.labels import ENTITY_TYPES
 
 
 def _percent(value: float) -> str:

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 from datasets import ClassLabel, Features, Image, List, Value
 
-from .labels import LABEL_NAMES
+from processing.corpus.labels import LABEL_NAMES
 
 
 def corpus_features(text_sources: Sequence[str] = ()) -> Features:

@@ -49,14 +49,12 @@ import torch
 from transformers import AutoModelForTokenClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from modeling_mgcm.vision_features import extract_image_features
-
 from .image_loading import MISSING, ImageLoadError
 from .image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT, open_post_image
 from .knowledge_writer import as_knowledge_writer
-from .metrics import entity_spans
 from .processing_mgcm import merge_windows
 from .tweet_tokenizer import split_tweet
+from .vision_features import extract_image_features
 
 TASK_NAME = "multimodal-ner"
 AGGREGATIONS = ("entities", "words")
@@ -70,6 +68,23 @@ MAX_MODEL_CALLS_PER_BATCH = 4
 MIN_WINDOWS_PER_MODEL_CALL = 8
 # Per word of a window: (Viterbi tag id, marginals over the labels, gate value per granularity).
 WindowOutput = list[tuple[int, list[float], list[float]]]
+
+
+def lenient_entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """The entities of BIO tags as (type, first word, one past the last word), read as seqeval's default mode.
+
+    An `I-` tag after `O` or after another type opens an entity. Our own few lines rather than seqeval's
+    `get_entities`, whose import pulls in scikit-learn: the pipeline ships as remote code and must not need it.
+    """
+    spans, start, entity_type = [], None, None
+    for position, tag in enumerate([*tags, "O"]):
+        prefix, _, tag_type = tag.partition("-")
+        if prefix == "I" and start is not None and tag_type == entity_type:
+            continue
+        if start is not None:
+            spans.append((entity_type, start, position))
+        start, entity_type = (position, tag_type) if prefix in ("B", "I") else (None, None)
+    return spans
 
 
 class BadImageWarning(UserWarning):
@@ -574,7 +589,7 @@ class MultimodalNERPipeline(Pipeline):
             for marginal, tag in zip(post_outputs["marginals"], post_outputs["tags"], strict=True)
         ]
         entities = []
-        for entity_type, word_start, word_end in sorted(entity_spans(tag_names), key=lambda span: span[1]):
+        for entity_type, word_start, word_end in lenient_entity_spans(tag_names):
             start, end = spans[word_start][0], spans[word_end - 1][1]
             entities.append(
                 {

@@ -3,16 +3,14 @@
 A corpus folder holds any of `train.txt`, `valid.txt`, `test.txt`. A tweet is an `IMGID:<id>` line,
 one `token<TAB>tag` line per token, then a blank line; its image is `<image_dir>/<id>.jpg`.
 
-Command line: `python -m processing.corpus stats DIR [--captions-file F] [--objects-file F] [--image-dir D]`.
+Command line: `python -m processing.corpus.tweet_corpus stats DIR [--captions-file F] [--objects-file F] [--image-dir D]`.
 """
 
-import argparse
 import json
 import math
 import operator
 import os
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +18,15 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 
 from modeling_mgcm.configuration_mgcm import check_text_source_name
-
-from .cli_options import name_value_pairs
-from .corpus_schema import corpus_features
-from .corpus_stats import corpus_stats, format_corpus_stats
-from .labels import ID_TO_LABEL, LABEL_NAMES, LABEL_TO_ID, TAG_ALIASES, normalise_tag, repair_bio_tags
+from processing.corpus.labels import (
+    ID_TO_LABEL,
+    LABEL_NAMES,
+    LABEL_TO_ID,
+    TAG_ALIASES,
+    normalise_tag,
+    repair_bio_tags,
+)
+from processing.corpus.schema import corpus_features
 
 SPLIT_NAMES = ("train", "valid", "test")
 IMGID_PREFIX = "IMGID:"
@@ -416,44 +418,6 @@ def load_tweet_corpus(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`stats DIR`: print tweets, tokens, entities and image, caption and object coverage per split."""
-    parser = argparse.ArgumentParser(prog="python -m processing.corpus", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    stats = commands.add_parser("stats", help="print corpus statistics per split")
-    stats.add_argument("data_dir", type=Path, help="folder with train.txt, valid.txt and/or test.txt")
-    stats.add_argument("--captions-file", type=Path, help="captions, '<IMGID>.jpg :<caption>' per line")
-    stats.add_argument("--objects-file", type=Path, help='JSON {"<IMGID>": [{"label": ..., "score": ...}]}')
-    stats.add_argument(
-        "--text-source",
-        action="append",
-        default=[],
-        metavar="NAME=FILE",
-        help="a further text source in the captions format, e.g. knowledge=twitter2015_pgim.txt",
-    )
-    stats.add_argument("--image-dir", type=Path, help="folder with <IMGID>.jpg images")
-    stats.add_argument("--repair-bio", action="store_true", help="turn I- tags that open an entity into B-")
-    args = parser.parse_args(argv)
-    try:
-        text_source_files = name_value_pairs(args.text_source, "--text-source")
-    except ValueError as error:
-        parser.error(str(error))
-    try:
-        corpus = load_tweet_corpus(
-            args.data_dir,
-            image_dir=args.image_dir,
-            captions_file=args.captions_file,
-            objects_file=args.objects_file,
-            repair_bio=args.repair_bio,
-            text_source_files=text_source_files,
-        )
-    except (CorpusFormatError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(format_corpus_stats(corpus_stats(corpus)))
-    return 0
-
-
 __all__ = [
     "SPLIT_NAMES",
     "ConllTweet",
@@ -461,13 +425,8 @@ __all__ = [
     "DuplicateTweetIdError",
     "image_path_for",
     "load_tweet_corpus",
-    "main",
     "read_captions_file",
     "read_conll_file",
     "read_objects_file",
     "write_conll",
 ]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,9 +19,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor, BatchFeature, ProcessorMixin
 from transformers.utils import PROCESSOR_NAME
 
-from modeling_mgcm import MGCMConfig
-from modeling_mgcm.configuration_mgcm import check_text_source_name
-
+from .configuration_mgcm import MGCMConfig, check_text_source_name
 from .neighbour_table import NeighbourTable
 from .tweet_normalise import clean_token, is_url
 from .word_shape import word_shape_id

@@ -20,8 +20,9 @@ from datasets import Dataset, DatasetDict
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .corpus import read_objects_file
-from .image_loading import MISSING, ImageLoadError, load_image, unique_image_entries
+from modeling_mgcm.image_loading import MISSING, ImageLoadError, load_image
+from processing.corpus.tweet_corpus import read_objects_file
+from processing.images.corpus_images import unique_image_entries
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Word vectors and building the semantic-augmentation neighbour table from them."""

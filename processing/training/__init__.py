@@ -1,0 +1,1 @@
+"""Training support: checkpoints, batching, the non-finite-loss guard, the model card."""
