@@ -46,8 +46,8 @@ def main() -> None:
             f"rate {rate}: valid F1 {100 * with_knowledge:.2f} with, {100 * without:.2f} without",
             file=sys.stderr,
         )
-    # max keeps the first of equal scores: the lowest rate.
-    best = max(sorted(scores, key=float), key=lambda rate: sum(scores[rate]))
+    # max keeps the first of equal means (to 1e-9, below float noise): the lowest rate.
+    best = max(sorted(scores, key=float), key=lambda rate: round(sum(scores[rate]), 9))
     print(best)
 
 
