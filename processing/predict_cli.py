@@ -41,8 +41,9 @@ from typing import Any, BinaryIO, TextIO
 
 from tqdm.auto import tqdm
 
+from modeling_mgcm.atomic_files import atomic_write_path
 from modeling_mgcm.image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT
-from modeling_mgcm.pipeline_mgcm import TASK_NAME, BadImageWarning
+from modeling_mgcm.pipeline_mgcm import TASK_NAME, BadImageWarning, MultimodalNERPipeline
 from processing.cli_options import name_value_pairs
 
 PASSTHROUGH_KEYS = ("id",)
@@ -281,10 +282,8 @@ def _run_sharded(tagger, args: argparse.Namespace, state) -> PredictionSummary |
     shares = gather_object([share])  # also waits for every process to finish its part
     summary = None
     if state.is_main_process:
-        merging = f"{args.output}.merging"
-        with open(merging, "w", encoding="utf-8") as sink:
+        with atomic_write_path(args.output) as merging, open(merging, "w", encoding="utf-8") as sink:
             merge_shards(parts, sink, args.chunk_size)
-        os.replace(merging, args.output)
         for part in parts:
             os.remove(part)
         summary = PredictionSummary()
@@ -389,9 +388,12 @@ def _load_tagger(args: argparse.Namespace):
             batch_size=args.knowledge_batch_size,
             cache_file=args.knowledge_cache,
         )
+    # The installed class, also for an exported folder, whose config names its shipped copy (custom_pipelines)
+    # and would otherwise need trust_remote_code.
     return pipeline(
         TASK_NAME,
         model=args.model,
+        pipeline_class=MultimodalNERPipeline,
         device=device,
         image_dir=args.image_dir,
         image_timeout=args.image_timeout,
