@@ -15,7 +15,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from processing.training.checkpointing import write_json_atomically
+from modeling_mgcm.atomic_files import write_json_atomically
+from processing.corpus.labels import ENTITY_TYPES
+from processing.training.model_card import RESULTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_NAME = re.compile(r"(?P<dataset>t15|t17)-(?P<encoder>minilm|mpnet)-(?P<config>.+)-s(?P<seed>\d+)")
@@ -31,7 +33,6 @@ CONFIGS = {
     "full-aux": "the full model without the auxiliary span loss",
     "text+caption-concat": "control: encoder + CRF, caption appended as a second text segment",
 }
-ENTITY_TYPES = ("PER", "LOC", "ORG", "MISC")
 # The reference: all-mpnet-base-v2 with a softmax token-classification head, 4 epochs, test F1.
 PLAIN_MPNET_TEST_F1 = 74.87
 # The runs whose valid F1 per epoch is plotted, one panel per encoder.
@@ -47,7 +48,7 @@ def run_records(run_dir: Path) -> list[dict]:
     match = RUN_NAME.fullmatch(run_dir.name)
     if match is None:
         raise ValueError(f"{run_dir}: not a run_accuracy.sh run name (<dataset>-<encoder>-<config>-s<seed>)")
-    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    results = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
     training = results["training"]
     records = []
     for split, by_mode in sorted(results["metrics"].items()):
@@ -211,7 +212,7 @@ def plot_valid_curves(panels: dict[str, list[Path]], output: Path) -> None:
     figure, all_axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, squeeze=False)
     for axes, (encoder, run_dirs) in zip(all_axes[0], panels.items(), strict=True):
         for run_dir in run_dirs:
-            history = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["history"]
+            history = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))["history"]
             epochs = [entry["epoch"] + 1 for entry in history]
             axes.plot(epochs, [100 * entry["valid_f1"] for entry in history], marker="o", label=run_dir.name)
         axes.set_xlabel("epoch")
@@ -243,9 +244,9 @@ def main(argv=None) -> None:
     parser.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "valid_f1_per_epoch.png")
     args = parser.parse_args(argv)
 
-    run_dirs = sorted(path.parent for path in args.runs.glob("*/results.json"))
+    run_dirs = sorted(path.parent for path in args.runs.glob(f"*/{RESULTS_FILE}"))
     if not run_dirs:
-        raise SystemExit(f"no finished run (results.json) under {args.runs}: nothing to collect")
+        raise SystemExit(f"no finished run ({RESULTS_FILE}) under {args.runs}: nothing to collect")
     records = [record for run_dir in run_dirs for record in run_records(run_dir)]
     records.sort(
         key=lambda r: (r["encoder"], r["dataset"], list(CONFIGS).index(r["config"]), r["seed"], r["split"])

@@ -70,7 +70,7 @@ class LinearCRFTagger(nn.Module):
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         positions, _ = first_piece_positions(word_ids, word_mask.shape[1])
         words = states.gather(1, positions.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
-        return self.crf(self.classifier(self.dropout(words)), labels, word_mask.bool())
+        return self.crf(self.classifier(self.dropout(words)), labels, word_mask.bool()).mean()
 
 
 def make_batch(args: argparse.Namespace, vocab_size: int, num_labels: int, num_object_labels: int) -> dict:

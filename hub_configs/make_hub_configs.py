@@ -7,7 +7,8 @@ The files are generated from `MGCMConfig` itself, so that they stay in sync with
     python hub_configs/make_hub_configs.py --check    # exit 1 if a committed file is out of date
 
 The card templates hold `{{ results_table }}`, `{{ training_summary }}` and `{{ repo_id }}`, which
-`examples/export_to_hub.py --card_template` fills from a run's `results.json`.
+`examples/export_to_hub.py --card_template` (`processing.training.hub_export`) fills from a run's
+`results.json`.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from pathlib import Path
 from transformers import AutoConfig, ConvNextImageProcessorPil
 
 from modeling_mgcm import COCO_OBJECT_LABELS, MGCMConfig
+from processing.training.hub_export import example_post
 
 HUB_CONFIGS_DIR = Path(__file__).resolve().parent
 CONFIG_FILE, PROCESSOR_FILE, CARD_FILE = "config.json", "processor_config.json", "README.md"
@@ -283,7 +285,17 @@ published Twitter-2015/2017 results; **strict** is IOB2 strict mode.
 
 {configuration.published_results}## Use
 
-The model and processor code ship with the weights (`trust_remote_code=True`); no `mgcm` install is needed.
+The pipeline, model and processor code ship with the weights (`trust_remote_code=True`); no `mgcm` install
+is needed.
+
+```python
+from transformers import pipeline
+
+tagger = pipeline(model="{{{{ repo_id }}}}", trust_remote_code=True)  # the "multimodal-ner" pipeline
+tagger({example_post(config)})
+```
+
+Or the model and processor themselves:
 
 ```python
 from transformers import AutoModelForTokenClassification, AutoProcessor

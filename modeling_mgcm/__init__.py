@@ -5,7 +5,8 @@ relatively and nothing else from the project:
 - the model: `configuration_mgcm`, `modeling_mgcm` (encoder, granularities, gates, CRF head) and its blocks
   `semantic_augmentation`, `cross_modal_attention`, `crf`, `vision_features`, `host_reads`;
 - the processor (`processing_mgcm`) and what it needs at inference: `tweet_tokenizer` (the word splitter),
-  `tweet_normalise`, `word_shape`, `neighbour_table` (lookup of a built table);
+  `tweet_normalise`, `word_shape`, `neighbour_table` (lookup of a built table, and saving it with
+  `atomic_files`, the project's one way to write a file atomically);
 - the pipeline (`pipeline_mgcm`, task "multimodal-ner") and what it needs: `image_loading`, `image_sources`,
   `knowledge_writer`.
 
@@ -47,6 +48,7 @@ AutoModelForTokenClassification.register(MGCMConfig, MGCMForTokenClassification,
 MGCMConfig.register_for_auto_class()
 MGCMModel.register_for_auto_class("AutoModel")
 MGCMForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+MGCMProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "AUGMENTATION_MODES",

@@ -13,7 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .vision_features import image_feature_dim as backbone_feature_dim
 
-# The tag set of docs/interfaces.md. `processing.corpus.labels` holds the same list; this package must not import it.
+# The tag set of docs/interfaces.md; `processing.corpus.labels` derives its names and entity types from it.
 MGCM_LABEL_NAMES = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
 
 # The 80 COCO classes, in the detectors' usual order: the paper's object detector (Mask R-CNN) speaks these.
@@ -336,8 +336,6 @@ def span_tags_of_labels(id2label: dict[int, str]) -> list[int]:
     return span_tags
 
 
-SPAN_TAG_NAMES = ("O", "B", "I")
-
 __all__ = [
     "AUGMENTATION_MODES",
     "COCO_OBJECT_LABELS",
@@ -346,7 +344,6 @@ __all__ = [
     "MGCMConfig",
     "RESERVED_TEXT_SOURCE_NAMES",
     "SHARED_TEXT_SOURCE_BLOCK",
-    "SPAN_TAG_NAMES",
     "TEXT_SOURCE_NAME",
     "VISUAL_GRANULARITIES",
     "check_text_source_name",

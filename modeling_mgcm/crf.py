@@ -17,7 +17,6 @@ PADDING_TAG = -100
 # Score given to the tags a partly labelled word rules out: far below any real path, yet finite, so that
 # logsumexp over ruled-out tags has finite gradients (an all -inf logsumexp back-propagates NaN).
 _RULED_OUT = -1e9
-REDUCTIONS = ("none", "sum", "mean", "token_mean")
 
 
 class ConditionalRandomField(nn.Module):
@@ -51,23 +50,17 @@ class ConditionalRandomField(nn.Module):
     def extra_repr(self) -> str:
         return f"num_tags={self.num_tags}"
 
-    def forward(self, emissions: Tensor, tags: Tensor, mask: Tensor, reduction: str = "mean") -> Tensor:
-        """Negative log-likelihood of `tags`.
+    def forward(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """Negative log-likelihood of `tags`, one per row: (B,). The model's loss is its mean.
 
         Args:
             emissions: (B, W, L) float scores.
             tags: (B, W) long gold tags; -100 on a real word leaves it unlabelled (marginalised over);
                 values at masked positions are ignored.
             mask: (B, W) bool, left-aligned.
-            reduction: "none" -> (B,); "sum" -> scalar; "mean" -> mean over rows;
-                "token_mean" -> sum divided by the number of unmasked words.
         """
-        if reduction not in REDUCTIONS:
-            raise ValueError(
-                f"ConditionalRandomField: reduction must be one of {REDUCTIONS}, got {reduction!r}"
-            )
         emissions, mask = self._validate(emissions, mask)
-        tags, labelled = self._validate_tags(tags, mask, allow_unknown=True)
+        tags, labelled = self._validate_tags(tags, mask)
         start, end, transitions = self._float_parameters()
         # The gold score sums over the paths that agree with every labelled word (one path when all are):
         # the partition of emissions with the other tags ruled out. One forward pass computes both.
@@ -77,28 +70,7 @@ class ConditionalRandomField(nn.Module):
         both = torch.cat([emissions, emissions.masked_fill(ruled_out, _RULED_OUT)])
         log_alphas = _forward_log_alphas(both, mask.repeat(2, 1), start, transitions)
         log_partition, gold_score = torch.logsumexp(log_alphas[:, -1] + end, dim=-1).chunk(2)
-        negative_log_likelihood = log_partition - gold_score
-        if reduction == "none":
-            return negative_log_likelihood
-        if reduction == "sum":
-            return negative_log_likelihood.sum()
-        if reduction == "mean":
-            return negative_log_likelihood.mean()
-        return negative_log_likelihood.sum() / mask.sum()
-
-    def log_partition(self, emissions: Tensor, mask: Tensor) -> Tensor:
-        """Log of the partition function `Z` by the forward algorithm: (B, W, L), (B, W) -> (B,)."""
-        emissions, mask = self._validate(emissions, mask)
-        start, end, transitions = self._float_parameters()
-        log_alphas = _forward_log_alphas(emissions, mask, start, transitions)
-        return torch.logsumexp(log_alphas[:, -1] + end, dim=-1)
-
-    def score_sequence(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
-        """Unnormalised score of `tags`: (B, W, L), (B, W), (B, W) -> (B,). Masked tags are ignored."""
-        emissions, mask = self._validate(emissions, mask)
-        tags, _ = self._validate_tags(tags, mask, allow_unknown=False)
-        start, end, transitions = self._float_parameters()
-        return _sequence_score(emissions, tags, mask, start, end, transitions)
+        return log_partition - gold_score
 
     @torch.no_grad()
     def decode(self, emissions: Tensor, mask: Tensor) -> Tensor:
@@ -167,9 +139,9 @@ class ConditionalRandomField(nn.Module):
                 f"then padding); row {row} is {mask[row].int().tolist()}"
             )
 
-    def _validate_tags(self, tags: Tensor, mask: Tensor, allow_unknown: bool) -> tuple[Tensor, Tensor]:
+    def _validate_tags(self, tags: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Check gold tags at unmasked positions; return them with unlabelled positions set to 0, and the
-        (B, W) bool mask of labelled words (real words whose tag is not -100 when `allow_unknown`)."""
+        (B, W) bool mask of labelled words (real words whose tag is not -100)."""
         if tags.shape != mask.shape:
             raise ValueError(
                 f"ConditionalRandomField: tags shape {tuple(tags.shape)} does not match mask {tuple(mask.shape)}"
@@ -177,7 +149,7 @@ class ConditionalRandomField(nn.Module):
         if tags.is_floating_point() or tags.dtype == torch.bool:
             raise TypeError(f"ConditionalRandomField: tags must be an integer tensor, got {tags.dtype}")
         tags = tags.long()
-        labelled = mask & (tags != PADDING_TAG) if allow_unknown else mask
+        labelled = mask & (tags != PADDING_TAG)
         if host_reads_allowed(tags):
             out_of_range = labelled & ((tags < 0) | (tags >= self.num_tags))
             if bool(out_of_range.any()):
@@ -220,18 +192,6 @@ def _backward_log_betas(emissions: Tensor, mask: Tensor, end: Tensor, transition
         log_beta = torch.where(mask[:, word + 1].unsqueeze(1), step, log_beta)
         log_betas.append(log_beta)
     return torch.stack(log_betas[::-1], dim=1)
-
-
-def _sequence_score(
-    emissions: Tensor, tags: Tensor, mask: Tensor, start: Tensor, end: Tensor, transitions: Tensor
-) -> Tensor:
-    """Score of given tags (already valid at every position): (B,)."""
-    # masked_fill rather than multiplying by the mask, so inf or nan in padding cannot leak in.
-    emission_scores = emissions.gather(2, tags.unsqueeze(2)).squeeze(2).masked_fill(~mask, 0.0)
-    transition_scores = transitions[tags[:, :-1], tags[:, 1:]].masked_fill(~mask[:, 1:], 0.0)
-    last_word = mask.sum(dim=1) - 1
-    last_tags = tags.gather(1, last_word.unsqueeze(1)).squeeze(1)
-    return start[tags[:, 0]] + emission_scores.sum(dim=1) + transition_scores.sum(dim=1) + end[last_tags]
 
 
 def _viterbi(emissions: Tensor, mask: Tensor, start: Tensor, end: Tensor, transitions: Tensor) -> Tensor:

@@ -33,13 +33,12 @@ from transformers.utils import (
 )
 
 from .configuration_mgcm import SHARED_TEXT_SOURCE_BLOCK, MGCMConfig, span_tags_of_labels
-from .crf import ConditionalRandomField
+from .crf import PADDING_TAG, ConditionalRandomField
 from .cross_modal_attention import MGCMAttentionLayer, MGCMCoupledAttentionBlock
 from .host_reads import host_reads_allowed
 from .semantic_augmentation import MGCMSemanticAugmentation
 from .vision_features import extract_image_features
 
-PADDING_LABEL = -100
 # At most this many encoder calls for one text source of a batch (see `MGCMModel._text_source_tokens`).
 TEXT_SOURCE_LENGTH_GROUPS = 2
 # The inputs of a text source NAME: NAME_input_ids and NAME_attention_mask.
@@ -827,44 +826,6 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
         )
         return cls(config, text_encoder=text_encoder, vision_model=vision_model)
 
-    def parameter_groups(
-        self,
-        lr: float,
-        fusion_lr: float | None = None,
-        crf_lr: float | None = None,
-        weight_decay: float = 0.01,
-    ) -> list[dict]:
-        """Optimizer parameter groups: backbones at `lr`, the MGCM layers and heads at `fusion_lr` (default
-        `lr`), the CRF transition scores at `crf_lr` (default `fusion_lr`). Weight decay applies to matrices
-        only: never to biases, LayerNorm weights or CRF scores. Frozen parameters are left out.
-
-        Returns a list of `{"name", "params", "lr", "weight_decay"}` dicts for `torch.optim.AdamW`.
-        """
-        fusion_lr = lr if fusion_lr is None else fusion_lr
-        crf_lr = fusion_lr if crf_lr is None else crf_lr
-        rates = {"backbone": lr, "fusion": fusion_lr, "crf": crf_lr}
-        grouped: dict[tuple[str, bool], list[nn.Parameter]] = {}
-        for name, parameter in self.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            if name.startswith(("mgcm.text_encoder.", "mgcm.vision_model.")):
-                part = "backbone"
-            elif name.startswith(("crf.", "span_crf.")):
-                part = "crf"
-            else:
-                part = "fusion"
-            decays = parameter.ndim >= 2 and part != "crf"
-            grouped.setdefault((part, decays), []).append(parameter)
-        return [
-            {
-                "name": f"{part}{'' if decays else '_no_decay'}",
-                "params": parameters,
-                "lr": rates[part],
-                "weight_decay": weight_decay if decays else 0.0,
-            }
-            for (part, decays), parameters in grouped.items()
-        ]
-
     def forward(
         self,
         input_ids: Tensor,
@@ -950,12 +911,12 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
         word_mask = word_mask.bool()
         if self.crf is not None:
             return self.crf.decode(logits, word_mask)
-        return logits.argmax(dim=-1).masked_fill(~word_mask, PADDING_LABEL)
+        return logits.argmax(dim=-1).masked_fill(~word_mask, PADDING_TAG)
 
     def _span_labels(self, labels: Tensor, word_mask: Tensor) -> Tensor:
         """Word labels (B, W) -> auxiliary span tags (0 O, 1 B, 2 I), -100 where the label is."""
         if host_reads_allowed(labels):
-            bad = word_mask & (labels != PADDING_LABEL) & ((labels < 0) | (labels >= self.config.num_labels))
+            bad = word_mask & (labels != PADDING_TAG) & ((labels < 0) | (labels >= self.config.num_labels))
             if bool(bad.any()):
                 row, word = _first_true(bad)
                 raise ValueError(
@@ -964,7 +925,7 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
                 )
         span_tag_of_label = torch.tensor(self._span_tag_of_label, dtype=torch.long, device=labels.device)
         span_labels = span_tag_of_label[labels.clamp(min=0, max=self.config.num_labels - 1)]
-        return span_labels.masked_fill(labels == PADDING_LABEL, PADDING_LABEL)
+        return span_labels.masked_fill(labels == PADDING_TAG, PADDING_TAG)
 
     @staticmethod
     def _tagging_loss(
@@ -972,9 +933,9 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
     ) -> Tensor:
         """CRF negative log-likelihood (mean over rows), or word-level cross-entropy without a CRF."""
         if crf is not None:
-            return crf(logits, labels, word_mask, reduction="mean")
-        labels = labels.masked_fill(~word_mask, PADDING_LABEL)
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=PADDING_LABEL)
+            return crf(logits, labels, word_mask).mean()
+        labels = labels.masked_fill(~word_mask, PADDING_TAG)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=PADDING_TAG)
 
 
 __all__ = [

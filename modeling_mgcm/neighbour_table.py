@@ -10,7 +10,6 @@ processor. Neighbour vectors are stored once each and referenced by index, not c
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from .atomic_files import atomic_write_path
 from .tweet_normalise import normalise_token
 
 TABLE_FILE_NAME = "neighbour_table.safetensors"
@@ -165,14 +165,8 @@ class NeighbourTable:
             "neighbour_words": json.dumps(self.neighbour_words, ensure_ascii=False),
         }
         metadata[CHECKSUM_KEY] = _content_digest(tensors, metadata)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(descriptor)
-        try:
+        with atomic_write_path(path) as temporary:
             save_file(tensors, temporary, metadata=metadata)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "NeighbourTable":

@@ -2,7 +2,7 @@
 an MGCM model, registered as the transformers pipeline task "multimodal-ner".
 
 ```python
-import processing  # registers the task
+import modeling_mgcm  # registers the task
 from transformers import pipeline
 
 tagger = pipeline("multimodal-ner", model="outputs/mgcm")
@@ -29,8 +29,17 @@ Outputs, per post:
   entity's Viterbi tags.
 - `aggregation="words"`: `{"text", "words", "entities", "image_error"}`: `words` holds, per word, `"word"`,
   `"start"`, `"end"`, `"tag"`, `"score"` (marginal of the tag), `"marginals"` (label -> probability) and
-  `"gates"` (granularity -> mean gate value of that word); `image_error` is None, or why the post's image was
-  left out (`on_bad_image="mask"`).
+  `"gates"` (granularity -> mean gate value of that word, 0 for an input the post lacks); `image_error` is
+  None, or why the post's image was left out (`on_bad_image="mask"`).
+- `aggregation="words", output_attentions=True` adds what each word attended to, for the granularities the
+  post has an input for (branch (a) of each cross-modal block, the direct word-to-input attention, averaged
+  over heads). The post gets `"attended"`, granularity -> what the attention columns are: `"image"`:
+  `{"pixel_values"}`, the `(3, H, W)` tensor the vision backbone saw (None for cached features); `"objects"`:
+  the object labels the model read, highest score first; a text source (`"caption"`, ...): `{"text", "words",
+  "truncated"}`, the part of the text the model read (the processor keeps its first pieces), its words as
+  the tokenizer splits them, and whether that cut the text. Each word gets `"attention"`, granularity -> its
+  weights over those columns: `(R,)` image regions (any leading non-spatial token included), one weight per
+  object, and per text source one per word, the sum of its pieces' (the rest is on the special tokens).
 
 A post longer than the processor's window is split into overlapping windows and merged back (every word is
 tagged). A missing or undecodable image raises an `ImageLoadError` naming the input (`on_bad_image="error"`,
@@ -43,7 +52,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import AutoModelForTokenClassification, Pipeline
@@ -66,8 +75,19 @@ KNOWLEDGE_SOURCE = "knowledge"
 # MIN_WINDOWS_PER_MODEL_CALL windows: less padding, still large matrix products.
 MAX_MODEL_CALLS_PER_BATCH = 4
 MIN_WINDOWS_PER_MODEL_CALL = 8
-# Per word of a window: (Viterbi tag id, marginals over the labels, gate value per granularity).
-WindowOutput = list[tuple[int, list[float], list[float]]]
+
+
+class WordOutput(NamedTuple):
+    """What the model gave one word of a window."""
+
+    tag: int  # Viterbi tag id
+    marginals: list[float]  # over the labels
+    gates: list[float]  # per granularity, in the config's order
+    # With `output_attentions`: granularity -> weights over the model batch's (padded) columns of that input.
+    attention: dict[str, list[float]]
+
+
+WindowOutput = list[WordOutput]
 
 
 def lenient_entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -108,6 +128,8 @@ class MultimodalNERPipeline(Pipeline):
         image_feature_cache: an `ImageFeatureCache` (anything with `get(ids) -> (features (n, R, D),
             image_mask (n,))`) serving the features of posts that give an `image_id`.
         knowledge_writer: writes the `knowledge` of posts that lack it (see the module docstring).
+        output_attentions: with `aggregation="words"`, add each word's attention over the post's inputs
+            (see the module docstring; default False).
 
     `batch_size` counts posts; the windows of a batch's posts are sorted by length and run through the model
     in a few calls (see `model_batches`). The model is put in eval mode and runs under `torch.inference_mode`.
@@ -168,15 +190,17 @@ class MultimodalNERPipeline(Pipeline):
         image_dir: str | None = None,
         image_feature_cache: Any = None,
         knowledge_writer: Any = None,
+        output_attentions: bool | None = None,
         **unknown,
     ) -> tuple[dict, dict, dict]:
         if unknown:
             raise TypeError(
                 f"unknown {TASK_NAME} pipeline argument(s) {sorted(unknown)}; it takes aggregation, on_bad_image, "
-                "image_timeout, max_image_bytes, image_dir, image_feature_cache, knowledge_writer, batch_size "
-                "and device"
+                "image_timeout, max_image_bytes, image_dir, image_feature_cache, knowledge_writer, "
+                "output_attentions, batch_size and device"
             )
         preprocess_params: dict[str, Any] = {}
+        forward_params: dict[str, Any] = {}
         postprocess_params: dict[str, Any] = {}
         if aggregation is not None:
             if aggregation not in AGGREGATIONS:
@@ -214,7 +238,22 @@ class MultimodalNERPipeline(Pipeline):
                     f"sources: {self.text_sources or 'none'})"
                 )
             preprocess_params["knowledge_writer"] = as_knowledge_writer(knowledge_writer)
-        return preprocess_params, {}, postprocess_params
+        if output_attentions is not None:
+            if not isinstance(output_attentions, bool):
+                raise ValueError(f"output_attentions must be True or False, got {output_attentions!r}")
+            # The posts' inputs are described, the model returns its attention, the words get it.
+            preprocess_params["output_attentions"] = output_attentions
+            forward_params["output_attentions"] = output_attentions
+            postprocess_params["output_attentions"] = output_attentions
+        return preprocess_params, forward_params, postprocess_params
+
+    @staticmethod
+    def _check_output_options(postprocess_params: Mapping[str, Any]) -> None:
+        # Checked on the merged options, those given when the pipeline was made and those of the call.
+        if postprocess_params.get("output_attentions") and postprocess_params.get("aggregation") != "words":
+            raise ValueError(
+                "output_attentions=True adds each word's attention to the words output: pass aggregation='words'"
+            )
 
     # ------------------------------------------------------------------------------------------------
     # Calls: batches of posts, each post yielding one or more windows
@@ -227,6 +266,7 @@ class MultimodalNERPipeline(Pipeline):
         return super().__call__(list(inputs) if isinstance(inputs, tuple) else inputs, *args, **kwargs)
 
     def run_single(self, inputs, preprocess_params, forward_params, postprocess_params):
+        self._check_output_options(postprocess_params)
         return next(self._tag_posts([inputs], 1, preprocess_params, forward_params, postprocess_params))
 
     def get_iterator(
@@ -234,6 +274,7 @@ class MultimodalNERPipeline(Pipeline):
     ) -> Iterator[Any]:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self._check_output_options(postprocess_params)
         return self._tag_posts(inputs, batch_size, preprocess_params, forward_params, postprocess_params)
 
     def _tag_posts(
@@ -348,9 +389,12 @@ class MultimodalNERPipeline(Pipeline):
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         image_dir: str | None = None,
         image_feature_cache: Any = None,
+        output_attentions: bool = False,
     ) -> dict[str, Any]:
         """One post -> `{"text", "words", "spans", "windows", "pixel_values" (3, H, W) | None,
-        "image_features" (R, D) | None, "image_error"}`; `windows` come from `processor.encode_windows`."""
+        "image_features" (R, D) | None, "image_error", "attended", "piece_words"}`; `windows` come from
+        `processor.encode_windows`; with `output_attentions`, `attended` and `piece_words` are filled (see
+        `_attended_inputs`)."""
         post = self._check_post(post)
         text, words, spans = self._words_and_spans(post["text"])
         prepared: dict[str, Any] = {
@@ -361,6 +405,8 @@ class MultimodalNERPipeline(Pipeline):
             "pixel_values": None,
             "image_features": None,
             "image_error": None,
+            "attended": {},
+            "piece_words": {},
         }
         image, image_id = post.get("image"), post.get("image_id")
         if image is not None and image_id is not None:
@@ -401,7 +447,63 @@ class MultimodalNERPipeline(Pipeline):
             objects=[self._objects(objects)] if self.uses_objects else None,
             text_sources={name: [post.get(name)] for name in self.text_sources},
         )
+        if output_attentions:
+            prepared["attended"], prepared["piece_words"] = self._attended_inputs(post, prepared)
         return prepared
+
+    def _attended_inputs(
+        self, post: Mapping[str, Any], prepared: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, list[int]]]:
+        """What the attention columns of each granularity the post has an input for are (the `"attended"` of
+        the module docstring), and per text source the index of the word of each of its pieces (-1 for a
+        special token)."""
+        # Every window of a post carries the same image, objects and texts.
+        window = prepared["windows"][0]
+        attended: dict[str, Any] = {}
+        piece_words: dict[str, list[int]] = {}
+        for name in self.granularities:
+            if name == "image":
+                if prepared["pixel_values"] is not None or prepared["image_features"] is not None:
+                    attended[name] = {"pixel_values": prepared["pixel_values"]}
+            elif name == "objects":
+                if window.get("object_ids"):
+                    attended[name] = [self.processor.object_labels[index] for index in window["object_ids"]]
+            elif window.get(f"{name}_input_ids"):
+                attended[name], piece_words[name] = self._source_words(
+                    name, post[name], window[f"{name}_input_ids"]
+                )
+        return attended, piece_words
+
+    def _source_words(self, name: str, text: str, source_ids: list[int]) -> tuple[dict[str, Any], list[int]]:
+        """`{"text", "words", "truncated"}` of text source `name` as the model read it (`source_ids`, the
+        processor's pieces of `text`), and the index of the word of each piece (-1 for a special token)."""
+        # The processor encodes the source without offsets; the same call with them locates its words.
+        encoding = self.processor.tokenizer(
+            text,
+            truncation=True,
+            max_length=self.processor.text_source_max_lengths[name],
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+        )
+        if list(encoding["input_ids"]) != list(source_ids):
+            raise RuntimeError(f"the {name} text tokenised differently than in the processor's encoding")
+        spans: list[list[int]] = []
+        index_of_word: dict[int, int] = {}
+        piece_words = []
+        for piece, word in enumerate(encoding.word_ids()):
+            if word is None:
+                piece_words.append(-1)
+                continue
+            start, end = encoding["offset_mapping"][piece]
+            if word not in index_of_word:
+                index_of_word[word] = len(spans)
+                spans.append([start, end])
+            span = spans[index_of_word[word]]
+            span[0], span[1] = min(span[0], start), max(span[1], end)
+            piece_words.append(index_of_word[word])
+        read = text[: spans[-1][1]] if spans else ""
+        words = [text[start:end] for start, end in spans]
+        return {"text": read, "words": words, "truncated": read.strip() != text.strip()}, piece_words
 
     def _pixel_values(self, image) -> torch.Tensor:
         if self.processor.image_processor is None or self.model.mgcm.vision_model is None:
@@ -511,9 +613,11 @@ class MultimodalNERPipeline(Pipeline):
     def get_inference_context(self):
         return torch.inference_mode
 
-    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def _forward(
+        self, model_inputs: dict[str, torch.Tensor], output_attentions: bool = False
+    ) -> dict[str, Any]:
         """Model batch -> `predictions` (B, W), `marginals` (B, W, L), `word_mask` (B, W), `gate_values`
-        (name -> (B, W))."""
+        (name -> (B, W)) and `cross_attentions` (name -> (B, W, N), with `output_attentions`; else empty)."""
         model_inputs = dict(model_inputs)
         pixel_rows = model_inputs.pop("pixel_rows", None)
         if pixel_rows is not None:
@@ -528,7 +632,7 @@ class MultimodalNERPipeline(Pipeline):
         for name in ("pixel_values", "image_features", "neighbour_vectors", "neighbour_weights"):
             if name in model_inputs:
                 model_inputs[name] = model_inputs[name].to(model.dtype)
-        output = model(**model_inputs, return_dict=True)
+        output = model(**model_inputs, output_attentions=output_attentions, return_dict=True)
         word_mask = model_inputs["word_mask"].bool()
         if model.crf is not None:
             marginals = model.crf.marginals(output.logits, word_mask)
@@ -539,13 +643,15 @@ class MultimodalNERPipeline(Pipeline):
             "marginals": marginals,
             "word_mask": word_mask,
             "gate_values": dict(output.gate_values or {}),
+            "cross_attentions": dict(output.cross_attentions or {}) if output_attentions else {},
         }
 
     # ------------------------------------------------------------------------------------------------
     # Outputs
 
     def window_outputs(self, outputs: Mapping[str, Any]) -> list[WindowOutput]:
-        """Per batch row, its words' Viterbi tags, marginal vectors and gate vectors (config granularities)."""
+        """Per batch row, its words' Viterbi tags, marginal vectors, gate vectors (config granularities) and
+        attention rows (when the outputs have them)."""
         results = []
         for row in range(outputs["word_mask"].shape[0]):
             count = int(outputs["word_mask"][row].sum())
@@ -558,16 +664,30 @@ class MultimodalNERPipeline(Pipeline):
                 else [0.0] * count
                 for name in self.granularities
             ]
+            attention = {
+                name: weights[row, :count].tolist() for name, weights in outputs["cross_attentions"].items()
+            }
             results.append(
-                [(tags[word], marginals[word], [values[word] for values in gates]) for word in range(count)]
+                [
+                    WordOutput(
+                        tags[word],
+                        marginals[word],
+                        [values[word] for values in gates],
+                        {name: rows[word] for name, rows in attention.items()},
+                    )
+                    for word in range(count)
+                ]
             )
         return results
 
     @staticmethod
     def _post_outputs(post: Mapping[str, Any], windows: list[WindowOutput]) -> dict[str, Any]:
-        """The per-word tags, marginals and gates of one post, windows merged, with its text and word offsets."""
-        result = {key: post[key] for key in ("text", "words", "spans", "image_error")}
-        result.update(tags=[], marginals=[], gates=[])
+        """The per-word tags, marginals, gates and attention of one post, windows merged, with its text, word
+        offsets and attended inputs."""
+        result = {
+            key: post[key] for key in ("text", "words", "spans", "image_error", "attended", "piece_words")
+        }
+        result.update(tags=[], marginals=[], gates=[], attention=[])
         if not windows:
             return result
         offsets = [window["window_word_offset"] for window in post["windows"]]
@@ -575,13 +695,39 @@ class MultimodalNERPipeline(Pipeline):
         merged = merge_windows(windows, [0] * len(windows), offsets, counts, num_words=[len(post["words"])])[
             0
         ]
-        result["tags"] = [record[0] for record in merged]
-        result["marginals"] = [record[1] for record in merged]
-        result["gates"] = [record[2] for record in merged]
+        result["tags"] = [record.tag for record in merged]
+        result["marginals"] = [record.marginals for record in merged]
+        result["gates"] = [record.gates for record in merged]
+        result["attention"] = [record.attention for record in merged]
         return result
 
-    def postprocess(self, post_outputs: Mapping[str, Any], aggregation: str = "entities") -> Any:
-        """Per-post merged outputs -> entities (or, with `aggregation="words"`, the per-word record)."""
+    @staticmethod
+    def _attention_over_inputs(
+        weights: Mapping[str, list[float]], attended: Mapping[str, Any], piece_words: Mapping[str, list[int]]
+    ) -> dict[str, list[float]]:
+        """One word's attention rows (padded to its model batch) -> its weights over each attended input's
+        columns: the image regions, the post's objects, a text source's words (each the sum of its pieces)."""
+        result = {}
+        for name, columns in attended.items():
+            values = weights[name]
+            if name == "image":
+                result[name] = values
+            elif name == "objects":
+                result[name] = values[: len(columns)]
+            else:
+                summed = [0.0] * len(columns["words"])
+                pieces = piece_words[name]
+                for value, word in zip(values[: len(pieces)], pieces, strict=True):
+                    if word >= 0:
+                        summed[word] += value
+                result[name] = summed
+        return result
+
+    def postprocess(
+        self, post_outputs: Mapping[str, Any], aggregation: str = "entities", output_attentions: bool = False
+    ) -> Any:
+        """Per-post merged outputs -> entities (or, with `aggregation="words"`, the per-word record, with
+        `output_attentions` each word's attention and the post's attended inputs)."""
         text, spans = post_outputs["text"], post_outputs["spans"]
         tag_names = [self.id2label[tag] for tag in post_outputs["tags"]]
         word_scores = [
@@ -625,12 +771,18 @@ class MultimodalNERPipeline(Pipeline):
                 strict=True,
             )
         ]
-        return {
+        result = {
             "text": text,
             "words": words,
             "entities": entities,
             "image_error": post_outputs["image_error"],
         }
+        if output_attentions:
+            attended, piece_words = post_outputs["attended"], post_outputs["piece_words"]
+            for word, weights in zip(words, post_outputs["attention"], strict=True):
+                word["attention"] = self._attention_over_inputs(weights, attended, piece_words)
+            result["attended"] = attended
+        return result
 
 
 PIPELINE_REGISTRY.register_pipeline(

@@ -22,6 +22,7 @@ from transformers.utils import PROCESSOR_NAME
 from .configuration_mgcm import MGCMConfig, check_text_source_name
 from .neighbour_table import NeighbourTable
 from .tweet_normalise import clean_token, is_url
+from .tweet_tokenizer import split_tweet
 from .word_shape import word_shape_id
 
 logger = logging.getLogger(__name__)
@@ -930,7 +931,8 @@ class MGCMProcessor(ProcessorMixin):
             captions: per tweet, a caption string; "" or None gives an all-zero caption mask row.
             word_labels: per tweet, one label id per word (-100 to ignore a word).
             text_sources: name -> per tweet, a text of that source (`{"knowledge": [...]}`), like captions.
-            text: instead of `words`: a tweet string or a list of them, split on white space.
+            text: instead of `words`: a tweet string or a list of them (a batch), each split into words with
+                `split_tweet`, as the "multimodal-ner" pipeline splits a raw post.
             image_features: instead of `images`: precomputed `(n, R, D)` region features, with
                 `image_mask` `(n,)`.
 
@@ -944,7 +946,7 @@ class MGCMProcessor(ProcessorMixin):
             raise ValueError("give images or image_features, not both")
         if text is not None:
             single = isinstance(text, str)
-            words = [line.split() for line in ([text] if single else text)]
+            words = [[word for word, _, _ in split_tweet(tweet)] for tweet in ([text] if single else text)]
         else:
             single = len(words) > 0 and isinstance(words[0], str)
             if single:
@@ -982,98 +984,7 @@ class MGCMProcessor(ProcessorMixin):
         return BatchFeature(data=dict(encoding), tensor_type=return_tensors)
 
     # ----------------------------------------------------------------------------------------------
-    # Corpora and predictions
-
-    def preprocess_corpus(self, dataset, batch_size: int = 256, **map_kwargs):
-        """Tokenise a corpus split (or a DatasetDict) once into window rows for `MGCMDataCollator`.
-
-        Reads the corpus columns `id`, `tokens` and, when present, `ner_tags`, the processor's text sources
-        (`caption`, ...), `objects` (objects only if the processor has `object_labels`); images are not
-        decoded. Each output row is a
-        window (see `encode_windows`) plus `id`; `tweet_index` is the row of the tweet in its split.
-        """
-        import datasets
-
-        if isinstance(dataset, datasets.DatasetDict):
-            return datasets.DatasetDict(
-                {
-                    name: self.preprocess_corpus(split, batch_size, **map_kwargs)
-                    for name, split in dataset.items()
-                }
-            )
-        missing = {"id", "tokens"} - set(dataset.column_names)
-        if missing:
-            raise ValueError(f"the corpus lacks the columns {sorted(missing)}; it has {dataset.column_names}")
-        columns = [
-            name
-            for name in ("id", "tokens", "ner_tags", *self.text_sources, "objects")
-            if name in dataset.column_names
-        ]
-        if self.object_labels is None and "objects" in columns:
-            columns.remove("objects")
-            if any(len(objects) for objects in dataset["objects"]):
-                logger.warning(
-                    "the corpus has detected objects but the processor has no object_labels: objects are left out"
-                )
-        features = self.window_row_features(columns)
-
-        def encode_batch(*batch_columns_and_indices):
-            # datasets passes the input columns, then the row indices, positionally.
-            *batch_columns, indices = batch_columns_and_indices
-            batch = dict(zip(columns, batch_columns, strict=True))
-            windows = self.encode_windows(
-                batch["tokens"],
-                word_labels=batch.get("ner_tags"),
-                objects=batch.get("objects"),
-                text_sources={name: batch[name] for name in self.text_sources if name in batch},
-            )
-            rows: dict[str, list] = {name: [] for name in features}
-            for window in windows:
-                tweet = window["tweet_index"]
-                for name, values in rows.items():
-                    if name == "id":
-                        values.append(batch["id"][tweet])
-                    elif name == "tweet_index":
-                        values.append(indices[tweet])
-                    else:
-                        values.append(window[name])
-            return rows
-
-        return dataset.map(
-            encode_batch,
-            input_columns=columns,
-            with_indices=True,
-            batched=True,
-            batch_size=batch_size,
-            remove_columns=dataset.column_names,
-            features=features,
-            desc="Tokenising tweets into windows",
-            **map_kwargs,
-        )
-
-    def window_row_features(self, corpus_columns: Sequence[str]):
-        """The `datasets.Features` of the window rows `preprocess_corpus` writes."""
-        from datasets import Features, List, Value
-
-        features = {
-            "id": Value("string"),
-            "tweet_index": Value("int64"),
-            "window_word_offset": Value("int64"),
-            "words": List(Value("string")),
-            "input_ids": List(Value("int32")),
-            "word_ids": List(Value("int32")),
-            "word_shape_ids": List(Value("int32")),
-        }
-        if self.uses_token_type_ids:
-            features["token_type_ids"] = List(Value("int32"))
-        if "ner_tags" in corpus_columns:
-            features["labels"] = List(Value("int32"))
-        for name in self.granularity_sources:
-            if name in corpus_columns:
-                features[f"{name}_input_ids"] = List(Value("int32"))
-        if "objects" in corpus_columns and self.object_labels is not None:
-            features["object_ids"] = List(Value("int32"))
-        return Features(features)
+    # Predictions
 
     merge_windows = staticmethod(merge_windows)
 

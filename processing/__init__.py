@@ -5,7 +5,8 @@
 - `text/`: word vectors and building the semantic-augmentation neighbour table;
 - `images/`: the image feature cache and object detection over a corpus's images;
 - `evaluation/`: seqeval scores (lenient and strict) and scoring a model on a corpus;
-- `training/`: checkpointing, the data collator, the non-finite-loss guard and the model card;
+- `training/`: the training loop and its command line, checkpointing, the data collator, the non-finite-loss
+  guard and the model card;
 - `testing/`: tiny random backbones for tests and smoke runs;
 - `explanation.py` and `predict_cli.py` (`mgcm-predict`): inference commands over the pipeline.
 

@@ -7,6 +7,10 @@ over the detected objects and over the words of each text source (the caption, k
 figure is a matplotlib `Figure` (Agg, no pyplot state); with `output_path` it is written as a PNG and as a
 self-contained HTML page beside it.
 
+The numbers are the "multimodal-ner" pipeline's own (`aggregation="words", output_attentions=True`): the
+post is checked, split into words, windowed, its image loaded and its entities merged exactly as the
+pipeline does for any post; this module only averages them over each entity's words and draws them.
+
 Image regions: `extract_image_features` flattens a CNN feature map `(C, h, w)` row by row into `h*w`
 regions and keeps a ViT/CLIP token sequence as it is, CLS token first. `image_region_grid` recovers the
 grid from the number of regions `R` alone: it assumes the regions tile the processed image row-major,
@@ -28,10 +32,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from modeling_mgcm.image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT, open_post_image
-from modeling_mgcm.processing_mgcm import WINDOW_INFO_KEYS, merge_windows
-from modeling_mgcm.tweet_tokenizer import split_tweet
-from processing.evaluation.metrics import entity_spans
+from modeling_mgcm.atomic_files import write_bytes_atomically
+from modeling_mgcm.pipeline_mgcm import MultimodalNERPipeline
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -42,7 +44,8 @@ GRANULARITY_COLOURS = {"image": "#0072B2", "objects": "#D55E00", "caption": "#00
 _OTHER_SOURCE_COLOURS = ("#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 ENTITY_TYPE_COLOURS = {"PER": "#E69F00", "LOC": "#56B4E9", "ORG": "#CC79A7", "MISC": "#F0E442"}
 _EXTRA_TYPE_COLOURS = ("#999999", "#BBCC33", "#EE8866", "#77AADD", "#AAAA00")
-# The keys every post may have; a post may also carry any other text source its processor reads.
+# The keys every post may have; a post may also carry any other text source its processor reads. "words"
+# stands for a "text" given as words, "id" titles the figure; the pipeline takes the others.
 POST_KEYS = ("text", "words", "image", "caption", "objects", "id")
 # A grid is accepted when its rows/columns ratio is within this factor of the image's aspect ratio.
 _GRID_ASPECT_TOLERANCE = 1.3
@@ -144,8 +147,11 @@ class PostExplanation:
 # Inputs
 
 
-def _model_and_processor(pipeline_or_model: Any, processor: Any) -> tuple[Any, Any]:
-    """`(model, processor)` from a pipeline, a `(model, processor)` pair or a model."""
+def _pipeline_of(pipeline_or_model: Any, processor: Any) -> tuple[MultimodalNERPipeline, bool]:
+    """The "multimodal-ner" pipeline to explain with (the one given, or one around the model and its
+    processor), and whether its model was in training mode before (a new pipeline puts it in eval mode)."""
+    if isinstance(pipeline_or_model, MultimodalNERPipeline) and processor is None:
+        return pipeline_or_model, pipeline_or_model.model.training
     if isinstance(pipeline_or_model, tuple):
         if len(pipeline_or_model) != 2 or processor is not None:
             raise TypeError("pass a pipeline, a (model, processor) pair, or a model with processor=...")
@@ -166,37 +172,17 @@ def _model_and_processor(pipeline_or_model: Any, processor: Any) -> tuple[Any, A
             f"explain needs the model's MGCMProcessor (pass a (model, processor) pair), got "
             f"{type(processor).__name__}"
         )
-    return model, processor
+    training = model.training
+    # Where the model is: without a device, a pipeline would move it to the first GPU.
+    device = None if getattr(model, "hf_device_map", None) else model.device
+    return MultimodalNERPipeline(model=model, processor=processor, device=device), training
 
 
-def _words_of(post: Mapping[str, Any]) -> tuple[str, list[str], list[tuple[int, int]]]:
-    """The post's text, words and each word's `(start, end)` in the text, as the pipeline reads them."""
-    key = "text" if "text" in post else "words"
-    value = post[key]
-    if isinstance(value, str) and key == "text":
-        # The pipeline's splitter: mentions, hashtags, URLs and emoji stay whole, offsets index `text`.
-        split = split_tweet(value)
-        return value, [word for word, _, _ in split], [(start, end) for _, start, end in split]
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        expected = "a string or a list of words" if key == "text" else "a list of words"
-        raise TypeError(f"post[{key!r}] must be {expected}, got {type(value).__name__}")
-    for index, word in enumerate(value):
-        if not isinstance(word, str) or not word or any(character.isspace() for character in word):
-            raise ValueError(f"post[{key!r}][{index}] = {word!r} is not a non-empty word without spaces")
-    offsets, position = [], 0
-    for word in value:
-        offsets.append((position, position + len(word)))
-        position += len(word) + 1
-    return " ".join(value), list(value), offsets
-
-
-def _checked_post(
-    post: Any, text_sources: Sequence[str], image_timeout: float, max_image_bytes: int
-) -> dict[str, Any]:
-    """Validate a post and normalise it to `text`, `words`, `word_offsets`, `image`, `objects`, `id` and
-    `text_sources` (each of `text_sources` -> its text, None where absent or blank)."""
+def _pipeline_post(post: Any) -> tuple[Any, str | None]:
+    """The post as the pipeline takes it, and its id: explain's `"words"` is the pipeline's `"text"` given
+    as words, and `"id"` only titles the figure. The pipeline checks the rest."""
     if isinstance(post, str):
-        post = {"text": post}
+        return post, None
     if not isinstance(post, Mapping):
         raise TypeError(
             f"a post is a string or a dict with 'text' or 'words', and optional 'image', 'caption' (or another "
@@ -207,46 +193,16 @@ def _checked_post(
             "explain draws the image itself: give the post's 'image' (a path, URL, bytes or PIL image), not "
             "its cached features' 'image_id'"
         )
-    keys = list(dict.fromkeys([*POST_KEYS, *text_sources]))
-    unknown = sorted(set(post) - set(keys))
-    if unknown:
-        raise ValueError(f"post has unknown keys {unknown}; the keys a post may have are {keys}")
     if ("text" in post) == ("words" in post):
         raise ValueError("a post needs exactly one of 'text' (a string) or 'words' (a list of strings)")
-    text, words, offsets = _words_of(post)
-    if not words:
-        raise ValueError(f"the post has no words to tag: {text!r}")
-
-    image = post.get("image")
-    if image is not None:
-        # Paths, http(s) URLs (fetched with a timeout and a size limit), bytes or PIL images, as the pipeline.
-        image = open_post_image(image, timeout=image_timeout, max_bytes=max_image_bytes)
-    source_texts = {name: post.get(name) for name in text_sources}
-    for name, source_text in source_texts.items():
-        if source_text is not None and not isinstance(source_text, str):
-            raise TypeError(f"post[{name!r}] must be a string or None, got {type(source_text).__name__}")
-    objects = post.get("objects")
-    if objects is not None and (isinstance(objects, str | Mapping) or not isinstance(objects, Sequence)):
-        raise TypeError(
-            f"post['objects'] must be a list of labels or of {{'label': str, 'score': float}}, got "
-            f"{type(objects).__name__}"
-        )
-    post_id = post.get("id")
-    return {
-        "text": text,
-        "words": words,
-        "word_offsets": offsets,
-        "image": image,
-        "text_sources": {
-            name: source_text if source_text and source_text.strip() else None
-            for name, source_text in source_texts.items()
-        },
-        # A plain label counts as a sure detection; the processor keeps equal scores in their order.
-        "objects": [{"label": item, "score": 1.0} if isinstance(item, str) else item for item in objects]
-        if objects
-        else None,
-        "id": None if post_id is None else str(post_id),
-    }
+    post = dict(post)
+    if "words" in post:
+        words = post.pop("words")
+        if isinstance(words, str) or not isinstance(words, Sequence):
+            raise TypeError(f"post['words'] must be a list of words, got {type(words).__name__}")
+        post["text"] = list(words)
+    post_id = post.pop("id", None)
+    return post, None if post_id is None else str(post_id)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,190 +261,83 @@ def _model_view(pixel_values: np.ndarray, image_processor: Any) -> np.ndarray:
     return np.clip(pixels.transpose(1, 2, 0), 0.0, 1.0)
 
 
-def _inputs_present(encoding, text_sources: Sequence[str]) -> set[str]:
-    """The granularities (the visual ones and `text_sources`) that the one post of `encoding` has an input for."""
-    present = set()
-    if "pixel_values" in encoding or "image_features" in encoding:
-        image_mask = encoding.get("image_mask")
-        if image_mask is None or bool(image_mask[0]):
-            present.add("image")
-    if "object_mask" in encoding and bool(encoding["object_mask"][0].any()):
-        present.add("objects")
-    for name in text_sources:
-        mask = encoding.get(f"{name}_attention_mask")
-        if mask is not None and bool(mask[0].any()):
-            present.add(name)
-    return present
-
-
-def _source_word_columns(
-    processor: Any, name: str, text: str, source_ids: list[int]
-) -> tuple[list[str], list[int], str]:
-    """The words of text source `name`, per piece of it the index of its word (-1 for special tokens), and the
-    part of `text` the model read (the processor truncates it to `text_source_max_lengths[name]` pieces)."""
-    encoding = processor.tokenizer(
-        text,
-        truncation=True,
-        max_length=processor.text_source_max_lengths[name],
-        return_offsets_mapping=True,
-        return_attention_mask=False,
-    )
-    if list(encoding["input_ids"]) != list(source_ids):
-        raise RuntimeError(f"the {name} re-tokenised differently from the processor's encoding")
-    words, columns, spans = [], [], {}
-    for piece, word in enumerate(encoding.word_ids()):
-        if word is None:
-            columns.append(-1)
-            continue
-        start, end = encoding["offset_mapping"][piece]
-        if word not in spans:
-            spans[word] = len(words)
-            words.append((start, end))
-        index = spans[word]
-        words[index] = (min(words[index][0], start), max(words[index][1], end))
-        columns.append(index)
-    read = text[: words[-1][1]] if words else ""
-    if read.strip() != text.strip():
-        read = read.rstrip() + " …"
-    return [text[start:end] for start, end in words], columns, read
-
-
-def _word_attention(piece_attention: np.ndarray, columns: list[int], num_words: int) -> np.ndarray:
-    """`(W, pieces)` attention over a text source's pieces -> `(W, num_words)`, summed over each word's pieces."""
-    word_attention = np.zeros((piece_attention.shape[0], num_words))
-    for piece, column in enumerate(columns):
-        if column >= 0:
-            word_attention[:, column] += piece_attention[:, piece]
-    return word_attention
-
-
-def _text_sources_read(config: Any, processor: Any) -> list[str]:
-    """The processor's text sources that reach the model: as their granularity or as a text segment."""
-    return [
-        name
-        for name in processor.text_sources
-        if name in config.text_sources or name in processor.segment_sources
-    ]
-
-
-@torch.inference_mode()
 def explain_post(
     pipeline_or_model: Any,
     post: Mapping[str, Any] | str,
     processor: Any = None,
-    image_timeout: float = DEFAULT_URL_TIMEOUT,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    image_timeout: float | None = None,
+    max_image_bytes: int | None = None,
 ) -> PostExplanation:
-    """Tag one post and collect its per-word gate values, attention maps and entities (no drawing).
+    """Tag one post with the "multimodal-ner" pipeline and collect its per-word gate values, attention maps
+    and entities (no drawing).
 
     Args:
-        pipeline_or_model: an MGCM pipeline, a `(model, processor)` pair, or a model with `processor`.
-        post: as the "multimodal-ner" pipeline takes it: `{"text": str | [str, ...]}` (or `"words"`: a list of
-            words), with optional `"image"` (a path, an http(s) URL, bytes or a PIL image), `"caption"` and
-            any other text source the processor reads (`"knowledge"`, ...: a string or None), `"objects"`
-            (`[{"label", "score"}, ...]` or labels) and `"id"` (the figure's title); or the text.
-            A raw text is split with `split_tweet`; a word list's offsets index the words joined by spaces.
+        pipeline_or_model: an MGCM pipeline, a `(model, processor)` pair, or a model with `processor`. A
+            pipeline's own options (`image_dir`, `knowledge_writer`, `on_bad_image`, ...) apply.
+        post: a post as the pipeline takes it (`{"text": str | [str, ...]}` with optional `"image"`, a path,
+            http(s) URL, bytes or PIL image, `"caption"` and the processor's other text sources, `"objects"`),
+            or its text; besides, `"words"` (a list of words) may stand for `"text"`, and `"id"` titles the
+            figure. Cached features (`"image_id"`) are refused: the figure draws the image.
         processor: the model's `MGCMProcessor`, when `pipeline_or_model` is a model.
-        image_timeout, max_image_bytes: limits for fetching an image URL.
+        image_timeout, max_image_bytes: limits for fetching an image URL; None keeps the pipeline's (10 s and
+            20 MiB unless it was made with others).
 
     Raises:
         ImageLoadError: the image is missing, cannot be fetched or cannot be decoded (naming it).
-        TypeError, ValueError: a malformed post (naming the key and value), or no MGCM model and processor.
+        TypeError, ValueError: a malformed post (naming the key and value), a post without words, or no MGCM
+            model and processor.
     """
-    model, processor = _model_and_processor(pipeline_or_model, processor)
-    post = _checked_post(post, processor.text_sources, image_timeout, max_image_bytes)
-    config = model.config
-    image = post["image"] if config.use_image else None
-    objects = post["objects"] if config.use_objects else None
-    # As the pipeline: every text source the model reads, None where the post has none.
-    texts = {name: post["text_sources"][name] for name in _text_sources_read(config, processor)}
-
-    encoding = processor(
-        words=[post["words"]],
-        images=None if image is None else [image],
-        objects=None if objects is None else [objects],
-        text_sources={name: [text] for name, text in texts.items()},
-        return_tensors="pt",
-    )
-    window_info = {name: encoding.pop(name) for name in WINDOW_INFO_KEYS}
-    device = next(model.parameters()).device
-    inputs = {name: value.to(device) for name, value in encoding.items()}
-    was_training = model.training
-    model.eval()
+    tagger, was_training = _pipeline_of(pipeline_or_model, processor)
+    post, post_id = _pipeline_post(post)
     try:
-        output = model(**inputs, output_attentions=True, return_dict=True)
+        output = tagger(
+            post,
+            aggregation="words",
+            output_attentions=True,
+            image_timeout=image_timeout,
+            max_image_bytes=max_image_bytes,
+        )
     finally:
-        model.train(was_training)
-    word_mask = inputs["word_mask"].bool()
-    if model.crf is not None:
-        probabilities = model.crf.marginals(output.logits, word_mask)
-    else:
-        probabilities = torch.softmax(output.logits.float(), dim=-1)
-
-    def merged(per_window: torch.Tensor) -> np.ndarray:
-        # Long posts come in several windows; each word is read from the window where it is most central.
-        values = merge_windows(
-            per_window.float().cpu(),
-            window_info["overflow_to_sample_mapping"],
-            window_info["window_word_offset"],
-            word_mask.sum(dim=1).cpu(),
-            num_words=[len(post["words"])],
-        )[0]
-        return np.asarray(values, dtype=np.float64)
-
-    tag_ids = merged(output.predictions).astype(np.int64)
-    word_probabilities = merged(probabilities)
-    id2label = {int(index): name for index, name in config.id2label.items()}
-    tags = [id2label[int(tag)] for tag in tag_ids]
-    tag_probabilities = word_probabilities[np.arange(len(tags)), tag_ids]
-    # The model reports every granularity of its config (zeros where an input is absent); explain those
-    # the post has. A text source read as a segment has no granularity, so no attention of its own.
-    present = _inputs_present(encoding, config.text_sources)
-    gate_values = {
-        name: merged(values) for name, values in (output.gate_values or {}).items() if name in present
-    }
-    attention = {
-        name: merged(values) for name, values in (output.cross_attentions or {}).items() if name in present
-    }
-
+        tagger.model.train(was_training)
+    words = output["words"]
+    if not words:
+        raise ValueError(f"the post has no words to tag: {output['text']!r}")
+    # The granularities the post has an input for; the pipeline gives the others a gate of 0.
+    attended = output["attended"]
     explanation = PostExplanation(
-        text=post["text"],
-        words=post["words"],
-        word_offsets=post["word_offsets"],
-        tags=tags,
-        tag_probabilities=tag_probabilities,
+        text=output["text"],
+        words=[word["word"] for word in words],
+        word_offsets=[(word["start"], word["end"]) for word in words],
+        tags=[word["tag"] for word in words],
+        tag_probabilities=np.array([word["score"] for word in words]),
         entities=[],
-        gate_values={name: gate_values[name] for name in config.granularities if name in gate_values},
-        attention={},
-        post_id=post["id"],
-        granularities=list(config.granularities),
+        gate_values={name: np.array([word["gates"][name] for word in words]) for name in attended},
+        attention={name: np.array([word["attention"][name] for word in words]) for name in attended},
+        object_labels=list(attended.get("objects", [])),
+        post_id=post_id,
+        granularities=list(tagger.granularities),
     )
-    if "image" in attention:
-        pixel_values = encoding["pixel_values"][0].float().cpu().numpy()
-        explanation.model_image = _model_view(pixel_values, processor.image_processor)
-        explanation.region_grid = image_region_grid(attention["image"].shape[1], *pixel_values.shape[1:])
-        explanation.attention["image"] = attention["image"]
-    if "objects" in attention:
-        object_ids = encoding["object_ids"][0][encoding["object_mask"][0].bool()].tolist()
-        explanation.object_labels = [processor.object_labels[index] for index in object_ids]
-        explanation.attention["objects"] = attention["objects"][:, : len(object_ids)]
-    for name in config.text_sources:
-        if name not in attention:
-            continue
-        source_ids = encoding[f"{name}_input_ids"][0][encoding[f"{name}_attention_mask"][0].bool()].tolist()
-        words, columns, read = _source_word_columns(processor, name, texts[name], source_ids)
-        explanation.source_words[name], explanation.source_texts[name] = words, read
-        explanation.attention[name] = _word_attention(attention[name][:, : len(columns)], columns, len(words))
-
-    offsets = post["word_offsets"]
-    for entity_group, start, end in sorted(entity_spans(tags), key=lambda span: span[1]):
+    if "image" in attended:
+        pixel_values = attended["image"]["pixel_values"].float().cpu().numpy()
+        explanation.model_image = _model_view(pixel_values, tagger.processor.image_processor)
+        explanation.region_grid = image_region_grid(
+            explanation.attention["image"].shape[1], *pixel_values.shape[1:]
+        )
+    for name, source in attended.items():
+        if name not in ("image", "objects"):
+            explanation.source_words[name] = source["words"]
+            explanation.source_texts[name] = (
+                source["text"].rstrip() + " …" if source["truncated"] else source["text"]
+            )
+    for entity in output["entities"]:
+        start, end = entity["word_start"], entity["word_end"]
         explanation.entities.append(
             ExplainedEntity(
-                entity_group=entity_group,
+                entity_group=entity["entity_group"],
                 word_start=start,
                 word_end=end,
-                text=post["text"][offsets[start][0] : offsets[end - 1][1]],
-                score=float(tag_probabilities[start:end].mean()),
+                text=entity["word"],
+                score=entity["score"],
                 gate_values={
                     name: float(values[start:end].mean()) for name, values in explanation.gate_values.items()
                 },
@@ -965,16 +814,6 @@ def render_html(explanation: PostExplanation, png: bytes, note: str | None = Non
     return "\n".join(page)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _png_path(output_path: str | os.PathLike) -> Path:
     png_path = Path(output_path)
     if png_path.suffix.lower() != ".png":
@@ -996,8 +835,8 @@ def save_explanation(
         figure.savefig(buffer, format="png", dpi=figure.dpi, facecolor="white")
     png = buffer.getvalue()
     html_path = png_path.with_suffix(".html")
-    _write_atomically(png_path, png)
-    _write_atomically(html_path, render_html(explanation, png, note=note).encode("utf-8"))
+    write_bytes_atomically(png_path, png)
+    write_bytes_atomically(html_path, render_html(explanation, png, note=note).encode("utf-8"))
     return png_path, html_path
 
 
@@ -1011,8 +850,8 @@ def explain(
     dpi: float = 100.0,
     max_entities: int = 6,
     note: str | None = None,
-    image_timeout: float = DEFAULT_URL_TIMEOUT,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    image_timeout: float | None = None,
+    max_image_bytes: int | None = None,
 ) -> "Figure":
     """Explain the model's entities in one post as a figure, optionally saved as PNG + HTML.
 
@@ -1025,7 +864,7 @@ def explain(
         processor: the `MGCMProcessor`, when `pipeline_or_model` is a bare model.
         figsize, dpi, max_entities: see `draw_explanation`.
         note: a line for the figure's foot and the HTML page, e.g. which model made the explanation.
-        image_timeout, max_image_bytes: limits for fetching an image URL.
+        image_timeout, max_image_bytes: limits for fetching an image URL (None: the pipeline's).
 
     Returns:
         The `matplotlib.figure.Figure` (`explain_post` gives the numbers behind it).

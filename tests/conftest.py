@@ -1,11 +1,18 @@
-"""Shared fixtures: tiny randomly initialised backbones that tests build themselves (no hub access)."""
+"""Shared fixtures: tiny randomly initialised backbones that tests build themselves (no hub access), the
+pipeline over a tiny MGCM, a small corpus folder, and torch on one thread.
+
+Plain helpers that tests import live beside this file: `mgcm_batches` (hand-built model inputs),
+`tiny_corpora` (corpus files and splits), `tiny_text_generation` (a tiny text-generation pipeline),
+`training_runs` (running examples/train.py) and `clean_process` (a process without this project).
+"""
 
 import os
 import string
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizer, ResNetConfig
+from tiny_corpora import TRAIN_TEXT, write_file
+from transformers import BertConfig, BertModel, BertTokenizer, ResNetConfig, pipeline
 
 # Tests never reach a hub: fail fast instead of waiting on a network that is not there.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -68,3 +75,47 @@ def tiny_mgcm_dir(tmp_path_factory):
     from processing.testing.tiny_backbones import save_tiny_mgcm
 
     return save_tiny_mgcm(tmp_path_factory.mktemp("tiny-mgcm"), max_length=32, stride=4)
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_mgcm_dir):
+    """The "multimodal-ner" pipeline over `tiny_mgcm_dir`, on the CPU."""
+    import modeling_mgcm  # noqa: F401  (registers the pipeline task)
+
+    return pipeline("multimodal-ner", model=str(tiny_mgcm_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Torch on one thread, from the first test of a module that asks to the module's end. Tiny models run
+    fastest so on a shared CPU, where two threads can wait on each other (a hundred times slower in
+    test_modeling_mgcm), and float sums run in the order of a one-thread clean process."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def counted_searches(monkeypatch):
+    """Counts the nearest-neighbour searches that `build_neighbour_table` runs."""
+    from processing.text import neighbour_search
+
+    calls = []
+    search = neighbour_search._nearest_neighbours
+
+    def counting_search(*args, **kwargs):
+        calls.append(args)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(neighbour_search, "_nearest_neighbours", counting_search)
+    return calls
+
+
+@pytest.fixture
+def corpus_dir(tmp_path):
+    """A corpus folder: tweets 101, 102 and 103 (`tiny_corpora.TRAIN_TEXT`) in train.txt, 201 in valid.txt."""
+    folder = tmp_path / "corpus"
+    write_file(folder / "train.txt", TRAIN_TEXT)
+    write_file(folder / "valid.txt", "IMGID:201\nNASA\tB-ORG\nlaunch\tO\n")
+    return folder

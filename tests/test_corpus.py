@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 from seqeval.metrics.sequence_labeling import get_entities
+from tiny_corpora import TRAIN_TEXT, tag_names, write_file
 
 from processing.corpus.cli import main
 from processing.corpus.labels import LABEL_NAMES, LABEL_TO_ID, repair_bio_tags
@@ -23,30 +24,6 @@ from processing.corpus.tweet_corpus import (
     read_objects_file,
     write_conll,
 )
-
-TRAIN_TEXT = (
-    "IMGID:101\nRT\tO\n@user\tO\nBarack\tB-PER\nObama\tI-PER\nin\tO\nParis\tB-LOC\n\n"
-    "IMGID:102\nWorld\tB-OTHER\nCup\tI-OTHER\nby\tO\nFIFA\tB-ORG\n\n"
-    "IMGID:103\nand\tO\nLondon\tI-LOC\ncalling\tO\n"
-)
-
-
-def write_file(path, text: str | bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
-    return path
-
-
-def tag_names(tag_ids):
-    return [LABEL_NAMES[tag_id] for tag_id in tag_ids]
-
-
-@pytest.fixture
-def corpus_dir(tmp_path):
-    folder = tmp_path / "corpus"
-    write_file(folder / "train.txt", TRAIN_TEXT)
-    write_file(folder / "valid.txt", "IMGID:201\nNASA\tB-ORG\nlaunch\tO\n")
-    return folder
 
 
 def test_loader_reads_ids_tokens_and_tags_mapping_other_to_misc(corpus_dir):

@@ -60,17 +60,16 @@ def brute_force(crf: ConditionalRandomField, emissions: torch.Tensor, length: in
 
 
 @pytest.mark.parametrize(("lengths", "width"), LENGTH_CASES)
-def test_log_partition_and_nll_match_enumeration(lengths, width):
+def test_the_nll_of_each_row_matches_enumeration(lengths, width):
+    """The forward algorithm: log Z minus the gold path's score, against every tag sequence of the row."""
     crf = make_crf()
     emissions, tags, mask = make_inputs(lengths, width)
-    log_partition = crf.log_partition(emissions, mask)
-    nll = crf(emissions, tags, mask, reduction="none")
+    nll = crf(emissions, tags, mask)
+    assert nll.shape == (len(lengths),)
     for row, length in enumerate(lengths):
         sequences, scores = brute_force(crf, emissions[row], length)
-        expected_log_partition = torch.logsumexp(scores, dim=0)
         gold = (sequences == tags[row, :length]).all(dim=1)
-        expected_nll = expected_log_partition - scores[gold].squeeze(0)
-        assert log_partition[row].item() == pytest.approx(expected_log_partition.item(), abs=1e-4)
+        expected_nll = torch.logsumexp(scores, dim=0) - scores[gold].squeeze(0)
         assert nll[row].item() == pytest.approx(expected_nll.item(), abs=1e-4)
 
 
@@ -84,7 +83,7 @@ def test_an_unlabelled_real_word_is_summed_over_as_enumeration_says(lengths, wid
     unlabelled[0, 0] = True  # at least one, and at the first word, where the start score applies
     partial = tags.masked_fill(unlabelled, -100)
     emissions.requires_grad_(True)
-    nll = crf(emissions, partial, mask, reduction="none")
+    nll = crf(emissions, partial, mask)
     nll.sum().backward()
     assert torch.isfinite(emissions.grad).all()
     for row, length in enumerate(lengths):
@@ -94,7 +93,7 @@ def test_an_unlabelled_real_word_is_summed_over_as_enumeration_says(lengths, wid
         expected = torch.logsumexp(scores, dim=0) - torch.logsumexp(scores[agrees], dim=0)
         assert nll[row].item() == pytest.approx(expected.item(), abs=1e-4)
     # A row with every word unlabelled carries no information: its loss is 0.
-    all_unknown = crf(emissions.detach(), tags.masked_fill(mask, -100), mask, reduction="none")
+    all_unknown = crf(emissions.detach(), tags.masked_fill(mask, -100), mask)
     assert torch.allclose(all_unknown, torch.zeros_like(all_unknown), atol=1e-4)
 
 
@@ -126,34 +125,22 @@ def test_marginals_match_enumeration_and_are_zero_at_padding(lengths, width):
         assert (marginals[row, length:] == 0).all()
 
 
-def test_marginals_are_the_gradient_of_log_partition():
+def test_the_nll_gradient_is_the_marginals_minus_the_gold_tags():
+    """d NLL / d emissions = P(y_t = tag) - [gold tag], from forward-backward; 0 at padding."""
     crf = make_crf(seed=3)
-    emissions, _, mask = make_inputs([6, 2, 4], 6, seed=3)
+    emissions, tags, mask = make_inputs([6, 2, 4], 6, seed=3)
     emissions.requires_grad_(True)
-    (gradient,) = torch.autograd.grad(crf.log_partition(emissions, mask).sum(), emissions)
-    torch.testing.assert_close(crf.marginals(emissions.detach(), mask), gradient, atol=1e-5, rtol=0)
-
-
-def test_reductions_agree_with_per_row_losses():
-    crf = make_crf(seed=4)
-    emissions, tags, mask = make_inputs([3, 1, 4], 4, seed=4)
-    per_row = crf(emissions, tags, mask, reduction="none")
-    assert per_row.shape == (3,)
-    assert (per_row > 0).all()
-    torch.testing.assert_close(crf(emissions, tags, mask, reduction="sum"), per_row.sum())
-    torch.testing.assert_close(crf(emissions, tags, mask), per_row.mean())
-    torch.testing.assert_close(crf(emissions, tags, mask, reduction="token_mean"), per_row.sum() / 8)
-    with pytest.raises(ValueError, match="reduction"):
-        crf(emissions, tags, mask, reduction="average")
+    (gradient,) = torch.autograd.grad(crf(emissions, tags, mask).sum(), emissions)
+    gold = torch.nn.functional.one_hot(tags.clamp(min=0), crf.num_tags) * mask.unsqueeze(-1)
+    expected = crf.marginals(emissions.detach(), mask) - gold
+    torch.testing.assert_close(gradient, expected, atol=1e-5, rtol=0)
 
 
 def test_tags_at_masked_positions_are_ignored():
     crf = make_crf(seed=5)
     emissions, tags, mask = make_inputs([4, 2], 4, seed=5)
     other_padding = tags.masked_fill(~mask, 2)
-    torch.testing.assert_close(
-        crf.score_sequence(emissions, tags, mask), crf.score_sequence(emissions, other_padding, mask)
-    )
+    torch.testing.assert_close(crf(emissions, tags, mask), crf(emissions, other_padding, mask))
 
 
 def test_padding_does_not_change_a_row():
@@ -163,7 +150,7 @@ def test_padding_does_not_change_a_row():
     emissions[0, 2:] = 1e3
     alone = emissions[:1, :2], tags[:1, :2], mask[:1, :2]
     batched = emissions, tags, mask
-    torch.testing.assert_close(crf(*batched, reduction="none")[:1], crf(*alone, reduction="none"))
+    torch.testing.assert_close(crf(*batched)[:1], crf(*alone))
     assert crf.decode(*batched[::2])[0, :2].tolist() == crf.decode(*alone[::2])[0].tolist()
     torch.testing.assert_close(crf.marginals(*batched[::2])[0, :2], crf.marginals(*alone[::2])[0])
 
@@ -174,7 +161,6 @@ def test_all_masked_row_is_rejected_naming_the_row():
     mask[1] = False
     for call in (
         lambda: crf(emissions, tags, mask),
-        lambda: crf.log_partition(emissions, mask),
         lambda: crf.decode(emissions, mask),
         lambda: crf.marginals(emissions, mask),
     ):
@@ -209,16 +195,13 @@ def test_bad_shapes_dtypes_and_tag_values_are_rejected():
     bad_tags[1, 1] = -5
     with pytest.raises(ValueError, match="tag -5 at row 1, word 1"):
         crf(emissions, bad_tags, mask)
-    bad_tags[1, 1] = -100
-    with pytest.raises(ValueError, match="tag -100 at row 1, word 1"):
-        crf.score_sequence(emissions, bad_tags, mask)
 
 
 def test_large_emissions_stay_finite():
     crf = make_crf(seed=7)
     emissions, tags, mask = make_inputs([6, 3, 1], 6, seed=7)
     emissions = (emissions * 1e4).requires_grad_(True)
-    nll = crf(emissions, tags, mask, reduction="none")
+    nll = crf(emissions, tags, mask)
     assert torch.isfinite(nll).all()
     assert (nll >= 0).all()
     nll.sum().backward()
@@ -235,7 +218,7 @@ def test_large_emissions_stay_finite():
 def test_gradient_reaches_all_three_parameter_tensors():
     crf = make_crf(seed=8)
     emissions, tags, mask = make_inputs([4, 2, 3], 4, seed=8)
-    crf(emissions, tags, mask).backward()
+    crf(emissions, tags, mask).mean().backward()
     for name in ("start_transitions", "end_transitions", "transitions"):
         gradient = getattr(crf, name).grad
         assert gradient is not None, name
@@ -248,11 +231,10 @@ def test_half_precision_emissions_are_computed_in_float32(dtype):
     emissions, tags, mask = make_inputs([4, 2], 4, seed=9)
     low = emissions.to(dtype)
     upcast = low.float()
-    nll = crf(low, tags, mask, reduction="none")
+    nll = crf(low, tags, mask)
     marginals = crf.marginals(low, mask)
-    assert nll.dtype == marginals.dtype == crf.log_partition(low, mask).dtype == torch.float32
-    assert crf.score_sequence(low, tags, mask).dtype == torch.float32
-    torch.testing.assert_close(nll, crf(upcast, tags, mask, reduction="none"))
+    assert nll.dtype == marginals.dtype == torch.float32
+    torch.testing.assert_close(nll, crf(upcast, tags, mask))
     torch.testing.assert_close(marginals, crf.marginals(upcast, mask))
     assert torch.equal(crf.decode(low, mask), crf.decode(upcast, mask))
 
@@ -260,13 +242,13 @@ def test_half_precision_emissions_are_computed_in_float32(dtype):
 def test_autocast_does_not_lower_crf_precision():
     crf = make_crf(seed=10)
     emissions, tags, mask = make_inputs([5, 3], 5, seed=10)
-    expected = crf(emissions, tags, mask, reduction="none")
+    expected = crf(emissions, tags, mask)
     with torch.autocast(device_type=emissions.device.type, dtype=torch.bfloat16):
-        nll = crf(emissions.to(torch.bfloat16), tags, mask, reduction="none")
+        nll = crf(emissions.to(torch.bfloat16), tags, mask)
         crf_in_half = make_crf(seed=10).to(torch.bfloat16)
-        half_parameter_nll = crf_in_half(emissions, tags, mask, reduction="none")
+        half_parameter_nll = crf_in_half(emissions, tags, mask)
     assert nll.dtype == half_parameter_nll.dtype == torch.float32
-    torch.testing.assert_close(nll, crf(emissions.to(torch.bfloat16).float(), tags, mask, reduction="none"))
+    torch.testing.assert_close(nll, crf(emissions.to(torch.bfloat16).float(), tags, mask))
     # Parameters stored in bfloat16 are rounded, but the sums over them are still float32.
     torch.testing.assert_close(half_parameter_nll, expected, atol=0.1, rtol=0.01)
 

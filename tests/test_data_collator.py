@@ -7,27 +7,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from processor_doubles import OBJECT_LABELS, WordLengthTable
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, ResNetModel
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from processing import WINDOW_INFO_KEYS, ImageFeatureCache, MGCMDataCollator, MGCMProcessor, corpus_features
-
-OBJECT_LABELS = ["person", "car", "dog"]
-
-
-class WordLengthTable:
-    """A neighbour-table double whose vectors hold each word's length, so alignment can be read back."""
-
-    k = 2
-    dim = 3
-
-    def lookup(self, tokens):
-        vectors = np.zeros((len(tokens), self.k, self.dim), dtype=np.float32)
-        for index, token in enumerate(tokens):
-            vectors[index] = len(token)
-        return vectors, np.full((len(tokens), self.k), 0.5, dtype=np.float32)
+from processing.training.window_rows import preprocess_corpus
 
 
 class CountingFeatureCache:
@@ -87,7 +74,7 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def window_rows(processor, corpus):
-    return processor.preprocess_corpus(corpus, batch_size=2, keep_in_memory=True)
+    return preprocess_corpus(processor, corpus, batch_size=2, keep_in_memory=True)
 
 
 def test_preprocessing_splits_long_tweets_into_window_rows_of_the_corpus(window_rows, corpus):
@@ -263,13 +250,13 @@ def test_training_batches_carry_no_bookkeeping_keys(processor, window_rows):
 
 
 def test_raw_corpus_rows_are_refused_with_a_pointer_to_preprocessing(processor, corpus):
-    with pytest.raises(ValueError, match=r"run processor.preprocess_corpus\(corpus\) first"):
+    with pytest.raises(ValueError, match=r"window_rows.preprocess_corpus\(processor, corpus\) first"):
         MGCMDataCollator(processor)([corpus[0]])
 
 
 def test_a_dataset_dict_is_preprocessed_split_by_split_with_split_row_indices(processor):
     corpus = datasets.DatasetDict({"train": make_corpus(10), "valid": make_corpus(10).select([2, 3])})
-    rows = processor.preprocess_corpus(corpus, keep_in_memory=True)
+    rows = preprocess_corpus(processor, corpus, keep_in_memory=True)
 
     assert rows["valid"]["tweet_index"] == [0, 1]
     assert rows["valid"]["id"] == ["t3", "t4"]
@@ -278,8 +265,8 @@ def test_a_dataset_dict_is_preprocessed_split_by_split_with_split_row_indices(pr
 
 def test_objects_are_left_out_with_a_warning_when_the_processor_has_no_object_labels(tiny_bert_dir, caplog):
     text_only = MGCMProcessor(AutoTokenizer.from_pretrained(tiny_bert_dir))
-    with caplog.at_level(logging.WARNING, logger="modeling_mgcm.processing_mgcm"):
-        rows = text_only.preprocess_corpus(make_corpus(5), keep_in_memory=True)
+    with caplog.at_level(logging.WARNING, logger="processing.training.window_rows"):
+        rows = preprocess_corpus(text_only, make_corpus(5), keep_in_memory=True)
 
     assert "object_ids" not in rows.column_names
     assert "no object_labels" in caplog.text
@@ -288,4 +275,4 @@ def test_objects_are_left_out_with_a_warning_when_the_processor_has_no_object_la
 
 def test_a_corpus_without_required_columns_is_rejected(processor):
     with pytest.raises(ValueError, match=r"lacks the columns \['tokens'\]"):
-        processor.preprocess_corpus(datasets.Dataset.from_dict({"id": ["a"]}))
+        preprocess_corpus(processor, datasets.Dataset.from_dict({"id": ["a"]}))

@@ -192,7 +192,10 @@ def test_inputs_the_config_does_not_use_are_left_out(tiny_mgcm_dir, red_image):
     config.use_image = False
     config.use_objects = False
     text_and_caption = MGCMForTokenClassification(config).eval()
-    explanation = explain_post(text_and_caption, full_post(red_image), processor=processor)
+    # As the pipeline: each kind of input the model ignores is named in a warning.
+    with pytest.warns(UserWarning, match="does not use images") as caught:
+        explanation = explain_post(text_and_caption, full_post(red_image), processor=processor)
+    assert any("does not use detected objects" in str(warning.message) for warning in caught)
     assert set(explanation.attention) == {"caption"}
     assert explanation.model_image is None and explanation.object_labels == []
 
@@ -449,6 +452,34 @@ def test_posts_in_the_pipelines_forms_are_read_alike(tagger, red_image):
     np.testing.assert_allclose(from_bytes.attention["image"], from_pil.attention["image"], atol=1e-6)
 
 
+def test_words_with_spaces_and_empty_words_are_read_as_the_pipeline_reads_them(tagger):
+    model, processor = tagger
+    words = ["Obama", "new york", "", "visits"]
+    explanation = explain_post(tagger, {"words": words})
+    reference = pipeline("multimodal-ner", model=model, processor=processor)(
+        {"text": words}, aggregation="words"
+    )
+    assert explanation.words == words == [word["word"] for word in reference["words"]]
+    assert explanation.text == reference["text"] == "Obama new york  visits"
+    assert explanation.word_offsets == [(word["start"], word["end"]) for word in reference["words"]]
+    assert explanation.tags == [word["tag"] for word in reference["words"]]
+    assert [entity.text for entity in explanation.entities] == ["Obama new york"]
+    drawn = [text.get_text() for text in draw_explanation(explanation, dpi=30).texts]
+    assert "Obama new york" in drawn
+
+
+def test_a_pipelines_own_options_apply(tagger, red_image, tmp_path):
+    model, processor = tagger
+    red_image.save(tmp_path / "photo.png")
+    with_folder = pipeline("multimodal-ner", model=model, processor=processor, image_dir=str(tmp_path))
+    explanation = explain_post(with_folder, {"text": "Obama Phoenix", "image": "photo.png"})
+    from_pil = explain_post(tagger, {"text": "Obama Phoenix", "image": red_image})
+    np.testing.assert_allclose(explanation.attention["image"], from_pil.attention["image"], atol=1e-6)
+    assert not with_folder.model.training
+    with pytest.raises(ImageLoadError, match="photo.png"):
+        explain_post(tagger, {"text": "Obama Phoenix", "image": "photo.png"})
+
+
 def test_a_bare_model_takes_its_processor_as_a_keyword(tagger, red_image):
     model, processor = tagger
     from_model = explain_post(model, full_post(red_image), processor=processor)
@@ -633,17 +664,16 @@ def test_text_sources_beyond_the_caption_take_further_colours_in_order(tiny_mgcm
         (3, TypeError, "a post is a string or a dict"),
         ({"text": "Obama", "words": ["Obama"]}, ValueError, "exactly one of 'text'"),
         ({"caption": "a person"}, ValueError, "exactly one of 'text'"),
-        ({"text": "Obama", "imgae": "x.jpg"}, ValueError, r"unknown keys \['imgae'\]"),
+        ({"text": "Obama", "imgae": "x.jpg"}, ValueError, r"unknown post keys \['imgae'\]"),
         ({"text": "Obama", "image_id": "16_05_01_127"}, ValueError, "not its cached features' 'image_id'"),
-        ({"text": 3}, TypeError, r"post\['text'\] must be a string or a list of words, got int"),
+        ({"text": 3}, TypeError, r"'text' must be a string or a list of words \(strings\), got 3"),
         ({"text": "  \t "}, ValueError, "no words"),
         ({"words": "Obama visits"}, TypeError, r"post\['words'\] must be a list of words, got str"),
-        ({"words": ["Obama", "new york"]}, ValueError, r"post\['words'\]\[1\] = 'new york'"),
-        ({"text": ["Obama", ""]}, ValueError, r"post\['text'\]\[1\] = ''"),
+        ({"words": ["Obama", 3]}, TypeError, r"'text' must be a string or a list of words"),
         ({"text": "Obama", "image": 3}, TypeError, "an image must be a path, an http"),
-        ({"text": "Obama", "caption": ["a"]}, TypeError, r"post\['caption'\] must be a string"),
-        ({"text": "Obama", "knowledge": "x"}, ValueError, r"unknown keys \['knowledge'\]"),
-        ({"text": "Obama", "objects": "person"}, TypeError, r"post\['objects'\] must be a list"),
+        ({"text": "Obama", "caption": ["a"]}, TypeError, r"'caption' must be a string or None, got \['a'\]"),
+        ({"text": "Obama", "knowledge": "x"}, ValueError, r"unknown post keys \['knowledge'\]"),
+        ({"text": "Obama", "objects": "person"}, TypeError, r"'objects' must be a list"),
         ({"text": "Obama", "objects": [{"label": "person"}]}, ValueError, "object 0"),
     ],
 )
@@ -686,5 +716,5 @@ def test_wrong_models_processors_and_output_paths_are_refused(tagger, tmp_path):
 
 @pytest.mark.parametrize("knowledge", [["Paris"], 3, {"text": "Paris"}])
 def test_a_knowledge_that_is_not_a_string_is_refused_naming_the_key(knowledge_tagger, knowledge):
-    with pytest.raises(TypeError, match=r"post\['knowledge'\] must be a string or None"):
+    with pytest.raises(TypeError, match=r"'knowledge' must be a string or None"):
         explain_post(knowledge_tagger, {"text": "Obama Phoenix", "knowledge": knowledge})

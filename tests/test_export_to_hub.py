@@ -1,10 +1,13 @@
-"""Hub packaging: the ready-made configurations of `hub_configs/` and `examples/export_to_hub.py`, whose folder
-must load as remote code in a process that cannot import this project and predict exactly as the original."""
+"""Hub packaging: the ready-made configurations of `hub_configs/` and the export
+(`processing.training.hub_export`, command line `examples/export_to_hub.py`), whose folder must load as remote
+code, as Auto classes and as a pipeline, in a process that cannot import this project, and predict exactly as
+the original."""
 
 import importlib.util
 import json
 import math
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,72 +19,39 @@ from clean_process import LOAD_EXPORTED_MODEL, run_clean_script
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForTokenClassification, AutoProcessor
+from training_runs import fake_results
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoProcessor, pipeline
+from transformers.dynamic_module_utils import get_relative_imports
 
-import modeling_mgcm  # noqa: F401  (registers the Auto classes)
-import processing  # noqa: F401  (registers the processor)
-from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, extract_image_features
-from processing import MGCMProcessor
+import modeling_mgcm  # noqa: F401  (registers the Auto classes and the pipeline task)
+import processing
+from modeling_mgcm import (
+    MGCMConfig,
+    MGCMForTokenClassification,
+    MGCMProcessor,
+    MultimodalNERPipeline,
+    extract_image_features,
+)
+from modeling_mgcm.pipeline_mgcm import TASK_NAME
 from processing.text.neighbour_search import neighbour_table_from_embeddings
+from processing.training import hub_export
 
 REPO = Path(__file__).resolve().parents[1]
+MODELING_DIR = Path(modeling_mgcm.__file__).parent
 OFFLINE_MINILM = Path("/root/.cache/mgcm-offline-models/all-MiniLM-L6-v2")
 WINDOW_KEYS = ("overflow_to_sample_mapping", "window_word_offset")
 
 
 def load_script(path: Path, name: str):
-    """Import a script of the repository (examples/ and hub_configs/ are not packages)."""
+    """Import a script of hub_configs/ (not a package)."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-export_to_hub = load_script(REPO / "examples" / "export_to_hub.py", "export_to_hub")
 make_hub_configs = load_script(REPO / "hub_configs" / "make_hub_configs.py", "make_hub_configs")
 HUB_CONFIG_NAMES = [configuration.name for configuration in make_hub_configs.hub_configurations()]
-
-
-@pytest.fixture
-def one_thread():
-    """The same thread count in both processes, so that float sums run in the same order."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def fake_results() -> dict:
-    """A results.json as examples/train.py writes it, with recognisable scores."""
-
-    def metrics(f1: float) -> dict:
-        per_type = {
-            name: {"precision": f1, "recall": f1, "f1": f1, "number": 7} for name in ("PER", "LOC", "ORG")
-        }
-        return {
-            "overall_precision": 0.6125,
-            "overall_recall": 0.5875,
-            "overall_f1": f1,
-            "overall_number": 21,
-            **per_type,
-        }
-
-    return {
-        "metrics": {"valid": {"lenient": metrics(0.6042), "strict": metrics(0.5931)}},
-        "history": [{"epoch": 1, "valid_f1": 0.6042}],
-        "run": {
-            "dataset": "synthetic",
-            "text_model": "tiny random BERT",
-            "vision_model": "tiny random ResNet",
-            "granularities": ["image", "objects", "caption"],
-            "augmentation_mode": "gate",
-            "use_word_shape": True,
-            "aux_span_loss_weight": 0.5,
-            "seed": 0,
-            "args": {},
-        },
-        "training": {"num_processes": 1, "optimizer_steps": 3, "epochs_run": 1, "best_epoch": 1},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +65,16 @@ def training_dir(tiny_mgcm_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported_dir(training_dir, tmp_path_factory) -> Path:
-    """The Hub folder exported from `training_dir` through the command line entry point."""
+    """The Hub folder exported from `training_dir` by the command line, `examples/export_to_hub.py`."""
     output = tmp_path_factory.mktemp("export") / "mgcm-hub"
-    export_to_hub.main([str(training_dir), str(output)])
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "export_to_hub.py"), str(training_dir), str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert f"exported {training_dir} to {output}" in completed.stdout
     return output
 
 
@@ -152,7 +129,7 @@ CLEAN_PROCESS_SCRIPT = LOAD_EXPORTED_MODEL + textwrap.dedent(
 
 
 def test_exported_folder_loads_in_a_clean_process_with_identical_predictions(
-    exported_dir, tiny_mgcm_dir, tmp_path, one_thread
+    exported_dir, tiny_mgcm_dir, tmp_path, single_thread
 ):
     batch = fixed_batch(tmp_path)
     (tmp_path / "batch.json").write_text(json.dumps(batch), encoding="utf-8")
@@ -201,16 +178,113 @@ def test_exported_folder_loads_in_a_clean_process_with_identical_predictions(
     assert torch.equal(remote["marginals"], marginals)
 
 
+def fixed_posts(folder: Path) -> list[dict]:
+    """Posts as a pipeline user writes them: text with an image and objects, text with a caption and no image,
+    and a long text that spans two windows."""
+    batch = fixed_batch(folder)
+    return [
+        {"text": "Obama visits Paris", "image": batch["images"][0], "objects": batch["objects"][0]},
+        {"text": " ".join(batch["words"][1]), "caption": "a man waving to a crowd"},
+        {
+            "text": "photo of Jordan #Phoenix @obama",
+            "image": batch["images"][2],
+            "caption": batch["captions"][2],
+        },
+    ]
+
+
+# Runs in the clean process: the exported folder as a pipeline, the task named and, as a Hub user would write
+# it, inferred from the folder's config.json.
+CLEAN_PIPELINE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+
+    import torch
+    from transformers import pipeline
+
+    exported, posts_file = sys.argv[1:3]
+    torch.set_num_threads(1)
+    posts = json.load(open(posts_file))
+    named = pipeline("multimodal-ner", model=exported, trust_remote_code=True)
+    tagger = pipeline(model=exported, trust_remote_code=True)
+    project_modules = sorted(m for m in sys.modules if m.split(".")[0] in ("processing", "modeling_mgcm"))
+    print(json.dumps({
+        "task": tagger.task,
+        "pipeline": type(tagger).__module__,
+        "model": type(tagger.model).__module__,
+        "processor": type(tagger.processor).__module__,
+        "project_modules": project_modules,
+        "words": tagger(posts, aggregation="words"),
+        "named_entities": named(posts),
+    }))
+    """
+)
+
+
+def test_exported_folder_is_a_pipeline_in_a_clean_process_with_identical_entities(
+    exported_dir, tagger, tmp_path, single_thread
+):
+    """`pipeline(model=folder, trust_remote_code=True)`, no task given, is the "multimodal-ner" pipeline of
+    the folder's own code, and tags posts (text, image, objects, caption) exactly as the installed package."""
+    posts = fixed_posts(tmp_path)
+    (tmp_path / "posts.json").write_text(json.dumps(posts), encoding="utf-8")
+    completed = run_clean_script(
+        CLEAN_PIPELINE_SCRIPT, [str(exported_dir), str(tmp_path / "posts.json")], tmp_path / "elsewhere"
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    remote = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert remote["task"] == TASK_NAME
+    for key, module in (
+        ("pipeline", "pipeline_mgcm"),
+        ("model", "modeling_mgcm"),
+        ("processor", "processing_mgcm"),
+    ):
+        assert remote[key].startswith("transformers_modules.") and remote[key].endswith("." + module), key
+    assert remote["project_modules"] == []
+
+    # The installed package's pipeline over the folder the export was made from.
+    assert type(tagger).__module__ == "modeling_mgcm.pipeline_mgcm"
+    expected = json.loads(json.dumps(tagger(posts, aggregation="words")))
+    assert remote["words"] == expected
+    assert remote["named_entities"] == [post["entities"] for post in expected]
+    # The comparison has something to compare: entities, every word of the long post, images read.
+    assert any(post["entities"] for post in expected)
+    assert len(expected[1]["words"]) == len(posts[1]["text"].split())
+    assert [post["image_error"] for post in expected] == [None, None, None]
+
+
+def test_the_installed_package_opens_an_exported_folder_with_its_own_classes(exported_dir, tagger, tmp_path):
+    """With mgcm installed, the folder's `custom_pipelines` would make transformers ask for remote code even
+    for the task by name; naming the installed class runs the installed code, no remote code."""
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        pipeline(TASK_NAME, model=str(exported_dir), device="cpu")
+    installed = pipeline(
+        TASK_NAME, model=str(exported_dir), pipeline_class=MultimodalNERPipeline, device="cpu"
+    )
+    assert type(installed.model) is MGCMForTokenClassification and type(installed.processor) is MGCMProcessor
+    posts = fixed_posts(tmp_path)
+    assert installed(posts) == tagger(posts)
+
+
 # ------------------------------------------------------------------------------------------------------
 # What the exported folder holds
 
 
-def test_export_writes_auto_maps_flat_code_safetensors_and_a_filled_card(exported_dir, training_dir):
+def test_export_writes_auto_maps_the_pipeline_the_code_safetensors_and_a_filled_card(
+    exported_dir, training_dir
+):
     config = json.loads((exported_dir / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_mgcm.MGCMConfig",
         "AutoModel": "modeling_mgcm.MGCMModel",
         "AutoModelForTokenClassification": "modeling_mgcm.MGCMForTokenClassification",
+    }
+    assert config["custom_pipelines"] == {
+        TASK_NAME: {
+            "impl": "pipeline_mgcm.MultimodalNERPipeline",
+            "pt": ["AutoModelForTokenClassification"],
+            "type": "multimodal",
+        }
     }
     processor_config = json.loads((exported_dir / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_mgcm.MGCMProcessor"}
@@ -218,43 +292,49 @@ def test_export_writes_auto_maps_flat_code_safetensors_and_a_filled_card(exporte
 
     files = {path.relative_to(exported_dir).as_posix() for path in exported_dir.rglob("*") if path.is_file()}
     assert "model.safetensors" in files and "neighbour_table/neighbour_table.safetensors" in files
-    assert not [name for name in files if name.endswith(export_to_hub.PICKLED_WEIGHT_SUFFIXES)]
+    assert not [name for name in files if name.endswith(hub_export.PICKLED_WEIGHT_SUFFIXES)]
     code = sorted(name for name in files if name.endswith(".py"))
     assert all("/" not in name for name in code)
-    assert {"configuration_mgcm.py", "modeling_mgcm.py", "processing_mgcm.py", "neighbour_table.py"} <= set(
+    assert {"configuration_mgcm.py", "modeling_mgcm.py", "processing_mgcm.py", "pipeline_mgcm.py"} <= set(
         code
     )
-    assert {"word_shape.py", "tweet_normalise.py", "word_vectors.py"} <= set(code)
-    sources = {name: (exported_dir / name).read_text() for name in code}
-    assert "from modeling_mgcm import" not in sources["processing_mgcm.py"]
-    assert "from .configuration_mgcm import MGCMConfig" in sources["processing_mgcm.py"]
-    # Every import of a project module is gone, and every relative import names a shipped file.
-    for module in export_to_hub.third_party_modules(sources):
-        assert module not in export_to_hub.PROJECT_PACKAGES
-    for name, source in sources.items():
-        for line in source.splitlines():
-            stripped = line.strip()
-            if stripped.startswith("from .") and " import" in stripped:
-                assert stripped.split()[1][1:] + ".py" in sources, (name, line)
-    assert {"torch", "transformers", "numpy", "safetensors"} <= set(
-        export_to_hub.third_party_modules(sources)
-    )
+    assert {"neighbour_table.py", "word_shape.py", "tweet_normalise.py", "image_sources.py"} <= set(code)
+    # The files of modeling_mgcm/ as they are (nothing rewritten), and every relative import names one of them.
+    for name in code:
+        assert (exported_dir / name).read_bytes() == (MODELING_DIR / name).read_bytes(), name
+        for imported in get_relative_imports(exported_dir / name):
+            assert f"{imported}.py" in code, (name, imported)
 
     assert json.loads((exported_dir / "results.json").read_text()) == json.loads(
         (training_dir / "results.json").read_text()
     )
     card = (exported_dir / "README.md").read_text()
     assert "| valid | lenient | 61.25 | 58.75 | 60.42 |" in card and "| valid | strict |" in card
-    assert "trust_remote_code=True" in card and "import modeling_mgcm" not in card
+    assert 'pipeline(model="path/to/this/folder", trust_remote_code=True)' in card
+    assert "import modeling_mgcm" not in card
     assert "`torch`" in card and "`pillow`" in card
+
+
+def test_shipped_code_imports_only_what_a_hub_user_installs(exported_dir):
+    """transformers' `check_imports` refuses remote code that imports a package that is not installed: the
+    shipped files need torch, transformers, numpy, pillow, safetensors and huggingface_hub, nothing else."""
+    assert hub_export.remote_code_imports(exported_dir) == [
+        "PIL",
+        "huggingface_hub",
+        "numpy",
+        "safetensors",
+        "torch",
+        "transformers",
+    ]
 
 
 def test_card_template_from_hub_configs_is_filled_from_results(training_dir, tmp_path):
     template = REPO / "hub_configs" / "mgcm-paper-twitter2017" / "README.md"
-    output = export_to_hub.export_to_hub(training_dir, tmp_path / "out", template, repo_id="someone/mgcm-t17")
+    output = hub_export.export_to_hub(training_dir, tmp_path / "out", template, repo_id="someone/mgcm-t17")
     card = (output / "README.md").read_text()
     assert "{{" not in card and "}}" not in card
     assert "| valid | lenient | 61.25 | 58.75 | 60.42 |" in card
+    assert 'pipeline(model="someone/mgcm-t17", trust_remote_code=True)' in card
     assert 'from_pretrained("someone/mgcm-t17", trust_remote_code=True)' in card
     assert "Trained on `synthetic` for 1 epoch(s)" in card and "epoch 1, the best on the valid split" in card
     # The template's fixed text stays: the paper's published scores, for comparison.
@@ -269,28 +349,28 @@ def test_export_refuses_a_folder_without_results_or_safetensors_and_a_used_outpu
     no_results = tmp_path / "no_results"
     shutil.copytree(training_dir, no_results)
     (no_results / "results.json").unlink()
-    with pytest.raises(export_to_hub.ExportError, match=r"no_results/results\.json does not exist"):
-        export_to_hub.export_to_hub(no_results, tmp_path / "a")
+    with pytest.raises(hub_export.ExportError, match=r"no_results/results\.json does not exist"):
+        hub_export.export_to_hub(no_results, tmp_path / "a")
 
     pickled = tmp_path / "pickled"
     shutil.copytree(training_dir, pickled)
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
-    with pytest.raises(export_to_hub.ExportError, match=r"no model\*\.safetensors.*pytorch_model\.bin"):
-        export_to_hub.export_to_hub(pickled, tmp_path / "b")
+    with pytest.raises(hub_export.ExportError, match=r"no model\*\.safetensors.*pytorch_model\.bin"):
+        hub_export.export_to_hub(pickled, tmp_path / "b")
 
     used = tmp_path / "used"
     used.mkdir()
     (used / "something.txt").write_text("x")
-    with pytest.raises(export_to_hub.ExportError, match="used exists and is not an empty folder"):
-        export_to_hub.export_to_hub(training_dir, used)
-    with pytest.raises(export_to_hub.ExportError, match="is the training folder"):
-        export_to_hub.export_to_hub(training_dir, training_dir)
+    with pytest.raises(hub_export.ExportError, match="used exists and is not an empty folder"):
+        hub_export.export_to_hub(training_dir, used)
+    with pytest.raises(hub_export.ExportError, match="is the training folder"):
+        hub_export.export_to_hub(training_dir, training_dir)
 
     broken = tmp_path / "broken"
     shutil.copytree(training_dir, broken)
     (broken / "results.json").write_text('{"metrics": {}\n  "run": 1}')
-    with pytest.raises(export_to_hub.ExportError, match=r"broken/results\.json, line 2: not valid JSON"):
-        export_to_hub.export_to_hub(broken, tmp_path / "c")
+    with pytest.raises(hub_export.ExportError, match=r"broken/results\.json, line 2: not valid JSON"):
+        hub_export.export_to_hub(broken, tmp_path / "c")
 
 
 def test_export_refuses_weights_that_do_not_match_the_config(training_dir, tmp_path):
@@ -300,8 +380,8 @@ def test_export_refuses_weights_that_do_not_match_the_config(training_dir, tmp_p
     config = json.loads((changed / "config.json").read_text())
     config["use_word_shape"] = not config["use_word_shape"]
     (changed / "config.json").write_text(json.dumps(config))
-    with pytest.raises(export_to_hub.ExportError, match="do not match its config.json.*word_shape"):
-        export_to_hub.export_to_hub(changed, tmp_path / "out")
+    with pytest.raises(hub_export.ExportError, match="do not match its config.json.*word_shape"):
+        hub_export.export_to_hub(changed, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -309,10 +389,10 @@ def test_card_template_with_an_unknown_placeholder_names_file_and_line(tmp_path)
     template = tmp_path / "card.md"
     template.write_text("# Card\n\n{{ results_table }}\n{{ results_tabel }}\n")
     with pytest.raises(
-        export_to_hub.ExportError, match=r"card\.md, line 4: unknown placeholder '\{\{ results_tabel \}\}'"
+        hub_export.ExportError, match=r"card\.md, line 4: unknown placeholder '\{\{ results_tabel \}\}'"
     ):
-        export_to_hub.fill_card_template(template.read_text(), {"results_table": "x"}, str(template))
-    assert export_to_hub.fill_card_template("a {{results_table}} b", {"results_table": "T"}, "t") == "a T b"
+        hub_export.fill_card_template(template.read_text(), {"results_table": "x"}, str(template))
+    assert hub_export.fill_card_template("a {{results_table}} b", {"results_table": "T"}, "t") == "a T b"
 
 
 def test_push_to_hub_without_a_login_says_how_to_log_in(exported_dir, tmp_path, monkeypatch):
@@ -323,87 +403,9 @@ def test_push_to_hub_without_a_login_says_how_to_log_in(exported_dir, tmp_path, 
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     with pytest.raises(
-        export_to_hub.ExportError, match="needs a Hub login: run `hf auth login` or set HF_TOKEN"
+        hub_export.ExportError, match="needs a Hub login: run `hf auth login` or set HF_TOKEN"
     ):
-        export_to_hub.push_folder_to_hub(exported_dir, "someone/mgcm", private=False)
-
-
-# ------------------------------------------------------------------------------------------------------
-# Flattening a package tree into one folder of relative imports
-
-
-@pytest.fixture
-def two_packages(tmp_path, monkeypatch):
-    """`pkg_core` (a class re-exported by its __init__, a constant) and `pkg_io`, which imports from it."""
-    root = tmp_path / "src"
-    files = {
-        "pkg_core/__init__.py": "from .shapes import Square, SIDES\n",
-        "pkg_core/shapes.py": "SIDES = 4\n\n\nclass Square:\n    sides = SIDES\n",
-        "pkg_io/__init__.py": "",
-        "pkg_io/helpers.py": "def double(x):\n    return 2 * x\n",
-        "pkg_io/reader.py": (
-            "from pkg_core import Square\n"
-            "\n"
-            "from .helpers import (\n"
-            "    double,\n"
-            ")\n"
-            "\n"
-            "\n"
-            "def perimeter():\n"
-            "    from pkg_core.shapes import SIDES as count\n"
-            "\n"
-            "    return double(Square.sides) + count\n"
-        ),
-    }
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    monkeypatch.syspath_prepend(str(root))
-    monkeypatch.setattr(export_to_hub, "PROJECT_PACKAGES", ("pkg_core", "pkg_io"))
-    yield root
-    for name in [name for name in sys.modules if name.split(".")[0] in ("pkg_core", "pkg_io", "flat")]:
-        del sys.modules[name]
-
-
-def test_flat_module_sources_rewrites_project_imports_and_runs(two_packages, tmp_path, monkeypatch):
-    sources = export_to_hub.flat_module_sources(["pkg_io.reader"])
-    assert sorted(sources) == ["helpers.py", "reader.py", "shapes.py"]
-    reader = sources["reader.py"]
-    # A name imported from a package comes from the submodule that defines it; function-level imports and
-    # aliases are kept; a sibling import already relative is left as written.
-    assert "from .shapes import Square\n" in reader
-    assert "    from .shapes import SIDES as count\n" in reader
-    assert "from .helpers import (\n    double,\n)\n" in reader
-    assert "pkg_core" not in reader
-    flat = tmp_path / "flat_root" / "flat"
-    flat.mkdir(parents=True)
-    (flat / "__init__.py").write_text("")
-    for name, text in sources.items():
-        (flat / name).write_text(text)
-    monkeypatch.syspath_prepend(str(flat.parent))
-    monkeypatch.setattr(export_to_hub, "PROJECT_PACKAGES", ())
-    flat_reader = importlib.import_module("flat.reader")
-    assert flat_reader.perimeter() == 12 and flat_reader.Square.__module__ == "flat.shapes"
-
-
-def test_flat_module_sources_refuses_what_it_cannot_rewrite(two_packages):
-    reader = two_packages / "pkg_io" / "reader.py"
-    reader.write_text("import pkg_core\n")
-    with pytest.raises(
-        export_to_hub.ExportError, match=r"reader\.py, line 1: `import pkg_core` cannot be shipped"
-    ):
-        export_to_hub.flat_module_sources(["pkg_io.reader"])
-    # A constant has no defining module to import it from.
-    reader.write_text("x = 1\nfrom pkg_core import SIDES\n")
-    with pytest.raises(
-        export_to_hub.ExportError, match=r"reader\.py, line 2: .*'SIDES' has no defining submodule"
-    ):
-        export_to_hub.flat_module_sources(["pkg_io.reader"])
-    # Two modules with the same file name cannot share one flat folder.
-    (two_packages / "pkg_io" / "shapes.py").write_text("from pkg_core.shapes import SIDES\n")
-    reader.write_text("from .shapes import SIDES\n")
-    with pytest.raises(export_to_hub.ExportError, match="would both be exported as shapes.py"):
-        export_to_hub.flat_module_sources(["pkg_io.reader"])
+        hub_export.push_folder_to_hub(exported_dir, "someone/mgcm", private=False)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from PIL import Image
 from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
-import processing  # noqa: F401  (registers the pipeline task)
 from modeling_mgcm.pipeline_mgcm import BadImageWarning
 from modeling_mgcm.word_shape import WORD_SHAPE_NAMES
 from processing import ImageFeatureCache, ImageLoadError, load_image, load_tweet_corpus, merge_windows

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from tiny_corpora import image_corpus_split
 from transformers import (
     AutoModel,
     CLIPConfig,
@@ -64,12 +65,7 @@ def image_folder(tmp_path) -> Path:
 
 def corpus_split(folder: Path, ids: list[str]) -> datasets.Dataset:
     """Corpus rows (`id`, `image` as `datasets.Image()`); "notweetimage" has no image, "gone" a missing file."""
-    paths = {name: str(folder / f"{name}.jpg") for name in [*GOOD_IDS, "html", "truncated", "gone"]}
-    paths["notweetimage"] = None
-    return datasets.Dataset.from_dict(
-        {"id": ids, "image": [paths[image_id] for image_id in ids]},
-        features=datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()}),
-    )
+    return image_corpus_split(folder, ids, without_image="notweetimage")
 
 
 ALL_IDS = [*GOOD_IDS, "html", "truncated", "gone", "notweetimage"]

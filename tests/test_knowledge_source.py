@@ -9,14 +9,14 @@ import pytest
 import torch
 from clean_process import KNOWLEDGE_TAGGING_SCRIPT, run_clean_script
 from safetensors.torch import load_file
-from test_export_to_hub import export_to_hub, one_thread  # noqa: F401  (a fixture)
 from training_runs import run_train_script
 from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
-import processing  # noqa: F401  (registers the processor and the pipeline task)
+from modeling_mgcm import WINDOW_INFO_KEYS
 from processing import load_tweet_corpus, write_conll
 from processing.predict_cli import main as predict_main
+from processing.training.hub_export import export_to_hub
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -26,7 +26,6 @@ KNOWLEDGE = DATA / "knowledge" / "twitter2015_pgim.txt"
 KNOWLEDGE_LENGTH = 48
 # Tweets of each split kept for the run: enough for every label, small enough for a test.
 SUBSET = {"train": 48, "valid": 24, "test": 24}
-WINDOW_KEYS = ("overflow_to_sample_mapping", "window_word_offset")
 
 pytestmark = pytest.mark.skipif(
     not (CORPUS.is_dir() and KNOWLEDGE.is_file() and CAPTIONS.is_file()),
@@ -117,7 +116,7 @@ def test_the_reloaded_model_reads_the_knowledge(trained_dir, valid_posts):
     assert without["knowledge_attention_mask"].sum() == 0
     with torch.no_grad():
         logits = [
-            model(**{k: v for k, v in inputs.items() if k not in WINDOW_KEYS}).logits
+            model(**{k: v for k, v in inputs.items() if k not in WINDOW_INFO_KEYS}).logits
             for inputs in (with_knowledge, without)
         ]
     assert not torch.allclose(logits[0], logits[1])
@@ -182,11 +181,11 @@ def test_mgcm_predict_tags_jsonl_posts_with_and_without_knowledge(trained_dir, v
     assert single["entities"] == json.loads(json.dumps(expected))
 
 
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("single_thread")
 def test_the_hub_export_loads_in_a_clean_process_and_reads_the_knowledge(trained_dir, valid_posts, tmp_path):
 
     exported = tmp_path / "hub"
-    export_to_hub.main([str(trained_dir), str(exported)])
+    export_to_hub(trained_dir, exported)
     batch = {
         "words": [post["text"] for post in valid_posts[:3]],
         "captions": [post["caption"] for post in valid_posts[:3]],
@@ -210,7 +209,7 @@ def test_the_hub_export_loads_in_a_clean_process_and_reads_the_knowledge(trained
         words=batch["words"], captions=batch["captions"], text_sources={"knowledge": batch["knowledge"]}
     )
     with torch.no_grad():
-        logits = model(**{k: v for k, v in inputs.items() if k not in WINDOW_KEYS}).logits
+        logits = model(**{k: v for k, v in inputs.items() if k not in WINDOW_INFO_KEYS}).logits
     assert torch.equal(remote["with.logits"], logits)
     assert (remote["with.knowledge_gate"].sum(dim=1) > 0).all()
     assert (remote["without.knowledge_gate"] == 0).all()

@@ -3,26 +3,15 @@
 import json
 
 import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, PreTrainedTokenizerFast, pipeline
+from tiny_text_generation import build_pipeline, build_tokenizer, tiny_gpt2_config
+from transformers import GPT2Model, pipeline
 
 from modeling_mgcm.knowledge_writer import (
     NO_CAPTION_TEXT,
-    PGIM_PROMPT,
     KnowledgeWriter,
     as_knowledge_writer,
 )
 
-TOKENIZER_SENTENCES = [
-    PGIM_PROMPT,
-    NO_CAPTION_TEXT,
-    "Obama meets Merkel in Berlin today",
-    "RT @JayKenMinaj George Zimmerman trial in Florida",
-    "Named entities: 1. Obama (person) 2. Berlin (location) Reasoning: the image shows a stage",
-    "a man on a stage holding a microphone",
-    "<user> <bot>",
-]
 POSTS = [
     "Obama meets Merkel in Berlin today",
     "RT @JayKenMinaj George Zimmerman trial",
@@ -35,39 +24,6 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<user> {{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<bot>{% endif %}"
 )
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A whitespace WordLevel tokenizer over `TOKENIZER_SENTENCES`, with unk and eos but no pad token."""
-    word_level = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    word_level.decoder = decoders.WordPiece(prefix="##")
-    word_level.train_from_iterator(
-        TOKENIZER_SENTENCES, trainers.WordLevelTrainer(special_tokens=["<unk>", "<eos>"])
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", eos_token="<eos>")
-
-
-def tiny_gpt2_config(vocab_size: int) -> GPT2Config:
-    """A 1-layer, 32-wide GPT-2 config without bos/eos tokens."""
-    return GPT2Config(
-        n_layer=1,
-        n_head=2,
-        n_embd=32,
-        vocab_size=vocab_size,
-        n_positions=512,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-
-
-def build_pipeline(seed: int = 0):
-    """A text-generation pipeline over a 1-layer random GPT-2. The model has no eos token, so every answer
-    runs to max_new_tokens."""
-    tokenizer = build_tokenizer()
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(tiny_gpt2_config(len(tokenizer))).eval()
-    return pipeline("text-generation", model=model, tokenizer=tokenizer)
 
 
 def spy_on_generate(generation_pipeline, monkeypatch) -> list[dict]:

@@ -8,15 +8,16 @@ import pytest
 import torch
 from clean_process import KNOWLEDGE_TAGGING_SCRIPT, run_clean_script
 from safetensors.torch import load_file
-from test_export_to_hub import export_to_hub, fake_results, one_thread  # noqa: F401  (a fixture)
-from test_knowledge_writer import build_pipeline
+from tiny_text_generation import build_pipeline
+from training_runs import fake_results
 from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
-import processing  # noqa: F401  (registers the pipeline task)
+import modeling_mgcm  # noqa: F401  (registers the pipeline task)
 from modeling_mgcm.knowledge_writer import KnowledgeWriter
 from processing import WINDOW_INFO_KEYS
 from processing.predict_cli import main as predict_main
 from processing.testing.tiny_backbones import save_tiny_mgcm
+from processing.training.hub_export import export_to_hub
 
 POSTS = [
     {"text": "Jordan visits Phoenix", "caption": "a man on a court"},
@@ -97,7 +98,7 @@ def test_mgcm_predict_writes_knowledge_with_a_local_model_and_caches_it(
     assert [record["entities"] for record in records] == json.loads(json.dumps(expected))
 
 
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("single_thread")
 def test_the_hub_export_of_a_knowledge_model_reads_knowledge_in_a_clean_process(
     knowledge_model_dir, tmp_path
 ):
@@ -106,7 +107,7 @@ def test_the_hub_export_of_a_knowledge_model_reads_knowledge_in_a_clean_process(
     shutil.copytree(knowledge_model_dir, training_dir)
     (training_dir / "results.json").write_text(json.dumps(fake_results()), encoding="utf-8")
     exported = tmp_path / "hub"
-    export_to_hub.main([str(training_dir), str(exported)])
+    export_to_hub(training_dir, exported)
     batch = {
         "words": [post["text"].split() for post in POSTS],
         "captions": [post.get("caption") for post in POSTS],

@@ -26,19 +26,14 @@ from processing.testing.tiny_backbones import (
     tiny_text_config,
     tiny_vision_config,
 )
+from processing.training.optimizer import parameter_groups
+from processing.training.window_rows import preprocess_corpus
 
 IMAGE_SIZE = 32
 MAX_EPOCHS = 12
 VALID_TARGET_F1 = 0.95
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run fastest on one thread; on a shared CPU two threads can wait on each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class RegionFeatureTable:
@@ -74,7 +69,7 @@ def synthetic():
     features = RegionFeatureTable(corpus, vision_model, tiny_image_processor(IMAGE_SIZE))
     return {
         "corpus": corpus,
-        "windows": processor.preprocess_corpus(corpus),
+        "windows": preprocess_corpus(processor, corpus),
         "processor": processor,
         "features": features,
         "vocab_size": len(tokenizer),
@@ -126,7 +121,7 @@ def train(model, synthetic, max_epochs: int, stop_at_valid_f1: float | None = No
     """AdamW with the model's parameter groups and gradient clipping; returns the epochs run (stopping once
     the valid score is good)."""
     optimizer = torch.optim.AdamW(
-        model.parameter_groups(lr=2e-3, crf_lr=1e-2, weight_decay=0.01), foreach=True
+        parameter_groups(model, lr=2e-3, crf_lr=1e-2, weight_decay=0.01), foreach=True
     )
     loader = DataLoader(
         synthetic["windows"]["train"],

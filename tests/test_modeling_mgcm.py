@@ -1,17 +1,31 @@
 """MGCMModel / MGCMForTokenClassification on tiny random backbones: shapes, masks, exact absence, padding and
 batch invariance, gradients, every augmentation mode and granularity, save/reload, Auto classes,
-from_backbones, remote code, parameter groups and located input errors."""
+from_backbones, remote code and located input errors."""
 
 import copy
 import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 
 import pytest
 import torch
 import torch.nn.functional as F
+from mgcm_batches import (
+    GRANULARITY_KEYS,
+    NEIGHBOURS,
+    OBJECT_LABELS,
+    OBJECT_PADDING_ID,
+    REGIONS,
+    VECTOR_DIM,
+    Example,
+    build_batch,
+    mgcm_config,
+    random_example,
+    run,
+    three_examples,
+    tiny_model,
+)
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
@@ -24,167 +38,11 @@ from transformers import (
     masking_utils,
 )
 
-from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, MGCMModel, extract_image_features
+from modeling_mgcm import MGCMForTokenClassification, MGCMModel, extract_image_features
 from modeling_mgcm.cross_modal_attention import MGCMAttention
 from modeling_mgcm.semantic_augmentation import MGCMSemanticAugmentation
 
-OBJECT_LABELS = ["person", "dog", "car", "tree"]
-OBJECT_PADDING_ID = len(OBJECT_LABELS)
-FEATURE_DIM, REGIONS = 12, 4
-VECTOR_DIM, NEIGHBOURS = 6, 3
-CLS, SEP, PAD = 2, 3, 0
-GRANULARITY_KEYS = {
-    "image": ("image_features", "image_mask"),
-    "objects": ("object_ids", "object_mask"),
-    "caption": ("caption_input_ids", "caption_attention_mask"),
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, two threads waiting on each other made these
-    tests a hundred times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def mgcm_config(text_config, **overrides) -> MGCMConfig:
-    """Every granularity, gated augmentation and word shape on, precomputed 12-d image features."""
-    settings = dict(
-        # A copy: the config sets the attention implementation on its sub-configs, and this one is shared.
-        text_config=copy.deepcopy(text_config),
-        vision_config=None,
-        image_feature_dim=FEATURE_DIM,
-        use_caption=True,
-        object_labels=OBJECT_LABELS,
-        max_objects=3,
-        augmentation_dim=VECTOR_DIM,
-        num_neighbours=NEIGHBOURS,
-        use_word_shape=True,
-    )
-    settings.update(overrides)
-    return MGCMConfig(**settings)
-
-
-def tiny_model(text_config, seed: int = 0, **overrides) -> MGCMForTokenClassification:
-    torch.manual_seed(seed)
-    return MGCMForTokenClassification(mgcm_config(text_config, **overrides)).eval()
-
-
-@dataclass
-class Example:
-    """One tweet with its inputs, unpadded."""
-
-    word_pieces: list[list[int]]
-    labels: list[int]
-    shapes: list[int]
-    neighbour_vectors: torch.Tensor
-    neighbour_weights: torch.Tensor
-    image_features: torch.Tensor | None = None
-    object_ids: list[int] = field(default_factory=list)
-    caption_ids: list[int] = field(default_factory=list)
-
-
-def random_example(
-    seed: int,
-    num_words: int,
-    image: bool = True,
-    objects: bool = True,
-    caption: bool = True,
-    vocab_size: int = 60,
-) -> Example:
-    generator = torch.Generator().manual_seed(seed)
-
-    def ints(low: int, high: int, size: int) -> list[int]:
-        return torch.randint(low, high, (size,), generator=generator).tolist()
-
-    pieces_per_word = ints(1, 4, num_words)
-    weights = torch.rand(num_words, NEIGHBOURS, generator=generator)
-    weights[0] = 0.0  # an out-of-vocabulary word
-    return Example(
-        word_pieces=[ints(5, vocab_size, count) for count in pieces_per_word],
-        labels=ints(0, 9, num_words),
-        shapes=ints(1, 12, num_words),
-        neighbour_vectors=torch.randn(num_words, NEIGHBOURS, VECTOR_DIM, generator=generator),
-        neighbour_weights=weights / weights.sum(-1, keepdim=True).clamp(min=1e-6),
-        image_features=torch.randn(REGIONS, FEATURE_DIM, generator=generator).relu() if image else None,
-        object_ids=ints(0, len(OBJECT_LABELS), int(ints(1, 4, 1)[0])) if objects else [],
-        caption_ids=[CLS] + ints(5, vocab_size, int(ints(2, 6, 1)[0])) + [SEP] if caption else [],
-    )
-
-
-def build_batch(
-    examples: list[Example],
-    extra_pieces: int = 0,
-    extra_words: int = 0,
-    extra_caption: int = 0,
-    absent_filler: float = 0.0,
-    without: tuple[str, ...] = (),
-) -> dict[str, torch.Tensor]:
-    """Pad examples into model inputs; `without` drops a granularity's inputs from the whole batch."""
-    batch_size = len(examples)
-    num_pieces = max(sum(len(p) for p in ex.word_pieces) for ex in examples) + 2 + extra_pieces
-    num_words = max(len(ex.word_pieces) for ex in examples) + extra_words
-    caption_length = max(1, max(len(ex.caption_ids) for ex in examples)) + extra_caption
-    batch = {
-        "input_ids": torch.full((batch_size, num_pieces), PAD),
-        "attention_mask": torch.zeros(batch_size, num_pieces, dtype=torch.long),
-        "word_ids": torch.full((batch_size, num_pieces), -1),
-        "word_mask": torch.zeros(batch_size, num_words, dtype=torch.long),
-        "word_shape_ids": torch.zeros(batch_size, num_words, dtype=torch.long),
-        "neighbour_vectors": torch.zeros(batch_size, num_words, NEIGHBOURS, VECTOR_DIM),
-        "neighbour_weights": torch.zeros(batch_size, num_words, NEIGHBOURS),
-        "labels": torch.full((batch_size, num_words), -100),
-        "image_features": torch.full((batch_size, REGIONS, FEATURE_DIM), absent_filler),
-        "image_mask": torch.zeros(batch_size, dtype=torch.long),
-        "object_ids": torch.full((batch_size, 3), OBJECT_PADDING_ID),
-        "object_mask": torch.zeros(batch_size, 3, dtype=torch.long),
-        "caption_input_ids": torch.full((batch_size, caption_length), PAD),
-        "caption_attention_mask": torch.zeros(batch_size, caption_length, dtype=torch.long),
-    }
-    for row, ex in enumerate(examples):
-        pieces = [CLS] + [piece for word in ex.word_pieces for piece in word] + [SEP]
-        word_of_piece = [-1] + [index for index, word in enumerate(ex.word_pieces) for _ in word] + [-1]
-        batch["input_ids"][row, : len(pieces)] = torch.tensor(pieces)
-        batch["attention_mask"][row, : len(pieces)] = 1
-        batch["word_ids"][row, : len(pieces)] = torch.tensor(word_of_piece)
-        words = len(ex.word_pieces)
-        batch["word_mask"][row, :words] = 1
-        batch["word_shape_ids"][row, :words] = torch.tensor(ex.shapes)
-        batch["neighbour_vectors"][row, :words] = ex.neighbour_vectors
-        batch["neighbour_weights"][row, :words] = ex.neighbour_weights
-        batch["labels"][row, :words] = torch.tensor(ex.labels)
-        if ex.image_features is not None:
-            batch["image_features"][row] = ex.image_features
-            batch["image_mask"][row] = 1
-        if ex.object_ids:
-            batch["object_ids"][row, : len(ex.object_ids)] = torch.tensor(ex.object_ids)
-            batch["object_mask"][row, : len(ex.object_ids)] = 1
-        if ex.caption_ids:
-            batch["caption_input_ids"][row, : len(ex.caption_ids)] = torch.tensor(ex.caption_ids)
-            batch["caption_attention_mask"][row, : len(ex.caption_ids)] = 1
-    for granularity in without:
-        for key in GRANULARITY_KEYS[granularity]:
-            del batch[key]
-    return batch
-
-
-def three_examples(**absent) -> list[Example]:
-    """Three tweets of 5, 3 and 6 words; `absent={'image': 1}` takes example 1's image away."""
-    sizes = (5, 3, 6)
-    examples = []
-    for index, size in enumerate(sizes):
-        present = {name: absent.get(name) != index for name in GRANULARITY_KEYS}
-        examples.append(random_example(index, size, **present))
-    return examples
-
-
-def run(model, batch, **kwargs):
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    with torch.no_grad():
-        return model(**inputs, **kwargs)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -560,8 +418,10 @@ def test_the_loss_is_crf_nll_plus_half_the_span_crf_nll(tiny_text_config):
         encoded = model.mgcm(**{k: v for k, v in batch.items() if k != "labels"})
         mask = batch["word_mask"].bool()
         span_labels = model._span_labels(batch["labels"], mask)
-        expected = model.crf(output.logits, batch["labels"], mask) + 0.5 * model.span_crf(
-            model.span_classifier(encoded.text_hidden_state), span_labels, mask
+        span_logits = model.span_classifier(encoded.text_hidden_state)
+        expected = (
+            model.crf(output.logits, batch["labels"], mask).mean()
+            + 0.5 * model.span_crf(span_logits, span_labels, mask).mean()
         )
     assert span_labels[0, :5].tolist() == [1, 2, 0, 1, 2]
     assert (span_labels[~mask] == -100).all()
@@ -699,33 +559,7 @@ save_file({{"logits": logits}}, {str(tmp_path / "logits.safetensors")!r})
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Optimizer groups and input errors
-
-
-def test_parameter_groups_split_learning_rates_and_weight_decay(tiny_text_config, tiny_resnet_config):
-    model = tiny_model(tiny_text_config, vision_config=tiny_resnet_config, image_feature_dim=None)
-    groups = model.parameter_groups(lr=1e-5, fusion_lr=1e-3, crf_lr=5e-2, weight_decay=0.01)
-    grouped = [id(p) for group in groups for p in group["params"]]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert sorted(grouped) == sorted(id(p) for p in trainable)
-    by_name = {group["name"]: group for group in groups}
-    assert set(by_name) == {"backbone", "backbone_no_decay", "fusion", "fusion_no_decay", "crf_no_decay"}
-    assert (by_name["backbone"]["lr"], by_name["fusion"]["lr"], by_name["crf_no_decay"]["lr"]) == (
-        1e-5,
-        1e-3,
-        5e-2,
-    )
-    for group in groups:
-        no_decay = group["name"].endswith("_no_decay")
-        assert group["weight_decay"] == (0.0 if no_decay else 0.01)
-        assert all((p.ndim < 2) == no_decay for p in group["params"] if not group["name"].startswith("crf"))
-    crf_parameters = {id(p) for p in list(model.crf.parameters()) + list(model.span_crf.parameters())}
-    assert {id(p) for p in by_name["crf_no_decay"]["params"]} == crf_parameters
-    layer_norm = model.mgcm.text_encoder.embeddings.LayerNorm.weight
-    assert any(p is layer_norm for p in by_name["backbone_no_decay"]["params"])
-    torch.optim.AdamW(groups)  # the groups are valid optimizer input
-    defaults = model.parameter_groups(lr=2e-5)
-    assert {group["lr"] for group in defaults} == {2e-5}
+# Input errors
 
 
 def _set(key, value):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import modeling_mgcm.neighbour_table as neighbour_table_module
 from modeling_mgcm.neighbour_table import TABLE_FILE_NAME, NeighbourTable
 from modeling_mgcm.tweet_normalise import NUMBER_CLASS_TOKEN, URL_CLASS_TOKEN, normalise_token
 from processing.text.neighbour_search import build_neighbour_table, neighbour_table_from_embeddings
@@ -331,20 +330,6 @@ def test_malformed_folders_are_reported(tmp_path):
 
 
 # Cache
-
-
-@pytest.fixture
-def counted_searches(monkeypatch):
-    """Counts the nearest-neighbour searches that `build_neighbour_table` runs."""
-    calls = []
-    search = neighbour_table_module._nearest_neighbours
-
-    def counting_search(*args, **kwargs):
-        calls.append(args)
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(neighbour_table_module, "_nearest_neighbours", counting_search)
-    return calls
 
 
 def test_a_second_build_with_the_same_inputs_is_read_from_the_cache(tmp_path, counted_searches):

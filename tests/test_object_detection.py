@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_corpora import image_corpus_split
 
 from processing import CorpusFormatError, load_tweet_corpus, read_objects_file
 from processing.images.object_detection import detect_objects, select_detections, write_objects_file
@@ -39,12 +40,8 @@ def image_folder(tmp_path) -> Path:
 
 
 def corpus_split(folder: Path, ids: list[str]) -> datasets.Dataset:
-    paths = {image_id: str(folder / f"{image_id}.jpg") for image_id in [*RED_OF, "html", "truncated", "gone"]}
-    paths["noimage"] = None
-    return datasets.Dataset.from_dict(
-        {"id": ids, "image": [paths[image_id] for image_id in ids]},
-        features=datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()}),
-    )
+    """Corpus rows (`id`, `image` as `datasets.Image()`); "noimage" has no image, "gone" a missing file."""
+    return image_corpus_split(folder, ids, without_image="noimage")
 
 
 class FakeDetector:

@@ -1,5 +1,6 @@
-"""The "multimodal-ner" pipeline: loading, outputs checked against the model's own Viterbi path and CRF
-marginals, offsets, batching, windows, text-only posts, bad images in both modes, URLs and cached features."""
+"""The "multimodal-ner" pipeline: loading, outputs checked against the model's own Viterbi path, CRF
+marginals and attention, offsets, word splitting shared with the processor, batching, windows, text-only
+posts, bad images in both modes, URLs and cached features."""
 
 import http.server
 import io
@@ -14,15 +15,10 @@ from PIL import Image
 from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
-import processing  # noqa: F401  (registers the pipeline task)
 from modeling_mgcm.pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
+from modeling_mgcm.processing_mgcm import WINDOW_INFO_KEYS, merge_windows
 from modeling_mgcm.tweet_tokenizer import split_tweet
 from processing import ImageFeatureCache, ImageLoadError, make_synthetic_corpus
-
-
-@pytest.fixture(scope="module")
-def tagger(tiny_mgcm_dir):
-    return pipeline("multimodal-ner", model=str(tiny_mgcm_dir), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +54,25 @@ def assert_same_outputs(left, right):
     for left_post, right_post in zip(left, right, strict=True):
         for left_entity, right_entity in zip(left_post, right_post, strict=True):
             assert left_entity["score"] == pytest.approx(right_entity["score"], abs=1e-5)
+
+
+def direct_outputs(tagger, words, **inputs):
+    """The processor and the model called directly on one post's words: `(encoding, model output)`, with the
+    cross-modal attention weights; the encoding keeps the window bookkeeping."""
+    encoding = tagger.processor(words=words, **inputs)
+    model_inputs = {name: value for name, value in encoding.items() if name not in WINDOW_INFO_KEYS}
+    with torch.no_grad():
+        return encoding, tagger.model(**model_inputs, output_attentions=True)
+
+
+def merged(encoding, per_window):
+    """Per-window word values merged into one per word of the post, as the pipeline merges windows."""
+    return merge_windows(
+        per_window,
+        encoding["overflow_to_sample_mapping"],
+        encoding["window_word_offset"],
+        encoding["word_mask"].sum(1),
+    )[0]
 
 
 def lenient_entities(tags):
@@ -211,6 +226,128 @@ def test_pre_split_words_are_offsets_into_the_words_joined_by_spaces(tagger):
     assert [(w["start"], w["end"]) for w in output["words"]] == [(0, 6), (7, 9), (10, 13), (14, 19)]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "@Obama visits #Phoenix: https://t.co/x1Y 🎉🇫🇷",
+        "RT @jordan_23: Paris!!! 👍🏽 #NBA",
+        "Obama's photo (in Paris), see www.example.com/a.",
+    ],
+)
+def test_the_processor_splits_raw_text_into_the_pipelines_words(tagger, text):
+    output = tagger(text, aggregation="words")
+    words = [word["word"] for word in output["words"]]
+    assert words != text.split()  # mentions, hashtags, URLs, emoji and punctuation: not white-space words
+    from_text = tagger.processor(text=text)
+    from_words = tagger.processor(words=words)
+    assert from_text.keys() == from_words.keys()
+    for name in from_words:
+        assert torch.equal(from_text[name], from_words[name]), name
+    # The model's tags on the processor's encoding of the raw text are the pipeline's.
+    model_inputs = {name: value for name, value in from_text.items() if name not in WINDOW_INFO_KEYS}
+    with torch.no_grad():
+        predictions = tagger.model(**model_inputs).predictions
+    tags = [tagger.model.config.id2label[tag] for tag in merged(from_text, predictions)]
+    assert tags == [word["tag"] for word in output["words"]]
+
+
+def test_output_attentions_gives_each_word_its_attention_over_each_input(tagger, tmp_path):
+    caption = "a person near Paris"  # "near" is spelled in several pieces, the other words are whole
+    objects = [{"label": "car", "score": 0.4}, {"label": "person", "score": 0.9}]
+    post = {
+        "text": "Jordan visits Phoenix with Obama",
+        "image": image_file(tmp_path),
+        "caption": caption,
+        "objects": objects,
+    }
+    output = tagger(post, aggregation="words", output_attentions=True)
+    words = [word["word"] for word in output["words"]]
+    encoding, reference = direct_outputs(
+        tagger, words, images=Image.open(post["image"]).convert("RGB"), captions=caption, objects=objects
+    )
+    attended = output["attended"]
+    assert list(attended) == ["image", "objects", "caption"]
+    torch.testing.assert_close(attended["image"]["pixel_values"], encoding["pixel_values"][0])
+    assert attended["objects"] == ["person", "car"]  # as the model read them: highest score first
+    assert attended["caption"] == {"text": caption, "words": caption.split(), "truncated": False}
+    piece_words = tagger.processor.tokenizer(caption).word_ids()
+    assert piece_words.count(2) > 1
+    attention = reference.cross_attentions
+    for index, word in enumerate(output["words"]):
+        assert set(word["attention"]) == {"image", "objects", "caption"}
+        np.testing.assert_allclose(word["attention"]["image"], attention["image"][0, index], atol=1e-6)
+        assert len(word["attention"]["image"]) == 64  # the tiny ResNet's 8x8 regions
+        np.testing.assert_allclose(
+            word["attention"]["objects"], attention["objects"][0, index, :2], atol=1e-6
+        )
+        pieces = attention["caption"][0, index]
+        expected = [
+            sum(float(pieces[piece]) for piece, owner in enumerate(piece_words) if owner == caption_word)
+            for caption_word in range(4)
+        ]
+        np.testing.assert_allclose(word["attention"]["caption"], expected, atol=1e-6)
+        assert sum(word["attention"]["caption"]) < 1.0  # the rest is on [CLS] and [SEP]
+    # The rest of the output is what it is without attention.
+    plain = tagger(post, aggregation="words")
+    assert_same_outputs([output["entities"]], [plain["entities"]])
+    for with_attention, without in zip(output["words"], plain["words"], strict=True):
+        assert set(with_attention) - set(without) == {"attention"}
+        assert with_attention["tag"] == without["tag"]
+        assert with_attention["score"] == pytest.approx(without["score"], abs=1e-5)
+
+
+def test_output_attentions_describes_only_the_inputs_a_post_has(tagger):
+    output = tagger(
+        {"text": "Jordan visits Phoenix", "caption": ""}, aggregation="words", output_attentions=True
+    )
+    assert output["attended"] == {} and all(word["attention"] == {} for word in output["words"])
+    assert tagger("  ", aggregation="words", output_attentions=True) == {
+        "text": "  ",
+        "words": [],
+        "entities": [],
+        "image_error": None,
+        "attended": {},
+    }
+    long_caption = "a person in Paris with the photo " * 6  # whole words, more than max_caption_length
+    output = tagger(
+        {"text": "Obama in Paris", "caption": long_caption}, aggregation="words", output_attentions=True
+    )
+    read = output["attended"]["caption"]
+    assert (
+        read["truncated"] and long_caption.startswith(read["text"]) and read["words"] == read["text"].split()
+    )
+    assert len(read["words"]) == tagger.processor.max_caption_length - 2
+    assert all(len(word["attention"]["caption"]) == len(read["words"]) for word in output["words"])
+
+
+def test_attention_is_the_same_batched_or_alone_and_merged_across_windows(tagger):
+    long_text = " ".join(["Obama visits Paris , Jordan at Phoenix !"] * 6)  # several windows of 32 pieces
+    posts = [
+        {"text": "Jordan in Phoenix", "caption": "a person", "objects": ["car"]},
+        {"text": long_text, "caption": "the photo of a person in Paris", "objects": ["person", "dog"]},
+        {"text": "Obama visits Paris", "caption": "Obama"},
+    ]
+    alone = [tagger(post, aggregation="words", output_attentions=True) for post in posts]
+    batched = tagger(posts, batch_size=3, aggregation="words", output_attentions=True)
+    for one, other in zip(alone, batched, strict=True):
+        assert one["attended"] == other["attended"]
+        for one_word, other_word in zip(one["words"], other["words"], strict=True):
+            for name, weights in one_word["attention"].items():
+                np.testing.assert_allclose(other_word["attention"][name], weights, atol=1e-5)
+    words = [word["word"] for word in alone[1]["words"]]
+    encoding, reference = direct_outputs(
+        tagger,
+        words,
+        captions=posts[1]["caption"],
+        objects=[{"label": "person", "score": 1.0}, {"label": "dog", "score": 1.0}],
+    )
+    assert len(encoding["input_ids"]) > 1
+    expected = merged(encoding, reference.cross_attentions["objects"][:, :, :2])
+    np.testing.assert_allclose(
+        [word["attention"]["objects"] for word in alone[1]["words"]], expected, atol=1e-6
+    )
+
+
 def test_empty_input_gives_no_entities(tagger):
     assert tagger("") == [] and tagger(" \u00a0 ") == [] and tagger([]) == []
     assert tagger("  ", aggregation="words") == {
@@ -270,6 +407,21 @@ def test_options_and_posts_are_checked_with_clear_errors(tagger):
         tagger("Paris", on_bad_image="skip")
     with pytest.raises(TypeError, match="unknown multimodal-ner pipeline argument"):
         tagger("Paris", stride=3)
+    with pytest.raises(ValueError, match="output_attentions=True .* pass aggregation='words'"):
+        tagger("Paris", output_attentions=True)
+    with pytest.raises(ValueError, match="output_attentions=True .* pass aggregation='words'"):
+        tagger(["Paris", "Obama"], batch_size=2, output_attentions=True)
+    with pytest.raises(ValueError, match="output_attentions must be True or False, got 'yes'"):
+        tagger("Paris", aggregation="words", output_attentions="yes")
+
+
+def test_options_given_to_the_pipeline_hold_for_every_call(tagger):
+    explaining = MultimodalNERPipeline(
+        model=tagger.model, processor=tagger.processor, aggregation="words", output_attentions=True
+    )
+    output = explaining({"text": "Obama in Paris", "caption": "a person"})
+    assert set(output["attended"]) == {"caption"} and set(output["words"][0]["attention"]) == {"caption"}
+    assert "attended" not in explaining("Obama in Paris", output_attentions=False)
 
 
 def test_generators_are_tagged_lazily_one_batch_at_a_time(tagger):
@@ -404,6 +556,21 @@ def test_cached_image_features_give_the_outputs_of_the_raw_images(tagger, tiny_m
         image_feature_cache=cache,
     )
     assert_same_outputs(mixed, from_images)
+    # The attention over cached features is the attention over the raw image's; there are no pixels to show.
+    with_cache, with_image = (
+        tagger(
+            {"text": texts[0], **image},
+            image_feature_cache=cache,
+            aggregation="words",
+            output_attentions=True,
+        )
+        for image in ({"image_id": "a"}, {"image": paths[0]})
+    )
+    assert with_cache["attended"]["image"] == {"pixel_values": None}
+    for cached_word, image_word in zip(with_cache["words"], with_image["words"], strict=True):
+        np.testing.assert_allclose(
+            cached_word["attention"]["image"], image_word["attention"]["image"], atol=1e-5
+        )
     with pytest.raises(ImageLoadError, match="image_id 'gone'.*missing or corrupt"):
         tagger({"text": "Paris", "image_id": "gone"}, image_feature_cache=cache)
     with pytest.raises(ImageLoadError, match="image_id 'unknown'.*not in the image feature cache"):

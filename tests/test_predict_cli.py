@@ -11,18 +11,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from transformers import pipeline
 
-import processing  # noqa: F401  (registers the pipeline task)
+import modeling_mgcm  # noqa: F401  (registers the pipeline task)
 from modeling_mgcm.pipeline_mgcm import BadImageWarning
 from processing.predict_cli import main, tag_records
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tagger(tiny_mgcm_dir):
-    return pipeline("multimodal-ner", model=str(tiny_mgcm_dir), device="cpu")
 
 
 @pytest.fixture()

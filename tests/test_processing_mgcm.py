@@ -9,29 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from processor_doubles import OBJECT_LABELS, WordLengthTable
 from transformers import AutoProcessor, AutoTokenizer
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 from modeling_mgcm.processing_mgcm import plan_windows
+from modeling_mgcm.tweet_tokenizer import split_tweet
 from processing import MGCMProcessor, merge_windows, word_shape_id
 from processing.text.neighbour_search import neighbour_table_from_embeddings
-
-OBJECT_LABELS = ["person", "car", "dog"]
-
-
-class SpellingTable:
-    """A neighbour-table double whose vectors spell each word's length, so alignment can be read back."""
-
-    k = 2
-    dim = 3
-
-    def lookup(self, tokens):
-        vectors = np.zeros((len(tokens), self.k, self.dim), dtype=np.float32)
-        weights = np.zeros((len(tokens), self.k), dtype=np.float32)
-        for index, token in enumerate(tokens):
-            vectors[index] = len(token)
-            weights[index] = 0.5
-        return vectors, weights
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +26,7 @@ def tokenizer(tiny_bert_dir):
 
 @pytest.fixture
 def processor(tokenizer):
-    return MGCMProcessor(tokenizer, neighbour_table=SpellingTable(), object_labels=OBJECT_LABELS)
+    return MGCMProcessor(tokenizer, neighbour_table=WordLengthTable(), object_labels=OBJECT_LABELS)
 
 
 def tiny_image_processor() -> ViTImageProcessorPil:
@@ -133,12 +118,28 @@ def test_words_without_any_word_piece_get_an_unk_slot(processor, tokenizer):
     assert encoding["labels"].tolist() == [[3, 0, 0, 0, 0, 3]]
 
 
-def test_text_input_is_split_on_white_space(processor):
-    from_text = processor(text=["Obama  in\tParis", "rt"])
-    from_words = processor([["Obama", "in", "Paris"], ["rt"]])
+def test_text_input_is_split_with_the_tweet_splitter(processor):
+    texts = ["@Obama  in\tParis!", "rt #NBA https://t.co/x1 🎉🇫🇷", "I've seen U.S. :)"]
+    from_text = processor(text=texts)
+    from_words = processor([[word for word, _, _ in split_tweet(text)] for text in texts])
+    # Punctuation splits off, mentions, hashtags, URLs and emoji stay whole: not white-space words.
+    assert [word for word, _, _ in split_tweet(texts[0])] == ["@Obama", "in", "Paris", "!"]
+    assert [word for word, _, _ in split_tweet(texts[2])] == "I ' ve seen U . S . :)".split()
 
     for name in from_words:
         assert torch.equal(from_text[name], from_words[name]), name
+    single = processor(text=texts[1])
+    assert torch.equal(single["input_ids"], from_text["input_ids"][1:2])
+
+
+def test_a_list_of_strings_as_text_is_a_batch_of_tweets_and_as_words_one_tweet(processor):
+    as_text = processor(text=["Obama", "Paris"])
+    as_words = processor(words=["Obama", "Paris"])
+    assert as_text["overflow_to_sample_mapping"].tolist() == [0, 1]
+    assert as_words["overflow_to_sample_mapping"].tolist() == [0]
+    assert as_words["word_mask"].tolist() == [[1, 1]]
+    # Pre-split words are taken as they are, even those the splitter would cut.
+    assert processor(words=["U.S.", "Paris!"])["word_mask"].tolist() == [[1, 1]]
 
 
 def test_a_400_word_tweet_is_windowed_so_merge_gives_one_prediction_per_word_in_order(tokenizer):

@@ -7,11 +7,11 @@ import torch
 from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
-import processing  # noqa: F401  (registers the pipeline task)
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from processing import WINDOW_INFO_KEYS, MGCMProcessor, word_shape_id
 from processing.corpus.labels import LABEL_NAMES
 from processing.testing.tiny_backbones import build_corpus_tokenizer, tiny_text_config
+from processing.training.window_rows import window_row_features
 
 WORDS = ["Obama", "visits", "Paris", "http://t.co/w7rktBN5ac", "a", "man", "on", "stage", "rt"]
 
@@ -78,7 +78,7 @@ def test_the_caption_segment_follows_every_window_after_a_separator_and_belongs_
     no_caption = windows[-1]
     assert pieces(tokenizer, no_caption["input_ids"]) == ["[CLS]", "rt", "[SEP]"]
     assert no_caption["token_type_ids"] == [0, 0, 0]
-    assert "caption_input_ids" not in processor.window_row_features(["id", "tokens", "caption"])
+    assert "caption_input_ids" not in window_row_features(processor, ["id", "tokens", "caption"])
 
 
 def text_only_config(tokenizer) -> MGCMConfig:

@@ -20,7 +20,6 @@ import processing
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from modeling_mgcm.neighbour_table import CHECKSUM_KEY, TABLE_FILE_NAME, NeighbourTable
 from processing import LABEL_NAMES
-from processing.text import neighbour_search as neighbour_table_module
 from processing.testing.tiny_backbones import tiny_text_config
 from processing.text.neighbour_search import build_neighbour_table
 from processing.text.word_vectors import WordVectors, WordVectorsFormatError, load_word_vectors
@@ -239,20 +238,6 @@ def test_a_training_checkpoint_holding_code_is_refused_on_resume(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------
 # Neighbour tables: a damaged file is detected; a damaged cache file is rebuilt
-
-
-@pytest.fixture
-def counted_searches(monkeypatch):
-    """Counts the nearest-neighbour searches that `build_neighbour_table` runs."""
-    calls = []
-    search = neighbour_table_module._nearest_neighbours
-
-    def counting_search(*args, **kwargs):
-        calls.append(args)
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(neighbour_table_module, "_nearest_neighbours", counting_search)
-    return calls
 
 
 def small_vectors() -> WordVectors:

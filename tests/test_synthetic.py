@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from datasets import Image
 from PIL import Image as PILImage
+from tiny_corpora import tag_names
 
 from processing.corpus.labels import ENTITY_TYPES, LABEL_NAMES, LABEL_TO_ID
 from processing.corpus.schema import corpus_features
@@ -31,10 +32,6 @@ def corpus():
 def raw_rows(dataset):
     """Rows with image bytes instead of decoded images, for exact comparison."""
     return dataset.cast_column("image", Image(decode=False)).to_list()
-
-
-def tag_names(tag_ids):
-    return [LABEL_NAMES[tag_id] for tag_id in tag_ids]
 
 
 def ambiguous_mentions(dataset):

@@ -7,29 +7,20 @@ import json
 
 import datasets
 import pytest
-import test_corpus
 import torch
+from mgcm_batches import CLS, SEP, build_batch, mgcm_config, run, three_examples, tiny_model
 from safetensors.torch import load_file, save_file
-from test_corpus import write_file
-from test_modeling_mgcm import (  # noqa: F401  (single_thread is an autouse fixture)
-    CLS,
-    SEP,
-    build_batch,
-    mgcm_config,
-    run,
-    single_thread,
-    three_examples,
-    tiny_model,
-)
+from tiny_corpora import write_file
 
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from modeling_mgcm.configuration_mgcm import SHARED_TEXT_SOURCE_BLOCK
 from processing import WINDOW_INFO_KEYS, MGCMProcessor
 from processing.corpus.tweet_corpus import CorpusFormatError, load_tweet_corpus
+from processing.training.window_rows import preprocess_corpus
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SOURCES = ["caption", "knowledge"]
-# test_corpus's fixture: a corpus folder with tweets 101, 102, 103 in train.txt and 201 in valid.txt.
-corpus_dir = test_corpus.corpus_dir
 # The corpus columns every split has; a text source of one of these names would overwrite it.
 CORPUS_COLUMNS = ("id", "tokens", "ner_tags", "image", "objects")
 
@@ -490,7 +481,7 @@ def test_preprocess_corpus_writes_knowledge_rows_that_pad_into_model_inputs(tiny
             "knowledge": [KNOWLEDGE, ""],
         }
     )
-    rows = processor.preprocess_corpus(corpus)
+    rows = preprocess_corpus(processor, corpus)
     assert "knowledge_input_ids" in rows.column_names and "caption_input_ids" not in rows.column_names
     pieces = piece_ids(tiny_tokenizer, KNOWLEDGE)
     assert rows["knowledge_input_ids"] == [[CLS, *pieces[:4], SEP], []]

@@ -19,6 +19,7 @@ import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 from processing import ImageFeatureCache, MGCMDataCollator, make_synthetic_corpus
 from processing.evaluation.corpus_evaluation import evaluate_corpus
 from processing.training.checkpointing import latest_checkpoint
+from processing.training.window_rows import preprocess_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (64, 24, 24)
@@ -174,7 +175,7 @@ def evaluate_saved_model(output_dir: Path, split_name: str) -> dict:
     assert len(backbone_folders) == 1
     cache = ImageFeatureCache(output_dir / "cache" / "image_features", None, None, backbone_folders[0].name)
     split = corpus[split_name]
-    windows = processor.preprocess_corpus(split)
+    windows = preprocess_corpus(processor, split)
     loader = DataLoader(
         windows, batch_size=5, collate_fn=MGCMDataCollator(processor, cache, return_window_info=True)
     )

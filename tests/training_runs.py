@@ -1,9 +1,11 @@
 """Helpers for tests that run `examples/train.py` as a user does: in a subprocess, on one process or under
-`accelerate launch` with two CPU processes, optionally through a wrapper that injects one failure.
+`accelerate launch` with two CPU processes, optionally through a wrapper that injects one failure; and the
+`results.json` such a run writes, with made-up scores, for tests of what reads it.
 
-The wrapper imports the script as a module, patches one function, and calls its `main` with the command
-line: no test hook in production code. It also writes each process's exception to `EXIT_RECORD_DIR`, so a
-test can tell a process that raised from one the launcher killed.
+The wrapper imports the training loop (`processing.training.loop`, whose `main` the script calls), patches
+one function, and calls `main` with the command line: no test hook in production code. It also writes each
+process's exception to `EXIT_RECORD_DIR`, so a test can tell a process that raised from one the launcher
+killed.
 """
 
 import os
@@ -18,17 +20,15 @@ TRAIN_SCRIPT = REPO / "examples" / "train.py"
 LEARNING_RATE_LINE = re.compile(r"optimizer step (\d+): learning rate (.*)$", re.MULTILINE)
 
 WRAPPER = """
-import importlib.util, json, os, signal, sys
+import json, os, signal, sys
 from pathlib import Path
 
 import accelerate
 import torch
 
 from modeling_mgcm import MGCMForTokenClassification
+from processing.training import loop as train
 
-spec = importlib.util.spec_from_file_location("train_script", {train_script!r})
-train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train)
 failure, at = os.environ.get("FAILURE", "none"), int(os.environ.get("FAILURE_AT", "0"))
 failure_rank = os.environ.get("FAILURE_RANK")
 rank = os.environ.get("RANK", "0")
@@ -71,11 +71,11 @@ elif failure == "sparse_side_inputs":
     def load_sparse_corpus(args):
         # Each side input kept for one tweet in 8, each for different tweets: most batches lack it.
         def thin(row, index):
-            return {{
+            return {
                 "image": row["image"] if index % 8 == 0 else None,
                 "objects": row["objects"] if index % 8 == 3 else [],
                 "caption": row["caption"] if index % 8 == 5 else "",
-            }}
+            }
 
         return load_corpus(args).map(thin, with_indices=True)
 
@@ -86,7 +86,7 @@ try:
 except BaseException as error:
     record_dir = os.environ.get("EXIT_RECORD_DIR")
     if record_dir:
-        Path(record_dir, f"rank{{rank}}.json").write_text(json.dumps([type(error).__name__, str(error)]))
+        Path(record_dir, f"rank{rank}.json").write_text(json.dumps([type(error).__name__, str(error)]))
     raise
 """
 
@@ -140,7 +140,7 @@ def run_train_script(
     script = TRAIN_SCRIPT
     if wrapper_dir is not None:
         script = wrapper_dir / "train_with_failure.py"
-        script.write_text(WRAPPER.format(train_script=str(TRAIN_SCRIPT)))
+        script.write_text(WRAPPER)
     launcher = [sys.executable]
     if processes == 2:
         launcher = two_cpu_processes()
@@ -161,4 +161,37 @@ def learning_rates(log: str) -> dict[int, dict[str, float]]:
     return {
         int(step): {name: float(rate) for name, rate in (pair.split("=") for pair in rates.split())}
         for step, rates in LEARNING_RATE_LINE.findall(log)
+    }
+
+
+def fake_results() -> dict:
+    """A results.json as examples/train.py writes it, with recognisable scores."""
+
+    def metrics(f1: float) -> dict:
+        per_type = {
+            name: {"precision": f1, "recall": f1, "f1": f1, "number": 7} for name in ("PER", "LOC", "ORG")
+        }
+        return {
+            "overall_precision": 0.6125,
+            "overall_recall": 0.5875,
+            "overall_f1": f1,
+            "overall_number": 21,
+            **per_type,
+        }
+
+    return {
+        "metrics": {"valid": {"lenient": metrics(0.6042), "strict": metrics(0.5931)}},
+        "history": [{"epoch": 1, "valid_f1": 0.6042}],
+        "run": {
+            "dataset": "synthetic",
+            "text_model": "tiny random BERT",
+            "vision_model": "tiny random ResNet",
+            "granularities": ["image", "objects", "caption"],
+            "augmentation_mode": "gate",
+            "use_word_shape": True,
+            "aux_span_loss_weight": 0.5,
+            "seed": 0,
+            "args": {},
+        },
+        "training": {"num_processes": 1, "optimizer_steps": 3, "epochs_run": 1, "best_epoch": 1},
     }

@@ -2,9 +2,12 @@
 
 from collections.abc import Sequence
 
-ENTITY_TYPES = ("PER", "LOC", "ORG", "MISC")
+from modeling_mgcm.configuration_mgcm import MGCM_LABEL_NAMES
 
-LABEL_NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+# The model's tag set, as a list (the type of a `datasets.ClassLabel`'s names); the entity types are the ones
+# its B- tags name.
+LABEL_NAMES = list(MGCM_LABEL_NAMES)
+ENTITY_TYPES = tuple(name.removeprefix("B-") for name in LABEL_NAMES if name.startswith("B-"))
 LABEL_TO_ID = {name: index for index, name in enumerate(LABEL_NAMES)}
 ID_TO_LABEL = dict(enumerate(LABEL_NAMES))
 

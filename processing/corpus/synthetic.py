@@ -34,8 +34,6 @@ from processing.corpus.labels import ENTITY_TYPES, LABEL_TO_ID
 from processing.corpus.schema import corpus_features
 from processing.evaluation.metrics import as_tag_names, entity_spans, score_entity_spans
 
-SYNTHETIC_SPLITS = ("train", "valid", "test")
-
 SYNTHETIC_AMBIGUOUS_NAMES = (
     ("Jordan",),
     ("Phoenix",),
@@ -314,7 +312,6 @@ __all__ = [
     "SYNTHETIC_CAPTION_WORDS",
     "SYNTHETIC_NEUTRAL_OBJECTS",
     "SYNTHETIC_OBJECT_LABELS",
-    "SYNTHETIC_SPLITS",
     "SYNTHETIC_TYPE_COLOURS",
     "SYNTHETIC_TYPE_OBJECTS",
     "SYNTHETIC_UNAMBIGUOUS_NAMES",

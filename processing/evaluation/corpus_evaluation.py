@@ -10,10 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_mgcm.processing_mgcm import merge_windows
-from processing.evaluation.metrics import ner_metrics
-
-WINDOW_INFO_KEYS = ("overflow_to_sample_mapping", "window_word_offset")
-SCORING_MODES = ("lenient", "strict")
+from processing.evaluation.metrics import MODES, ner_metrics
 
 
 @torch.no_grad()
@@ -23,7 +20,7 @@ def predict_corpus(model, dataloader, accelerator, num_words: Sequence[int], des
     Args:
         model: an (accelerate-prepared) `MGCMForTokenClassification`.
         dataloader: batches from `MGCMDataCollator(..., return_window_info=True)` over
-            `processor.preprocess_corpus(split)`, not shuffled.
+            `preprocess_corpus(processor, split)`, not shuffled.
         accelerator: the run's `Accelerator`; predictions are gathered from all processes with
             `gather_for_metrics`, so each window counts exactly once.
         num_words: words per tweet of the split, `(num_tweets,)`.
@@ -57,7 +54,7 @@ def score_predictions(
     names = {int(index): name for index, name in id2label.items()}
     gold = [[names[int(tag)] for tag in tweet] for tweet in gold_tag_ids]
     predicted = [[names[int(tag)] for tag in tweet] for tweet in predicted_tag_ids]
-    return {mode: ner_metrics(gold, predicted, mode=mode) for mode in SCORING_MODES}
+    return {mode: ner_metrics(gold, predicted, mode=mode) for mode in MODES}
 
 
 def evaluate_corpus(model, dataloader, accelerator, split, id2label, description: str = "Evaluating"):
@@ -69,4 +66,4 @@ def evaluate_corpus(model, dataloader, accelerator, split, id2label, description
     return score_predictions(gold, predictions, id2label), predictions
 
 
-__all__ = ["SCORING_MODES", "WINDOW_INFO_KEYS", "evaluate_corpus", "predict_corpus", "score_predictions"]
+__all__ = ["evaluate_corpus", "predict_corpus", "score_predictions"]

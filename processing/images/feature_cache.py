@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from modeling_mgcm.atomic_files import atomic_write_path, write_text_atomically
 from modeling_mgcm.image_loading import MISSING, ImageLoadError, load_image
 from modeling_mgcm.vision_features import extract_image_features
 from processing.images.corpus_images import unique_image_entries
@@ -118,18 +118,6 @@ def sanitise_backbone_name(backbone_name: str) -> str:
 def _file_sha256(path: Path) -> str:
     with open(path, "rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 class ImageFeatureCache:
@@ -306,7 +294,7 @@ class ImageFeatureCache:
     def _write_index(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         text = self._index_content()
-        _write_atomically(self.index_path, text.encode("utf-8"))
+        write_text_atomically(self.index_path, text)
         self._index_text_on_disk = text
 
     def _next_shard_file_name(self) -> str:
@@ -323,15 +311,9 @@ class ImageFeatureCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         file_name = self._next_shard_file_name()
         path = self.directory / file_name
-        temporary = path.with_name(f".{file_name}.{uuid.uuid4().hex}.tmp")
-        try:
+        with atomic_write_path(path) as temporary:
             save_file(features, temporary, metadata={"backbone_name": self.backbone_name})
-            with open(temporary, "rb") as file:
-                os.fsync(file.fileno())
             sha256 = _file_sha256(temporary)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
         file_status = path.stat()
         self._verified_shards.add((file_name, sha256, file_status.st_size, file_status.st_mtime_ns))
         self._shards[file_name] = {"file": file_name, "sha256": sha256, "ids": list(features)}

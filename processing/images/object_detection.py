@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from datasets import Dataset, DatasetDict
 from PIL import Image
 from tqdm.auto import tqdm
 
+from modeling_mgcm.atomic_files import write_text_atomically
 from modeling_mgcm.image_loading import MISSING, ImageLoadError, load_image
 from processing.corpus.tweet_corpus import read_objects_file
 from processing.images.corpus_images import unique_image_entries
@@ -124,15 +124,7 @@ def write_objects_file(objects: Mapping[str, Sequence[Mapping[str, Any]]], path:
     ]
     text = "{\n" + ",\n".join(lines) + ("\n}\n" if lines else "}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_text_atomically(path, text)
     return path
 
 

@@ -12,6 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
+from modeling_mgcm.atomic_files import write_json_atomically
+
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 TRAINING_STATE_FILE = "training_state.json"
 
@@ -105,14 +107,6 @@ def save_pretrained_atomically(objects, folder: str | os.PathLike, state_dict: d
             item.save_pretrained(partial)
     replace_directory(partial, folder)
     return folder
-
-
-def write_json_atomically(path: str | os.PathLike, payload) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 __all__ = [

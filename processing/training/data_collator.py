@@ -1,4 +1,4 @@
-"""`MGCMDataCollator`: pads the window rows of `MGCMProcessor.preprocess_corpus` into model batches."""
+"""`MGCMDataCollator`: pads the window rows of `preprocess_corpus` (`window_rows.py`) into model batches."""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ class ImageFeatureSource(Protocol):
 
 @dataclass
 class MGCMDataCollator:
-    """Turns window rows (`processor.preprocess_corpus(corpus)`) into padded model batches.
+    """Turns window rows (`preprocess_corpus(processor, corpus)`) into padded model batches.
 
     Tokenisation happens once, in `preprocess_corpus`; the collator only pads, looks up the neighbour
     vectors of the words and, with an `image_feature_cache`, fetches the precomputed image features of the
@@ -62,7 +62,7 @@ class MGCMDataCollator:
         if missing:
             raise ValueError(
                 f"the rows lack the window columns {missing} (they have {sorted(rows[0])}): "
-                "run processor.preprocess_corpus(corpus) first"
+                "run processing.training.window_rows.preprocess_corpus(processor, corpus) first"
             )
         batch = self.processor.pad_windows(
             rows, return_window_info=self.return_window_info, return_tensors=None

@@ -4,6 +4,10 @@ from collections.abc import Mapping
 
 from processing.corpus.labels import ENTITY_TYPES
 
+# Files of a trained folder: the run's scores and settings, which the card is filled from, and the card.
+RESULTS_FILE = "results.json"
+CARD_FILE = "README.md"
+
 
 def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
@@ -114,4 +118,4 @@ processor = AutoProcessor.from_pretrained("path/to/this/folder")
 """
 
 
-__all__ = ["render_model_card", "results_table", "text_sources_section"]
+__all__ = ["CARD_FILE", "RESULTS_FILE", "render_model_card", "results_table", "text_sources_section"]
