@@ -193,9 +193,13 @@ def test_inputs_the_config_does_not_use_are_left_out(tiny_mgcm_dir, red_image):
     config.use_objects = False
     text_and_caption = MGCMForTokenClassification(config).eval()
     # As the pipeline: each kind of input the model ignores is named in a warning.
-    with pytest.warns(UserWarning, match="does not use images") as caught:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         explanation = explain_post(text_and_caption, full_post(red_image), processor=processor)
-    assert any("does not use detected objects" in str(warning.message) for warning in caught)
+    assert {str(warning.message) for warning in caught} == {
+        "this MGCM model does not use images: they are ignored",
+        "this MGCM model does not use detected objects: they are ignored",
+    }
     assert set(explanation.attention) == {"caption"}
     assert explanation.model_image is None and explanation.object_labels == []
 
