@@ -21,6 +21,7 @@ from transformers import AutoConfig, ConvNextImageProcessorPil
 
 from modeling_mgcm import COCO_OBJECT_LABELS, MGCMConfig
 from processing.training.hub_export import example_post
+from processing.training.model_card import CARD_METADATA
 
 HUB_CONFIGS_DIR = Path(__file__).resolve().parent
 CONFIG_FILE, PROCESSOR_FILE, CARD_FILE = "config.json", "processor_config.json", "README.md"
@@ -238,15 +239,7 @@ def card_template(configuration: HubConfiguration) -> str:
     config = configuration.config
     granularities = ", ".join(config.granularities) or "none (text only)"
     vision = config.vision_config.model_type if config.vision_config is not None else "none"
-    return f"""---
-library_name: transformers
-pipeline_tag: token-classification
-tags:
-- mgcm
-- multimodal-ner
-- named-entity-recognition
----
-
+    return f"""{CARD_METADATA}
 # {configuration.title}
 
 {configuration.description}

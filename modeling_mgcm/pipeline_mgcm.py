@@ -49,10 +49,9 @@ image (text, caption and objects), which the "words" output records in `image_er
 
 import functools
 import itertools
-import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from transformers import AutoModelForTokenClassification, Pipeline
@@ -61,8 +60,15 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .image_loading import MISSING, ImageLoadError
 from .image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT, open_post_image
 from .knowledge_writer import as_knowledge_writer
-from .processing_mgcm import merge_windows
-from .tweet_tokenizer import split_tweet
+from .pipeline_batching import pad_into_model_batches
+from .pipeline_outputs import (
+    WindowOutput,
+    aggregate_post,
+    attended_inputs,
+    merge_post_windows,
+    window_word_outputs,
+)
+from .pipeline_posts import check_post, processor_objects, words_and_spans
 from .vision_features import extract_image_features
 
 TASK_NAME = "multimodal-ner"
@@ -71,49 +77,10 @@ ON_BAD_IMAGE = ("error", "mask")
 POST_KEYS = ("text", "image", "caption", "objects", "image_id")
 # The text source a `knowledge_writer` writes.
 KNOWLEDGE_SOURCE = "knowledge"
-# A batch of posts runs as at most this many model calls over length-sorted windows, each of at least
-# MIN_WINDOWS_PER_MODEL_CALL windows: less padding, still large matrix products.
-MAX_MODEL_CALLS_PER_BATCH = 4
-MIN_WINDOWS_PER_MODEL_CALL = 8
-
-
-class WordOutput(NamedTuple):
-    """What the model gave one word of a window."""
-
-    tag: int  # Viterbi tag id
-    marginals: list[float]  # over the labels
-    gates: list[float]  # per granularity, in the config's order
-    # With `output_attentions`: granularity -> weights over the model batch's (padded) columns of that input.
-    attention: dict[str, list[float]]
-
-
-WindowOutput = list[WordOutput]
-
-
-def lenient_entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """The entities of BIO tags as (type, first word, one past the last word), read as seqeval's default mode.
-
-    An `I-` tag after `O` or after another type opens an entity. Our own few lines rather than seqeval's
-    `get_entities`, whose import pulls in scikit-learn: the pipeline ships as remote code and must not need it.
-    """
-    spans, start, entity_type = [], None, None
-    for position, tag in enumerate([*tags, "O"]):
-        prefix, _, tag_type = tag.partition("-")
-        if prefix == "I" and start is not None and tag_type == entity_type:
-            continue
-        if start is not None:
-            spans.append((entity_type, start, position))
-        start, entity_type = (position, tag_type) if prefix in ("B", "I") else (None, None)
-    return spans
 
 
 class BadImageWarning(UserWarning):
     """A post's image could not be used and the post was tagged without it (`on_bad_image="mask"`)."""
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class MultimodalNERPipeline(Pipeline):
@@ -309,19 +276,19 @@ class MultimodalNERPipeline(Pipeline):
                 window_outputs.update(zip(window_keys, self.window_outputs(outputs), strict=True))
             for post_index, post in enumerate(prepared):
                 windows = [window_outputs[(post_index, index)] for index in range(len(post["windows"]))]
-                yield self.postprocess(self._post_outputs(post, windows), **postprocess_params)
+                yield self.postprocess(merge_post_windows(post, windows), **postprocess_params)
 
     def _with_written_knowledge(self, batch: list[Any], writer, first_index: int) -> list[dict[str, Any]]:
         """The posts of a batch, those without `knowledge` (missing or None) given the writer's."""
         posts = []
         for offset, post in enumerate(batch):
             try:
-                posts.append(self._check_post(post))
+                posts.append(check_post(post, self.post_keys, self.processor.text_sources))
             except (TypeError, ValueError) as error:
                 raise type(error)(f"input {first_index + offset}: {error}") from error
         lacking = [post for post in posts if post.get(KNOWLEDGE_SOURCE) is None]
         if lacking:
-            texts = [self._words_and_spans(post["text"])[0] for post in lacking]
+            texts = [words_and_spans(post["text"])[0] for post in lacking]
             written = writer(texts, [post.get("caption") for post in lacking])
             for post, knowledge in zip(lacking, written, strict=True):
                 post[KNOWLEDGE_SOURCE] = knowledge
@@ -329,52 +296,6 @@ class MultimodalNERPipeline(Pipeline):
 
     # ------------------------------------------------------------------------------------------------
     # One post -> words, windows and image
-
-    def _check_post(self, post: Any) -> dict[str, Any]:
-        if isinstance(post, str):
-            return {"text": post}
-        if not isinstance(post, Mapping):
-            raise TypeError(f"a post must be a dict with a 'text' or a string, got {type(post).__name__}")
-        unknown = sorted(set(post) - set(self.post_keys))
-        if unknown:
-            raise ValueError(f"unknown post keys {unknown}; a post has {list(self.post_keys)}")
-        if "text" not in post:
-            raise ValueError(f"a post needs a 'text' (str or list of words); got keys {sorted(post)}")
-        for name in self.processor.text_sources:
-            text = post.get(name)
-            if text is not None and not isinstance(text, str):
-                raise TypeError(f"{name!r} must be a string or None, got {_describe(text)}")
-        objects = post.get("objects")
-        if objects is not None and (isinstance(objects, str) or not isinstance(objects, Sequence)):
-            raise TypeError(
-                f"'objects' must be a list of {{'label', 'score'}} dicts or labels, got {_describe(objects)}"
-            )
-        image_id = post.get("image_id")
-        if image_id is not None and not isinstance(image_id, str):
-            raise TypeError(f"'image_id' must be a string, got {_describe(image_id)}")
-        return dict(post)
-
-    @staticmethod
-    def _words_and_spans(text: Any) -> tuple[str, list[str], list[tuple[int, int]]]:
-        """The text, its words and each word's `(start, end)` character offsets in the text."""
-        if isinstance(text, str):
-            triples = split_tweet(text)
-            return text, [word for word, _, _ in triples], [(start, end) for _, start, end in triples]
-        if isinstance(text, Sequence) and all(isinstance(word, str) for word in text):
-            words = list(text)
-            spans, position = [], 0
-            for word in words:
-                spans.append((position, position + len(word)))
-                position += len(word) + 1
-            return " ".join(words), words, spans
-        raise TypeError(f"'text' must be a string or a list of words (strings), got {_describe(text)}")
-
-    @staticmethod
-    def _objects(objects: Sequence[Any] | None) -> list[dict[str, Any]]:
-        # Plain labels keep their order: the processor sorts by score, stably.
-        if not objects:
-            return []
-        return [{"label": item, "score": 1.0} if isinstance(item, str) else item for item in objects]
 
     def _warn_unused(self, what: str) -> None:
         if what not in self._warned_unused:
@@ -394,9 +315,9 @@ class MultimodalNERPipeline(Pipeline):
         """One post -> `{"text", "words", "spans", "windows", "pixel_values" (3, H, W) | None,
         "image_features" (R, D) | None, "image_error", "attended", "piece_words"}`; `windows` come from
         `processor.encode_windows`; with `output_attentions`, `attended` and `piece_words` are filled (see
-        `_attended_inputs`)."""
-        post = self._check_post(post)
-        text, words, spans = self._words_and_spans(post["text"])
+        `attended_inputs`)."""
+        post = check_post(post, self.post_keys, self.processor.text_sources)
+        text, words, spans = words_and_spans(post["text"])
         prepared: dict[str, Any] = {
             "text": text,
             "words": words,
@@ -444,66 +365,14 @@ class MultimodalNERPipeline(Pipeline):
                 self._warn_unused(f"{name} texts")
         prepared["windows"] = self.processor.encode_windows(
             [words],
-            objects=[self._objects(objects)] if self.uses_objects else None,
+            objects=[processor_objects(objects)] if self.uses_objects else None,
             text_sources={name: [post.get(name)] for name in self.text_sources},
         )
         if output_attentions:
-            prepared["attended"], prepared["piece_words"] = self._attended_inputs(post, prepared)
+            prepared["attended"], prepared["piece_words"] = attended_inputs(
+                post, prepared, self.processor, self.granularities
+            )
         return prepared
-
-    def _attended_inputs(
-        self, post: Mapping[str, Any], prepared: Mapping[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, list[int]]]:
-        """What the attention columns of each granularity the post has an input for are (the `"attended"` of
-        the module docstring), and per text source the index of the word of each of its pieces (-1 for a
-        special token)."""
-        # Every window of a post carries the same image, objects and texts.
-        window = prepared["windows"][0]
-        attended: dict[str, Any] = {}
-        piece_words: dict[str, list[int]] = {}
-        for name in self.granularities:
-            if name == "image":
-                if prepared["pixel_values"] is not None or prepared["image_features"] is not None:
-                    attended[name] = {"pixel_values": prepared["pixel_values"]}
-            elif name == "objects":
-                if window.get("object_ids"):
-                    attended[name] = [self.processor.object_labels[index] for index in window["object_ids"]]
-            elif window.get(f"{name}_input_ids"):
-                attended[name], piece_words[name] = self._source_words(
-                    name, post[name], window[f"{name}_input_ids"]
-                )
-        return attended, piece_words
-
-    def _source_words(self, name: str, text: str, source_ids: list[int]) -> tuple[dict[str, Any], list[int]]:
-        """`{"text", "words", "truncated"}` of text source `name` as the model read it (`source_ids`, the
-        processor's pieces of `text`), and the index of the word of each piece (-1 for a special token)."""
-        # The processor encodes the source without offsets; the same call with them locates its words.
-        encoding = self.processor.tokenizer(
-            text,
-            truncation=True,
-            max_length=self.processor.text_source_max_lengths[name],
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-        )
-        if list(encoding["input_ids"]) != list(source_ids):
-            raise RuntimeError(f"the {name} text tokenised differently than in the processor's encoding")
-        spans: list[list[int]] = []
-        index_of_word: dict[int, int] = {}
-        piece_words = []
-        for piece, word in enumerate(encoding.word_ids()):
-            if word is None:
-                piece_words.append(-1)
-                continue
-            start, end = encoding["offset_mapping"][piece]
-            if word not in index_of_word:
-                index_of_word[word] = len(spans)
-                spans.append([start, end])
-            span = spans[index_of_word[word]]
-            span[0], span[1] = min(span[0], start), max(span[1], end)
-            piece_words.append(index_of_word[word])
-        read = text[: spans[-1][1]] if spans else ""
-        words = [text[start:end] for start, end in spans]
-        return {"text": read, "words": words, "truncated": read.strip() != text.strip()}, piece_words
 
     def _pixel_values(self, image) -> torch.Tensor:
         if self.processor.image_processor is None or self.model.mgcm.vision_model is None:
@@ -540,72 +409,9 @@ class MultimodalNERPipeline(Pipeline):
     def model_batches(
         self, prepared: Sequence[Mapping[str, Any]]
     ) -> list[tuple[dict[str, torch.Tensor], list[tuple[int, int]]]]:
-        """Pad the windows of prepared posts into model batches.
-
-        Windows are sorted by length and cut into at most `MAX_MODEL_CALLS_PER_BATCH` batches of at least
-        `MIN_WINDOWS_PER_MODEL_CALL` windows, so that short tweets are not padded to the longest one (tweets
-        vary from a few to a hundred word pieces). Padding does not change a window's outputs.
-
-        Returns `(model inputs, (post index, window index) of each row)` per model batch; none when no post
-        has a word. Image rows: `pixel_values` (B, 3, H, W) and/or `image_features` (B, R, D), `image_mask`
-        (B,), and when both kinds are present `pixel_rows` (B,) bool marking the rows in `pixel_values`.
-        """
-        keys = [
-            (post_index, index)
-            for post_index, post in enumerate(prepared)
-            for index in range(len(post["windows"]))
-        ]
-        if not keys:
-            return []
-
-        def length(key: tuple[int, int]) -> tuple[int, ...]:
-            window = prepared[key[0]]["windows"][key[1]]
-            sources = (len(window.get(f"{name}_input_ids") or ()) for name in self.text_sources)
-            return len(window["input_ids"]), *sources
-
-        keys.sort(key=length)
-        group_size = max(MIN_WINDOWS_PER_MODEL_CALL, math.ceil(len(keys) / MAX_MODEL_CALLS_PER_BATCH))
-        return [
-            (self._pad_windows(prepared, keys[start : start + group_size]), keys[start : start + group_size])
-            for start in range(0, len(keys), group_size)
-        ]
-
-    def _pad_windows(
-        self, prepared: Sequence[Mapping[str, Any]], keys: list[tuple[int, int]]
-    ) -> dict[str, torch.Tensor]:
-        windows = [prepared[post_index]["windows"][index] for post_index, index in keys]
-        owners = [post_index for post_index, _ in keys]
-        inputs = dict(self.processor.pad_windows(windows, return_window_info=False, return_tensors="pt"))
-        pixel_rows = [row for row, owner in enumerate(owners) if prepared[owner]["pixel_values"] is not None]
-        feature_rows = [
-            row for row, owner in enumerate(owners) if prepared[owner]["image_features"] is not None
-        ]
-        if pixel_rows:
-            inputs["pixel_values"] = self._stack_rows(prepared, owners, pixel_rows, "pixel_values")
-        if feature_rows:
-            inputs["image_features"] = self._stack_rows(prepared, owners, feature_rows, "image_features")
-        if pixel_rows or feature_rows:
-            image_mask = torch.zeros(len(windows), dtype=torch.long)
-            image_mask[pixel_rows + feature_rows] = 1
-            inputs["image_mask"] = image_mask
-        if pixel_rows and feature_rows:
-            pixel_mask = torch.zeros(len(windows), dtype=torch.bool)
-            pixel_mask[pixel_rows] = True
-            inputs["pixel_rows"] = pixel_mask
-        return inputs
-
-    @staticmethod
-    def _stack_rows(prepared, owners: list[int], rows: list[int], key: str) -> torch.Tensor:
-        values = [prepared[owners[row]][key] for row in rows]
-        shapes = {tuple(value.shape) for value in values}
-        if len(shapes) != 1:
-            raise ValueError(
-                f"the posts of a batch have {key} of different shapes {sorted(shapes)}: the image processor must "
-                "give every image the same size (or use batch_size=1)"
-            )
-        stacked = torch.zeros((len(owners), *values[0].shape), dtype=torch.float32)
-        stacked[rows] = torch.stack(values)
-        return stacked
+        """Pad the windows of prepared posts into model batches of windows of similar length: `(model inputs,
+        (post index, window index) of each row)` per model batch (see `pad_into_model_batches`)."""
+        return pad_into_model_batches(prepared, self.processor, self.text_sources)
 
     # ------------------------------------------------------------------------------------------------
     # Model
@@ -652,137 +458,14 @@ class MultimodalNERPipeline(Pipeline):
     def window_outputs(self, outputs: Mapping[str, Any]) -> list[WindowOutput]:
         """Per batch row, its words' Viterbi tags, marginal vectors, gate vectors (config granularities) and
         attention rows (when the outputs have them)."""
-        results = []
-        for row in range(outputs["word_mask"].shape[0]):
-            count = int(outputs["word_mask"][row].sum())
-            tags = outputs["predictions"][row, :count].tolist()
-            marginals = outputs["marginals"][row, :count].tolist()
-            # A granularity absent from the whole batch has no gate; its gate is 0, as for a masked example.
-            gates = [
-                outputs["gate_values"][name][row, :count].tolist()
-                if name in outputs["gate_values"]
-                else [0.0] * count
-                for name in self.granularities
-            ]
-            attention = {
-                name: weights[row, :count].tolist() for name, weights in outputs["cross_attentions"].items()
-            }
-            results.append(
-                [
-                    WordOutput(
-                        tags[word],
-                        marginals[word],
-                        [values[word] for values in gates],
-                        {name: rows[word] for name, rows in attention.items()},
-                    )
-                    for word in range(count)
-                ]
-            )
-        return results
-
-    @staticmethod
-    def _post_outputs(post: Mapping[str, Any], windows: list[WindowOutput]) -> dict[str, Any]:
-        """The per-word tags, marginals, gates and attention of one post, windows merged, with its text, word
-        offsets and attended inputs."""
-        result = {
-            key: post[key] for key in ("text", "words", "spans", "image_error", "attended", "piece_words")
-        }
-        result.update(tags=[], marginals=[], gates=[], attention=[])
-        if not windows:
-            return result
-        offsets = [window["window_word_offset"] for window in post["windows"]]
-        counts = [len(window) for window in windows]
-        merged = merge_windows(windows, [0] * len(windows), offsets, counts, num_words=[len(post["words"])])[
-            0
-        ]
-        result["tags"] = [record.tag for record in merged]
-        result["marginals"] = [record.marginals for record in merged]
-        result["gates"] = [record.gates for record in merged]
-        result["attention"] = [record.attention for record in merged]
-        return result
-
-    @staticmethod
-    def _attention_over_inputs(
-        weights: Mapping[str, list[float]], attended: Mapping[str, Any], piece_words: Mapping[str, list[int]]
-    ) -> dict[str, list[float]]:
-        """One word's attention rows (padded to its model batch) -> its weights over each attended input's
-        columns: the image regions, the post's objects, a text source's words (each the sum of its pieces)."""
-        result = {}
-        for name, columns in attended.items():
-            values = weights[name]
-            if name == "image":
-                result[name] = values
-            elif name == "objects":
-                result[name] = values[: len(columns)]
-            else:
-                summed = [0.0] * len(columns["words"])
-                pieces = piece_words[name]
-                for value, word in zip(values[: len(pieces)], pieces, strict=True):
-                    if word >= 0:
-                        summed[word] += value
-                result[name] = summed
-        return result
+        return window_word_outputs(outputs, self.granularities)
 
     def postprocess(
         self, post_outputs: Mapping[str, Any], aggregation: str = "entities", output_attentions: bool = False
     ) -> Any:
         """Per-post merged outputs -> entities (or, with `aggregation="words"`, the per-word record, with
-        `output_attentions` each word's attention and the post's attended inputs)."""
-        text, spans = post_outputs["text"], post_outputs["spans"]
-        tag_names = [self.id2label[tag] for tag in post_outputs["tags"]]
-        word_scores = [
-            marginal[tag]
-            for marginal, tag in zip(post_outputs["marginals"], post_outputs["tags"], strict=True)
-        ]
-        entities = []
-        for entity_type, word_start, word_end in lenient_entity_spans(tag_names):
-            start, end = spans[word_start][0], spans[word_end - 1][1]
-            entities.append(
-                {
-                    "entity_group": entity_type,
-                    "word": text[start:end],
-                    "start": start,
-                    "end": end,
-                    "score": math.fsum(word_scores[word_start:word_end]) / (word_end - word_start),
-                    "word_start": word_start,
-                    "word_end": word_end,
-                }
-            )
-        if aggregation == "entities":
-            return entities
-        label_names = [self.id2label[index] for index in range(len(self.id2label))]
-        words = [
-            {
-                "word": word,
-                "start": start,
-                "end": end,
-                "tag": tag_name,
-                "score": score,
-                "marginals": dict(zip(label_names, marginal, strict=True)),
-                "gates": dict(zip(self.granularities, gates, strict=True)),
-            }
-            for word, (start, end), tag_name, score, marginal, gates in zip(
-                post_outputs["words"],
-                spans,
-                tag_names,
-                word_scores,
-                post_outputs["marginals"],
-                post_outputs["gates"],
-                strict=True,
-            )
-        ]
-        result = {
-            "text": text,
-            "words": words,
-            "entities": entities,
-            "image_error": post_outputs["image_error"],
-        }
-        if output_attentions:
-            attended, piece_words = post_outputs["attended"], post_outputs["piece_words"]
-            for word, weights in zip(words, post_outputs["attention"], strict=True):
-                word["attention"] = self._attention_over_inputs(weights, attended, piece_words)
-            result["attended"] = attended
-        return result
+        `output_attentions` each word's attention and the post's attended inputs; see `aggregate_post`)."""
+        return aggregate_post(post_outputs, self.id2label, self.granularities, aggregation, output_attentions)
 
 
 PIPELINE_REGISTRY.register_pipeline(

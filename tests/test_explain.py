@@ -18,7 +18,7 @@ import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 import processing
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from processing import LABEL_TO_ID, ImageLoadError, MGCMProcessor, merge_windows
-from processing.explanation import (
+from processing.explanations import (
     GRANULARITY_COLOURS,
     MAX_CAPTION_WORDS_DRAWN,
     draw_explanation,

@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
-from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
+from transformers import AutoModelForTokenClassification, AutoProcessor
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 from modeling_mgcm.pipeline_mgcm import BadImageWarning
@@ -29,11 +29,6 @@ from processing.testing.tiny_backbones import tiny_image_processor
 
 IMAGE_ROWS = Features({"id": Value("string"), "image": ImageFeature()})
 LABELS = {"O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"}
-
-
-@pytest.fixture(scope="module")
-def tagger(tiny_mgcm_dir):
-    return pipeline("multimodal-ner", model=str(tiny_mgcm_dir))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,15 @@ MODEL_LAYER = {
     "host_reads",
 }
 PROCESSOR_LAYER = {"processing_mgcm", "tweet_tokenizer", "tweet_normalise", "word_shape", "neighbour_table"}
-INFERENCE_LAYER = {"pipeline_mgcm", "image_loading", "image_sources", "knowledge_writer"}
+INFERENCE_LAYER = {
+    "pipeline_mgcm",
+    "pipeline_batching",
+    "pipeline_outputs",
+    "pipeline_posts",
+    "image_loading",
+    "image_sources",
+    "knowledge_writer",
+}
 LAYERS = [MODEL_LAYER, PROCESSOR_LAYER, INFERENCE_LAYER]
 
 

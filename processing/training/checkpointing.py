@@ -117,5 +117,4 @@ __all__ = [
     "replace_directory",
     "save_checkpoint",
     "save_pretrained_atomically",
-    "write_json_atomically",
 ]

@@ -442,7 +442,7 @@ def train_and_evaluate(args: argparse.Namespace) -> TrainingRun:
 
 
 def is_main_rank() -> bool:
-    """Whether this is the first process of a launch (or the only one), before any Accelerator exists."""
+    """Whether this is the first process of the launch (the only one without `accelerate launch`)."""
     return int(os.environ.get("RANK", "0")) == 0
 
 

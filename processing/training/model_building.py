@@ -11,7 +11,7 @@ from modeling_mgcm.neighbour_table import NeighbourTable
 from processing.corpus.labels import LABEL_NAMES
 from processing.testing.tiny_backbones import tiny_text_config, tiny_vision_config
 
-# The width of the word vectors a model without a neighbour table would be configured for.
+# The word-vector width a model without a neighbour table records (GloVe 6B 50d's; its augmentation is off).
 DEFAULT_AUGMENTATION_DIM = 50
 
 

@@ -7,6 +7,16 @@ from processing.corpus.labels import ENTITY_TYPES
 # Files of a trained folder: the run's scores and settings, which the card is filled from, and the card.
 RESULTS_FILE = "results.json"
 CARD_FILE = "README.md"
+# The Hub metadata every MGCM card opens with: the library, the task and the tags the Hub lists it under.
+CARD_METADATA = """---
+library_name: transformers
+pipeline_tag: token-classification
+tags:
+- mgcm
+- multimodal-ner
+- named-entity-recognition
+---
+"""
 
 
 def _percent(value: float) -> str:
@@ -75,15 +85,7 @@ def render_model_card(results: Mapping) -> str:
         if missing
         else ""
     )
-    return f"""---
-library_name: transformers
-pipeline_tag: token-classification
-tags:
-- mgcm
-- multimodal-ner
-- named-entity-recognition
----
-
+    return f"""{CARD_METADATA}
 # MGCM multimodal NER ({run["dataset"]})
 
 MGCM (multi-granularity cross-modality representation learning, Liu et al. 2022) tags PER, LOC, ORG and
@@ -118,4 +120,11 @@ processor = AutoProcessor.from_pretrained("path/to/this/folder")
 """
 
 
-__all__ = ["CARD_FILE", "RESULTS_FILE", "render_model_card", "results_table", "text_sources_section"]
+__all__ = [
+    "CARD_FILE",
+    "CARD_METADATA",
+    "RESULTS_FILE",
+    "render_model_card",
+    "results_table",
+    "text_sources_section",
+]
