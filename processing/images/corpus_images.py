@@ -3,7 +3,8 @@
 Shared by the image feature cache and object detection, which both work per unique image over every split.
 """
 
-from collections.abc import Container, Iterator
+import logging
+from collections.abc import Container, Iterator, Mapping, Sequence
 from typing import Any
 
 from datasets import Dataset, DatasetDict
@@ -62,4 +63,18 @@ def unique_image_entries(
     return pending, done
 
 
-__all__ = ["unique_image_entries"]
+def warn_unusable_images(
+    logger: logging.Logger,
+    missing_ids: Sequence[str],
+    corrupt_ids: Sequence[str],
+    problems: Mapping[str, str],
+    outcome: str,
+) -> None:
+    """One warning per kind of unusable image (missing, corrupt), with its count and the first three problems."""
+    for kind, ids in (("missing", missing_ids), ("corrupt", corrupt_ids)):
+        if ids:
+            examples = "; ".join(problems[image_id] for image_id in ids[:3])
+            logger.warning("%d %s images %s, e.g. %s", len(ids), kind, outcome, examples)
+
+
+__all__ = ["unique_image_entries", "warn_unusable_images"]

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from modeling_mgcm.atomic_files import atomic_write_path, write_text_atomically
 from modeling_mgcm.image_loading import MISSING, ImageLoadError, load_image
 from modeling_mgcm.vision_features import extract_image_features
-from processing.images.corpus_images import unique_image_entries
+from processing.images.corpus_images import unique_image_entries, warn_unusable_images
 
 logger = logging.getLogger(__name__)
 
@@ -476,10 +476,9 @@ class ImageFeatureCache:
             len(stats.missing_ids),
             len(stats.corrupt_ids),
         )
-        for kind, ids in (("missing", stats.missing_ids), ("corrupt", stats.corrupt_ids)):
-            if ids:
-                examples = "; ".join(stats.problems[image_id] for image_id in ids[:3])
-                logger.warning("%d %s images are masked (image_mask 0), e.g. %s", len(ids), kind, examples)
+        warn_unusable_images(
+            logger, stats.missing_ids, stats.corrupt_ids, stats.problems, "are masked (image_mask 0)"
+        )
 
     # ------------------------------------------------------------------ reading
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from modeling_mgcm.atomic_files import write_text_atomically
 from modeling_mgcm.image_loading import MISSING, ImageLoadError, load_image
 from processing.corpus.tweet_corpus import read_objects_file
-from processing.images.corpus_images import unique_image_entries
+from processing.images.corpus_images import unique_image_entries, warn_unusable_images
 
 logger = logging.getLogger(__name__)
 
@@ -210,10 +210,7 @@ def _log_stats(stats: ObjectDetectionStats, output_file: str | os.PathLike | Non
         len(stats.missing_ids),
         len(stats.corrupt_ids),
     )
-    for kind, ids in (("missing", stats.missing_ids), ("corrupt", stats.corrupt_ids)):
-        if ids:
-            examples = "; ".join(stats.problems[image_id] for image_id in ids[:3])
-            logger.warning("%d %s images get no objects, e.g. %s", len(ids), kind, examples)
+    warn_unusable_images(logger, stats.missing_ids, stats.corrupt_ids, stats.problems, "get no objects")
 
 
 __all__ = [
