@@ -36,10 +36,11 @@ from .modeling_mgcm import (
 )
 from .neighbour_table import NeighbourTable
 from .pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
-from .processing_mgcm import WINDOW_INFO_KEYS, MGCMProcessor, merge_windows
+from .processing_mgcm import MGCMProcessor
 from .tweet_normalise import NUMBER_CLASS_TOKEN, URL_CLASS_TOKEN, normalise_token
 from .tweet_tokenizer import split_tweet
 from .vision_features import extract_image_features, image_feature_dim
+from .windows import WINDOW_INFO_KEYS, merge_windows
 from .word_shape import NUM_WORD_SHAPES, WORD_SHAPE_NAMES, word_shape_id
 
 AutoConfig.register(MGCMConfig.model_type, MGCMConfig, exist_ok=True)

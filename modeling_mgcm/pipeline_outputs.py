@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from .processing_mgcm import merge_windows
+from .windows import merge_windows
 
 
 class WordOutput(NamedTuple):

@@ -23,14 +23,14 @@ from .configuration_mgcm import MGCMConfig, check_text_source_name
 from .neighbour_table import NeighbourTable
 from .tweet_normalise import clean_token, is_url
 from .tweet_tokenizer import split_tweet
+from .window_padding import padded_windows
+from .windows import as_python_list, merge_windows, plan_windows
 from .word_shape import word_shape_id
 
 logger = logging.getLogger(__name__)
 
 # Sub-folder of a saved processor that holds the neighbour table (safetensors + JSON, written by the table).
 NEIGHBOUR_TABLE_FOLDER = "neighbour_table"
-# Keys of an encoding that locate each window in its tweet; they are bookkeeping, not model inputs.
-WINDOW_INFO_KEYS = ("overflow_to_sample_mapping", "window_word_offset")
 # Settings stored in processor_config.json; from_pretrained must not forward them to the tokenizer.
 _PROCESSOR_SETTINGS = (
     "neighbour_table",
@@ -44,130 +44,6 @@ _PROCESSOR_SETTINGS = (
     "text_source_max_lengths",
     "segment_sources",
 )
-
-
-def plan_windows(piece_counts: Sequence[int], capacity: int, stride: int) -> list[tuple[int, int]]:
-    """Split a tweet into windows of whole words holding at most `capacity` word pieces each.
-
-    Args:
-        piece_counts: word pieces of each word, each already clipped to `1..capacity`.
-        capacity: word pieces a window holds (the window length without special tokens).
-        stride: words shared by two consecutive windows (fewer when the next word would not fit).
-
-    Returns:
-        `(start, end)` word ranges, end exclusive, in order; together they cover every word.
-    """
-    if any(count < 1 or count > capacity for count in piece_counts):
-        raise ValueError(f"piece counts must lie in 1..{capacity}, got {list(piece_counts)}")
-    num_words = len(piece_counts)
-    windows = []
-    start = 0
-    while True:
-        end, used = start, 0
-        while end < num_words and used + piece_counts[end] <= capacity:
-            used += piece_counts[end]
-            end += 1
-        windows.append((start, end))
-        if end >= num_words:
-            return windows
-        # The next window must reach the first word this one could not hold, else it would add nothing.
-        next_start = max(end - stride, start + 1)
-        while sum(piece_counts[next_start : end + 1]) > capacity:
-            next_start += 1
-        start = next_start
-
-
-def _as_python_list(values: Any) -> list:
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().tolist()
-    if isinstance(values, np.ndarray):
-        return values.tolist()
-    return list(values)
-
-
-def merge_windows(
-    window_predictions: Sequence[Any],
-    overflow_to_sample_mapping: Sequence[int],
-    window_word_offset: Sequence[int],
-    window_word_count: Sequence[int] | None = None,
-    num_words: Sequence[int] | None = None,
-) -> list[list[Any]]:
-    """Put per-window word predictions back together into one prediction per word of each tweet.
-
-    Each word is taken from the window in which it lies farthest from a window edge that cuts the tweet
-    (the tweet's own first and last word are not cut edges); ties go to the earlier window.
-
-    Args:
-        window_predictions: one entry per window: tags `(W,)` or per-word score vectors `(W, L)`, as a
-            tensor `(N, W[, L])`, an array or a list of lists; entries past the window's word count are ignored.
-        overflow_to_sample_mapping: `(N,)` tweet index of each window (0..num_tweets-1).
-        window_word_offset: `(N,)` index in its tweet of each window's first word.
-        window_word_count: `(N,)` words in each window (`word_mask.sum(1)`); by default the length of
-            each window's predictions.
-        num_words: optional words per tweet, checked against what the windows cover.
-
-    Returns:
-        A list over tweets of lists over words (ints for tags, lists of floats for score vectors).
-    """
-    mapping = [int(value) for value in _as_python_list(overflow_to_sample_mapping)]
-    offsets = [int(value) for value in _as_python_list(window_word_offset)]
-    if len(mapping) != len(offsets) or len(mapping) != len(window_predictions):
-        raise ValueError(
-            f"merge_windows needs one mapping and one offset per window: got {len(window_predictions)} "
-            f"predictions, {len(mapping)} mappings and {len(offsets)} offsets"
-        )
-    counts = (
-        None if window_word_count is None else [int(value) for value in _as_python_list(window_word_count)]
-    )
-    if counts is not None and len(counts) != len(mapping):
-        raise ValueError(f"window_word_count has {len(counts)} entries for {len(mapping)} windows")
-    if not mapping:
-        return []
-
-    windows_of_tweet: dict[int, list[tuple[int, list]]] = {}
-    for window, (tweet, offset) in enumerate(zip(mapping, offsets, strict=True)):
-        predictions = _as_python_list(window_predictions[window])
-        count = len(predictions) if counts is None else counts[window]
-        if count > len(predictions):
-            raise ValueError(f"window {window} has {count} words but only {len(predictions)} predictions")
-        if tweet < 0 or offset < 0:
-            raise ValueError(
-                f"window {window} has a negative tweet index ({tweet}) or word offset ({offset})"
-            )
-        windows_of_tweet.setdefault(tweet, []).append((offset, predictions[:count]))
-
-    num_tweets = max(windows_of_tweet) + 1
-    if num_words is not None and len(num_words) != num_tweets:
-        raise ValueError(f"num_words has {len(num_words)} entries but the windows cover {num_tweets} tweets")
-    merged = []
-    for tweet in range(num_tweets):
-        if tweet not in windows_of_tweet:
-            raise ValueError(f"tweet {tweet} has no window: pass the windows of every tweet")
-        windows = windows_of_tweet[tweet]
-        tweet_length = max(offset + len(predictions) for offset, predictions in windows)
-        if num_words is not None:
-            if int(num_words[tweet]) < tweet_length:
-                raise ValueError(
-                    f"tweet {tweet}: windows reach word {tweet_length - 1} of {num_words[tweet]}"
-                )
-            tweet_length = int(num_words[tweet])
-        best_distance = [-1] * tweet_length
-        words = [None] * tweet_length
-        for offset, predictions in windows:
-            end = offset + len(predictions)
-            for position, prediction in enumerate(predictions):
-                word = offset + position
-                left = word - offset if offset > 0 else tweet_length
-                right = end - 1 - word if end < tweet_length else tweet_length
-                distance = min(left, right)
-                if distance > best_distance[word]:
-                    best_distance[word] = distance
-                    words[word] = prediction
-        missing = [word for word, distance in enumerate(best_distance) if distance < 0]
-        if missing:
-            raise ValueError(f"tweet {tweet}: words {missing[:10]} of {tweet_length} are in no window")
-        merged.append(words)
-    return merged
 
 
 class MGCMProcessor(ProcessorMixin):
@@ -710,7 +586,7 @@ class MGCMProcessor(ProcessorMixin):
         self._check_length("word_labels", word_labels, len(tweets))
         labels = []
         for tweet_index, (tweet_labels, tweet) in enumerate(zip(word_labels, tweets, strict=True)):
-            tweet_labels = _as_python_list(tweet_labels)
+            tweet_labels = as_python_list(tweet_labels)
             if len(tweet_labels) != len(tweet):
                 raise ValueError(f"tweet {tweet_index} has {len(tweet)} words but {len(tweet_labels)} labels")
             for word_index, label in enumerate(tweet_labels):
@@ -735,117 +611,27 @@ class MGCMProcessor(ProcessorMixin):
         return_window_info: bool = True,
         return_tensors: str | None = "pt",
     ) -> BatchFeature:
-        """Pad windows from `encode_windows` (or `preprocess_corpus` rows) into model inputs.
+        """Pad windows from `encode_windows` (or the training corpus's window rows) into model inputs.
 
         Returns `input_ids`, `attention_mask`, (`token_type_ids`), `word_ids` `(B, T)`; `word_mask`,
         `word_shape_ids` `(B, W)`; `neighbour_vectors` `(B, W, k, dim)`, `neighbour_weights` `(B, W, k)` when the
         processor has a table; `labels` `(B, W)`, `<name>_input_ids`, `<name>_attention_mask` `(B, C)` of
-        each text source,
-        `object_ids`, `object_mask` `(B, max_objects)` when the windows carry them; and with
+        each text source, `object_ids`, `object_mask` `(B, max_objects)` when the windows carry them; and with
         `return_window_info` the `(B,)` `overflow_to_sample_mapping` and `window_word_offset`.
         """
-        if len(windows) == 0:
-            raise ValueError("pad_windows got no windows")
-        batch_size = len(windows)
-        max_pieces = max(len(window["input_ids"]) for window in windows)
-        max_words = max(len(window["words"]) for window in windows)
-        tokenizer = self.tokenizer
-
-        input_ids = np.full((batch_size, max_pieces), tokenizer.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((batch_size, max_pieces), dtype=np.int64)
-        word_ids = np.full((batch_size, max_pieces), -1, dtype=np.int64)
-        word_mask = np.zeros((batch_size, max_words), dtype=np.int64)
-        word_shape_ids = np.zeros((batch_size, max_words), dtype=np.int64)
-        for row, window in enumerate(windows):
-            num_pieces, num_words = len(window["input_ids"]), len(window["words"])
-            if len(window["word_ids"]) != num_pieces or len(window["word_shape_ids"]) != num_words:
-                raise ValueError(
-                    f"window {row} is inconsistent: input_ids, word_ids, words and shapes disagree"
-                )
-            input_ids[row, :num_pieces] = window["input_ids"]
-            attention_mask[row, :num_pieces] = 1
-            word_ids[row, :num_pieces] = window["word_ids"]
-            word_mask[row, :num_words] = 1
-            word_shape_ids[row, :num_words] = window["word_shape_ids"]
-        data: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.uses_token_type_ids:
-            token_type_ids = np.full((batch_size, max_pieces), tokenizer.pad_token_type_id, dtype=np.int64)
-            for row, window in enumerate(windows):
-                types = window.get("token_type_ids")
-                if types is None:
-                    raise ValueError(f"window {row} has no token_type_ids but the tokenizer uses them")
-                token_type_ids[row, : len(types)] = types
-            data["token_type_ids"] = token_type_ids
-        data.update(word_ids=word_ids, word_mask=word_mask, word_shape_ids=word_shape_ids)
-
-        if self.neighbour_table is not None:
-            data.update(self._neighbour_inputs(windows, max_words))
-        if self._all_or_none(windows, "labels"):
-            labels = np.full((batch_size, max_words), -100, dtype=np.int64)
-            for row, window in enumerate(windows):
-                if len(window["labels"]) != len(window["words"]):
-                    raise ValueError(
-                        f"window {row} has {len(window['words'])} words but {len(window['labels'])} labels"
-                    )
-                labels[row, : len(window["labels"])] = window["labels"]
-            data["labels"] = labels
-        for name in self.granularity_sources:
-            if self._all_or_none(windows, f"{name}_input_ids"):
-                data.update(self._text_source_inputs(windows, name))
-        if self._all_or_none(windows, "object_ids"):
-            data.update(self._object_inputs(windows))
+        data = padded_windows(
+            windows,
+            pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_type_id=self.tokenizer.pad_token_type_id if self.uses_token_type_ids else None,
+            neighbour_table=self.neighbour_table,
+            text_sources=self.granularity_sources,
+            max_objects=self.max_objects,
+            object_padding_id=self.object_padding_id,
+        )
         if return_window_info:
             data["overflow_to_sample_mapping"] = np.array([w["tweet_index"] for w in windows], dtype=np.int64)
             data["window_word_offset"] = np.array([w["window_word_offset"] for w in windows], dtype=np.int64)
         return BatchFeature(data=data, tensor_type=return_tensors)
-
-    @staticmethod
-    def _all_or_none(windows: Sequence[Mapping[str, Any]], key: str) -> bool:
-        present = [window.get(key) is not None for window in windows]
-        if any(present) and not all(present):
-            raise ValueError(f"{key} is given for some windows and not others: give it for all or none")
-        return all(present)
-
-    def _neighbour_inputs(
-        self, windows: Sequence[Mapping[str, Any]], max_words: int
-    ) -> dict[str, np.ndarray]:
-        all_words = [word for window in windows for word in window["words"]]
-        vectors, weights = self.neighbour_table.lookup(all_words)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        weights = np.asarray(weights, dtype=np.float32)
-        num_neighbours, dim = vectors.shape[1], vectors.shape[2]
-        padded_vectors = np.zeros((len(windows), max_words, num_neighbours, dim), dtype=np.float32)
-        padded_weights = np.zeros((len(windows), max_words, num_neighbours), dtype=np.float32)
-        position = 0
-        for row, window in enumerate(windows):
-            num_words = len(window["words"])
-            padded_vectors[row, :num_words] = vectors[position : position + num_words]
-            padded_weights[row, :num_words] = weights[position : position + num_words]
-            position += num_words
-        return {"neighbour_vectors": padded_vectors, "neighbour_weights": padded_weights}
-
-    def _text_source_inputs(self, windows: Sequence[Mapping[str, Any]], name: str) -> dict[str, np.ndarray]:
-        key = f"{name}_input_ids"
-        # One column at least, so that a batch in which no tweet has the source still has a (B, C) mask.
-        length = max(1, max(len(window[key]) for window in windows))
-        input_ids = np.full((len(windows), length), self.tokenizer.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(windows), length), dtype=np.int64)
-        for row, window in enumerate(windows):
-            ids = window[key]
-            input_ids[row, : len(ids)] = ids
-            attention_mask[row, : len(ids)] = 1
-        return {key: input_ids, f"{name}_attention_mask": attention_mask}
-
-    def _object_inputs(self, windows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        object_ids = np.full((len(windows), self.max_objects), self.object_padding_id, dtype=np.int64)
-        object_mask = np.zeros((len(windows), self.max_objects), dtype=np.int64)
-        for row, window in enumerate(windows):
-            ids = list(window["object_ids"])[: self.max_objects]
-            if any(not 0 <= object_id < self.object_padding_id for object_id in ids):
-                raise ValueError(f"window {row} has object ids {ids} outside 0..{self.object_padding_id - 1}")
-            object_ids[row, : len(ids)] = ids
-            object_mask[row, : len(ids)] = 1
-        return {"object_ids": object_ids, "object_mask": object_mask}
 
     # ----------------------------------------------------------------------------------------------
     # Images
@@ -896,7 +682,7 @@ class MGCMProcessor(ProcessorMixin):
             else None
         )
         features = np.asarray(image_features, dtype=np.float32) if features is None else features
-        mask = np.asarray(_as_python_list(image_mask), dtype=np.int64)
+        mask = np.asarray(as_python_list(image_mask), dtype=np.int64)
         if features.ndim != 3 or features.shape[0] != num_tweets or mask.shape != (num_tweets,):
             raise ValueError(
                 f"expected image_features (n, R, D) and image_mask (n,) with n = {num_tweets} tweets, "
@@ -991,4 +777,4 @@ class MGCMProcessor(ProcessorMixin):
 
 AutoProcessor.register(MGCMConfig, MGCMProcessor)
 
-__all__ = ["MGCMProcessor", "NEIGHBOUR_TABLE_FOLDER", "WINDOW_INFO_KEYS", "merge_windows", "plan_windows"]
+__all__ = ["MGCMProcessor", "NEIGHBOUR_TABLE_FOLDER"]

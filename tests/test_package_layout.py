@@ -21,7 +21,15 @@ MODEL_LAYER = {
     "vision_features",
     "host_reads",
 }
-PROCESSOR_LAYER = {"processing_mgcm", "tweet_tokenizer", "tweet_normalise", "word_shape", "neighbour_table"}
+PROCESSOR_LAYER = {
+    "processing_mgcm",
+    "tweet_tokenizer",
+    "tweet_normalise",
+    "word_shape",
+    "neighbour_table",
+    "windows",
+    "window_padding",
+}
 INFERENCE_LAYER = {
     "pipeline_mgcm",
     "pipeline_batching",

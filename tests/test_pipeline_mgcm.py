@@ -16,8 +16,8 @@ from transformers import AutoModelForTokenClassification, AutoProcessor, pipelin
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 from modeling_mgcm.pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
-from modeling_mgcm.processing_mgcm import WINDOW_INFO_KEYS, merge_windows
 from modeling_mgcm.tweet_tokenizer import split_tweet
+from modeling_mgcm.windows import WINDOW_INFO_KEYS, merge_windows
 from processing import ImageFeatureCache, ImageLoadError, make_synthetic_corpus
 
 

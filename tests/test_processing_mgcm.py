@@ -13,8 +13,8 @@ from processor_doubles import OBJECT_LABELS, WordLengthTable
 from transformers import AutoProcessor, AutoTokenizer
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-from modeling_mgcm.processing_mgcm import plan_windows
 from modeling_mgcm.tweet_tokenizer import split_tweet
+from modeling_mgcm.windows import plan_windows
 from processing import MGCMProcessor, merge_windows, word_shape_id
 from processing.text.neighbour_search import neighbour_table_from_embeddings
 

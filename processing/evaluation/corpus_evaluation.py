@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from modeling_mgcm.processing_mgcm import merge_windows
+from modeling_mgcm.windows import merge_windows
 from processing.evaluation.metrics import MODES, ner_metrics
 
 
