@@ -20,6 +20,7 @@ MODEL_LAYER = {
     "crf",
     "vision_features",
     "host_reads",
+    "weight_files",
 }
 PROCESSOR_LAYER = {
     "processing_mgcm",
