@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 README = Path(__file__).with_name("README.md")
 
@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_mgcm", "processing"],
+    packages=find_packages(include=["modeling_mgcm", "processing", "processing.*"]),
     install_requires=[
         "torch>=2.4",
         "transformers>=5.24",  # activation_checkpointing_enable

@@ -6,9 +6,9 @@
 - `images/`: the image feature cache and object detection over a corpus's images;
 - `evaluation/`: seqeval scores (lenient and strict) and scoring a model on a corpus;
 - `training/`: the training loop and its command line, checkpointing, the data collator, the non-finite-loss
-  guard and the model card;
+  guard, the model card and the Hub export;
 - `testing/`: tiny random backbones for tests and smoke runs;
-- `explanation.py` and `predict_cli.py` (`mgcm-predict`): inference commands over the pipeline.
+- `explanations/` (`processing.explain`) and `predict_cli.py` (`mgcm-predict`): inference over the pipeline.
 
 The model, the processor and the pipeline live in `modeling_mgcm/`, the folder that ships with a model. The
 public names below are re-exported here and imported on first use, so that `import processing` loads nothing.
