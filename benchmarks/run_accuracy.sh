@@ -186,7 +186,7 @@ run_one() {
     --url_token http --mixed_precision "$PRECISION" --num_train_epochs "$epochs" --seed "$seed" --final_eval_splits "$splits" \
     --output_dir "$run_dir" --cache_dir "$OUT/cache-$dataset" --keep_checkpoints 1 \
     --checkpointing_steps "$CHECKPOINT_STEPS" \
-    --resume_from_checkpoint latest >"$OUT/$name.log" 2>&1; then
+    --resume_from_checkpoint latest >>"$OUT/$name.log" 2>&1; then
     echo "$(date -u +%FT%TZ) FAILED $name: see $OUT/$name.log" >&2
     rm -rf "$lock"
     return 0
