@@ -221,6 +221,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_metrics(single_process_ru
     assert resumed["metrics"] == uninterrupted["metrics"]
 
 
+@pytest.mark.multiprocess
 def test_two_process_cpu_run_splits_the_batches_and_gathers_every_example(tmp_path):
     output_dir = tmp_path / "ddp"
     results = train(output_dir, "--num_train_epochs", "1", processes=2)
