@@ -266,6 +266,15 @@ def test_the_installed_package_opens_an_exported_folder_with_its_own_classes(exp
     assert installed(posts) == tagger(posts)
 
 
+def test_mgcm_predict_opens_an_exported_folder(exported_dir, tagger, capsys):
+    """`mgcm-predict --model <exported folder>` runs the installed pipeline, without asking for remote code."""
+    from processing.predict_cli import main
+
+    assert main(["--model", str(exported_dir), "--text", "Jordan visits Phoenix", "--no_progress"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["entities"] == tagger("Jordan visits Phoenix")
+
+
 # ------------------------------------------------------------------------------------------------------
 # What the exported folder holds
 
