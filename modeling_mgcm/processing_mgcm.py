@@ -5,6 +5,7 @@ A tweet longer than the word-piece window is split into overlapping windows of w
 gets a prediction; `merge_windows` puts the per-window word predictions back together, one per word.
 """
 
+import json
 import logging
 import math
 import os
@@ -17,8 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor, BatchFeature, ProcessorMixin
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import PROCESSOR_NAME
 
+from .atomic_files import write_text_atomically
 from .configuration_mgcm import MGCMConfig, check_text_source_name
 from .neighbour_table import NeighbourTable
 from .tweet_normalise import clean_token, is_url
@@ -228,7 +231,7 @@ class MGCMProcessor(ProcessorMixin):
 
     def to_dict(self) -> dict[str, Any]:
         """The settings written to `processor_config.json` (the tokenizer and the table have their own files)."""
-        output = {
+        return {
             "object_labels": None if self.object_labels is None else list(self.object_labels),
             "max_length": self.max_length,
             "stride": self.stride,
@@ -240,15 +243,13 @@ class MGCMProcessor(ProcessorMixin):
             "image_processor": None if self.image_processor is None else self.image_processor.to_dict(),
             "processor_class": type(self).__name__,
         }
-        if getattr(self, "auto_map", None):
-            output["auto_map"] = self.auto_map
-        return output
 
     def save_pretrained(
         self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs
     ) -> list[str]:
-        """Writes the tokenizer files, `processor_config.json` (settings and image processor) and the
-        neighbour table (safetensors, in the `neighbour_table/` sub-folder)."""
+        """Writes the tokenizer files, `processor_config.json` (settings and image processor), the neighbour
+        table (safetensors, in the `neighbour_table/` sub-folder) and, once registered for `AutoProcessor`, the
+        processor's code."""
         if push_to_hub:
             raise ValueError(
                 "MGCMProcessor.save_pretrained saves locally only: upload the folder with huggingface_hub"
@@ -258,8 +259,13 @@ class MGCMProcessor(ProcessorMixin):
         self.tokenizer.save_pretrained(save_directory)
         if self.neighbour_table is not None:
             self.neighbour_table.save_pretrained(os.path.join(save_directory, NEIGHBOUR_TABLE_FOLDER))
+        settings = self.to_dict()
+        if self._auto_class is not None:
+            # As ProcessorMixin does: the processor's code (and the files it imports) beside it, with its
+            # AutoProcessor entry in the saved settings' `auto_map`, so that the folder loads as remote code.
+            custom_object_save(self, save_directory, config=settings)
         processor_file = os.path.join(save_directory, PROCESSOR_NAME)
-        self.to_json_file(processor_file)
+        write_text_atomically(processor_file, json.dumps(settings, indent=2, sort_keys=True) + "\n")
         return [processor_file]
 
     @classmethod

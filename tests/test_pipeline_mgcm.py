@@ -594,3 +594,16 @@ def test_marginals_are_a_distribution_over_the_labels_even_without_a_crf(tiny_mg
         assert sum(word["marginals"].values()) == pytest.approx(1.0, abs=1e-5)
         assert word["tag"] == max(word["marginals"], key=word["marginals"].get)
     assert np.isfinite([word["score"] for word in output["words"]]).all()
+
+
+def test_the_pipeline_reads_bio_tags_as_seqeval_does_in_lenient_mode():
+    """The pipeline's own BIO decoder (it ships without seqeval) gives seqeval's lenient entities."""
+    from modeling_mgcm.pipeline_outputs import lenient_entity_spans
+    from processing.evaluation.metrics import entity_spans
+
+    rng = np.random.default_rng(0)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG", "B-MISC"]
+    for length in range(0, 12):
+        for _ in range(200):
+            sequence = [tags[index] for index in rng.integers(0, len(tags), size=length)]
+            assert set(lenient_entity_spans(sequence)) == entity_spans(sequence, "lenient"), sequence

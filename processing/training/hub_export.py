@@ -6,9 +6,10 @@ The folder is written by transformers' own saving, nothing rewritten by hand:
   `pipeline_mgcm.py` with the sibling files it imports relatively (`custom_object_save`), and saves the model:
   safetensors weights, `config.json` with the `auto_map` of `AutoConfig` and
   `AutoModelForTokenClassification`, and their code files;
-- `custom_object_save` of the base model adds `AutoModel` to that `auto_map`, and of the processor copies
-  `processing_mgcm.py` and its siblings and gives the `AutoProcessor` entry that `MGCMProcessor.save_pretrained`
-  writes into `processor_config.json` with the tokenizer and the neighbour table.
+- `custom_object_save` of the base model adds `AutoModel` to that `auto_map`;
+- `MGCMProcessor.save_pretrained` writes the tokenizer, the neighbour table and `processor_config.json` with
+  its `AutoProcessor` `auto_map`, and copies `processing_mgcm.py` and its siblings (`custom_object_save`, as
+  `ProcessorMixin` does).
 
 The code files are `modeling_mgcm/`'s, which import each other only relatively (the folder is built to ship as
 it is). So `pipeline(model=folder_or_hub_id, trust_remote_code=True)` tags posts, and the Auto classes load
@@ -213,12 +214,7 @@ def save_remote_code_folder(
     custom_object_save(model.base_model, output_dir, config=model.config)
     tagger = MultimodalNERPipeline(model=model, processor=processor, task=TASK_NAME, device="cpu")
     tagger.save_pretrained(output_dir)
-    # `MGCMProcessor.save_pretrained` writes its own files but not its code: transformers' copy does, and gives
-    # the AutoProcessor entry that `MGCMProcessor.to_dict` writes into processor_config.json.
-    processor_code: dict = {}
-    custom_object_save(processor, output_dir, config=processor_code)
-    processor.auto_map = processor_code["auto_map"]
-    processor.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)  # with its code and AutoProcessor entry
 
 
 def export_to_hub(
