@@ -64,6 +64,10 @@ class MGCMConfig(PreTrainedConfig):
     (80 COCO classes, 5 objects), gated semantic augmentation with k=4 200-d neighbours, fusion dropout 0.5,
     an auxiliary span CRF weighted 0.5, and a CRF decoder over the 9 BIO tags of PER/LOC/ORG/MISC.
 
+    Bad values are refused by the `validate_*` methods, which transformers runs at construction, in
+    `config.validate()` and in `save_pretrained`: a `StrictDataclassClassValidationError` whose cause is a
+    ValueError naming the field, its value and what is allowed.
+
     Args:
         text_config: config of the text encoder (any encoder `AutoModel.from_config` builds); it also
             encodes every text source (captions, knowledge, ...), with shared weights.
@@ -165,8 +169,8 @@ class MGCMConfig(PreTrainedConfig):
         # JSON has no tuples: keep one type so that a reloaded config compares equal to the original.
         self.object_labels = list(self.object_labels)
         self.text_sources = list(self.text_sources)
-        self._check_values()
         self._resolve_image_feature_dim()
+        # The value checks are the `validate_*` methods below, which `@strict` runs right after this.
 
     @property
     def hidden_size(self) -> int:
@@ -205,8 +209,10 @@ class MGCMConfig(PreTrainedConfig):
             return self.num_cross_attention_heads
         return self.text_config.num_attention_heads
 
-    def _check_values(self) -> None:
-        """Raise a ValueError naming the field, its value and what is allowed."""
+    def validate_architecture(self) -> None:
+        """Part of `@strict`-powered validation: the layer sizes and switches. Each error names the field, its
+        value and what is allowed."""
+        super().validate_architecture()
         if self.augmentation_mode not in AUGMENTATION_MODES:
             raise ValueError(
                 f"MGCMConfig: augmentation_mode must be one of {AUGMENTATION_MODES}, got {self.augmentation_mode!r}"
@@ -225,6 +231,21 @@ class MGCMConfig(PreTrainedConfig):
             raise ValueError(
                 f"MGCMConfig: object_labels must be distinct non-empty strings; bad {bad_labels}, repeated {repeated}"
             )
+        if self.vision_config is not None:
+            derived = backbone_feature_dim(self.vision_config)
+            if self.image_feature_dim != derived:
+                raise ValueError(
+                    f"MGCMConfig: image_feature_dim={self.image_feature_dim} contradicts the vision backbone "
+                    f"({self.vision_config.model_type}), whose features are {derived}-d; leave it unset"
+                )
+        elif self.use_image and self.image_feature_dim is None:
+            raise ValueError(
+                "MGCMConfig: use_image=True needs an image encoder: a vision_config (the model runs the backbone "
+                "on pixel_values) or image_feature_dim (the width of precomputed image_features, e.g. 2048 "
+                "for ResNet-152)"
+            )
+        if self.image_feature_dim is not None and self.image_feature_dim < 1:
+            raise ValueError(f"MGCMConfig: image_feature_dim must be >= 1, got {self.image_feature_dim}")
         if self.augmentation_mode != "none":
             for name in ("augmentation_dim", "num_neighbours"):
                 if getattr(self, name) < 1:
@@ -236,20 +257,10 @@ class MGCMConfig(PreTrainedConfig):
             raise ValueError(
                 f"MGCMConfig: use_word_shape=True needs num_word_shapes >= 2 (0 is padding), got {self.num_word_shapes}"
             )
-        self._check_text_sources()
         if self.granularities and self.num_cross_attention_layers < 1:
             raise ValueError(
                 f"MGCMConfig: num_cross_attention_layers must be >= 1, got {self.num_cross_attention_layers}"
             )
-        for name in ("hidden_dropout_prob", "attention_dropout_prob", "fusion_dropout_prob"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"MGCMConfig: {name} must be in [0, 1), got {getattr(self, name)}")
-        if self.aux_span_loss_weight < 0:
-            raise ValueError(
-                f"MGCMConfig: aux_span_loss_weight must be >= 0, got {self.aux_span_loss_weight}"
-            )
-        if self.aux_span_loss_weight > 0:
-            span_tags_of_labels(self.id2label)
         hidden_size = getattr(self.text_config, "hidden_size", None)
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(
@@ -272,7 +283,8 @@ class MGCMConfig(PreTrainedConfig):
                 f"{heads} (set num_cross_attention_heads)"
             )
 
-    def _check_text_sources(self) -> None:
+    def validate_text_sources(self) -> None:
+        """Part of `@strict`-powered validation: text source names and the input dropout of each granularity."""
         for name in self.text_sources:
             check_text_source_name(name, "MGCMConfig: text_sources")
         repeated = sorted({name for name in self.text_sources if self.text_sources.count(name) > 1})
@@ -287,23 +299,23 @@ class MGCMConfig(PreTrainedConfig):
             if not 0 <= probability < 1:
                 raise ValueError(f"MGCMConfig: input_dropout[{name!r}] must be in [0, 1), got {probability}")
 
-    def _resolve_image_feature_dim(self) -> None:
-        if self.vision_config is not None:
-            derived = backbone_feature_dim(self.vision_config)
-            if self.image_feature_dim is not None and self.image_feature_dim != derived:
-                raise ValueError(
-                    f"MGCMConfig: image_feature_dim={self.image_feature_dim} contradicts the vision backbone "
-                    f"({self.vision_config.model_type}), whose features are {derived}-d; leave it unset"
-                )
-            self.image_feature_dim = derived
-        elif self.use_image and self.image_feature_dim is None:
+    def validate_training_values(self) -> None:
+        """Part of `@strict`-powered validation: dropout probabilities and the auxiliary span task."""
+        for name in ("hidden_dropout_prob", "attention_dropout_prob", "fusion_dropout_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"MGCMConfig: {name} must be in [0, 1), got {getattr(self, name)}")
+        if self.aux_span_loss_weight < 0:
             raise ValueError(
-                "MGCMConfig: use_image=True needs an image encoder: a vision_config (the model runs the backbone "
-                "on pixel_values) or image_feature_dim (the width of precomputed image_features, e.g. 2048 "
-                "for ResNet-152)"
+                f"MGCMConfig: aux_span_loss_weight must be >= 0, got {self.aux_span_loss_weight}"
             )
-        if self.image_feature_dim is not None and self.image_feature_dim < 1:
-            raise ValueError(f"MGCMConfig: image_feature_dim must be >= 1, got {self.image_feature_dim}")
+        if self.aux_span_loss_weight > 0:
+            span_tags_of_labels(self.id2label)
+
+    def _resolve_image_feature_dim(self) -> None:
+        """Unset, `image_feature_dim` is the backbone's feature width (`validate_architecture` refuses a
+        different one)."""
+        if self.vision_config is not None and self.image_feature_dim is None:
+            self.image_feature_dim = backbone_feature_dim(self.vision_config)
 
 
 def check_text_source_name(name: object, where: str) -> None:

@@ -16,13 +16,14 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_mgcm import SHARED_TEXT_SOURCE_BLOCK, MGCMConfig, span_tags_of_labels
 from .crf import PADDING_TAG, ConditionalRandomField
@@ -38,6 +39,8 @@ TEXT_SOURCE_LENGTH_GROUPS = 2
 TEXT_SOURCE_INPUT = re.compile(r"(?P<name>[a-z][a-z0-9_]*)_(?P<kind>input_ids|attention_mask)")
 # Checkpoints before named text sources called the text-source projection `caption_projection`.
 _LEGACY_KEY_MAPPING = {r"caption_projection\.": "text_source_projection."}
+# The keyword arguments transformers passes to a model's forward (`output_attentions`, `num_items_in_batch`, ...).
+_TRANSFORMERS_KWARGS = frozenset(TransformersKwargs.__annotations__)
 
 
 @dataclass
@@ -51,10 +54,16 @@ class MGCMModelOutput(ModelOutput):
         word_mask: (B, W) bool, True for real words.
         gate_values: granularity name -> (B, W) mean sigmoid gate between branch (a) and (b); 0 at padding
             words and for examples without that input. Every granularity of the config.
-        hidden_states: the text encoder's hidden states (tuple of (B, T, d)) when asked.
-        attentions: the text encoder's attentions when asked (needs `attn_implementation="eager"`).
-        cross_attentions: granularity name -> (B, W, R|O|C) word-to-side-input attention of branch (a),
-            averaged over heads, when `output_attentions=True`.
+        hidden_states: with `output_hidden_states=True`, a tuple of `text_config.num_hidden_layers + 2` word-level
+            states (B, W, d), each word read at its first piece as for `last_hidden_state`: the text encoder's
+            embedding output, each encoder layer's output, then the fused states, so that `hidden_states[-1]`
+            is `last_hidden_state`. Padding words hold no meaningful values.
+        attentions: the text encoder's self-attentions, a tuple of (B, heads, T, T) per layer, with
+            `output_attentions=True` (needs `attn_implementation="eager"`; None under sdpa).
+        granularity_attentions: with `output_attentions=True`, granularity name -> (B, W, R|O|C) attention
+            of each word over that side input (image regions, objects or text-source pieces) in branch (a) of
+            its cross-modal block, averaged over heads. Not transformers' `cross_attentions` (a per-layer
+            tuple of decoder-over-encoder attentions).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -63,7 +72,7 @@ class MGCMModelOutput(ModelOutput):
     gate_values: dict[str, torch.FloatTensor] | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: dict[str, torch.FloatTensor] | None = None
+    granularity_attentions: dict[str, torch.FloatTensor] | None = None
 
 
 @dataclass
@@ -76,7 +85,7 @@ class MGCMTokenClassifierOutput(ModelOutput):
         logits: (B, W, L) word-level emission scores.
         predictions: (B, W) long, Viterbi tags (argmax without CRF), -100 at padding words. Not computed
             (None) in a training-mode forward with labels, where only the loss is needed.
-        gate_values, hidden_states, attentions, cross_attentions: as in `MGCMModelOutput`.
+        gate_values, hidden_states, attentions, granularity_attentions: as in `MGCMModelOutput`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -85,7 +94,7 @@ class MGCMTokenClassifierOutput(ModelOutput):
     gate_values: dict[str, torch.FloatTensor] | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: dict[str, torch.FloatTensor] | None = None
+    granularity_attentions: dict[str, torch.FloatTensor] | None = None
 
 
 def _first_true(mask: Tensor) -> tuple[int, ...]:
@@ -111,6 +120,28 @@ def first_piece_positions(word_ids: Tensor, num_words: int) -> tuple[Tensor, Ten
     first = first.scatter_reduce(1, target, pieces, reduce="amin")[:, :num_words]
     has_piece = first < num_pieces
     return torch.where(has_piece, first, torch.zeros_like(first)), has_piece
+
+
+def _at_words(piece_states: Tensor, word_positions: Tensor) -> Tensor:
+    """(B, T, d) piece states -> (B, W, d) the states at `word_positions` (B, W), each word's first piece."""
+    return piece_states.gather(1, word_positions.unsqueeze(-1).expand(-1, -1, piece_states.shape[-1]))
+
+
+def _split_text_source_inputs(kwargs: dict) -> tuple[dict[str, Tensor], dict]:
+    """Forward keyword arguments -> (`<name>_input_ids` / `<name>_attention_mask` of text sources, the
+    `TransformersKwargs`); any other name raises the TypeError an unknown argument would."""
+    text_source_inputs, transformers_kwargs = {}, {}
+    for key, value in kwargs.items():
+        if key in _TRANSFORMERS_KWARGS:
+            transformers_kwargs[key] = value
+        elif TEXT_SOURCE_INPUT.fullmatch(key):
+            text_source_inputs[key] = value
+        else:
+            raise TypeError(
+                f"MGCM forward got an unexpected keyword argument {key!r}; text sources are passed as "
+                "<name>_input_ids and <name>_attention_mask"
+            )
+    return text_source_inputs, transformers_kwargs
 
 
 @contextmanager
@@ -188,6 +219,9 @@ class MGCMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MGCMAttentionLayer", "MGCMCoupledAttentionBlock"]
     _supports_sdpa = True
     supports_gradient_checkpointing = True
+    # The CRF loss is a mean over rows that ignores `num_items_in_batch`: Trainer must scale it for gradient
+    # accumulation itself (without this it infers from `**kwargs` that the model does).
+    accepts_loss_kwargs = False
 
     @classmethod
     def from_pretrained(
@@ -197,18 +231,19 @@ class MGCMPreTrainedModel(PreTrainedModel):
         use_safetensors: bool | None = True,
         **kwargs,
     ):
-        """`PreTrainedModel.from_pretrained` reading safetensors weights only.
+        """`PreTrainedModel.from_pretrained` reading safetensors weights only, and checkpoints saved under
+        older weight names.
 
-        A folder holding only a pickle checkpoint (`pytorch_model.bin`), or whose config or index points at
-        one, raises `OSError`; `use_safetensors=False` (or None, transformers' "either") opts in to pickles.
+        With `use_safetensors=True` (the default here; transformers' default None falls back to pickles)
+        transformers itself refuses a folder holding only `pytorch_model.bin`; a config or index that points
+        at a pickle file raises `OSError` too (see `refuse_pickle_weights`). `use_safetensors=False` opts in.
         """
         if use_safetensors and pretrained_model_name_or_path is not None:
             refuse_pickle_weights(
-                pretrained_model_name_or_path,
-                kwargs.get("subfolder", ""),
-                kwargs.get("variant"),
-                kwargs.get("config"),
+                pretrained_model_name_or_path, kwargs.get("subfolder", ""), kwargs.get("config")
             )
+        # Passed per call: v5 has no class-level renaming, and a global `register_checkpoint_conversion_mapping`
+        # entry is reverted on save too, so a model built from scratch would be saved under the legacy names.
         legacy_names = "key_mapping" not in kwargs
         if legacy_names:
             kwargs["key_mapping"] = _LEGACY_KEY_MAPPING
@@ -310,6 +345,7 @@ class MGCMModel(MGCMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_encoder.set_input_embeddings(value)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: Tensor,
@@ -327,24 +363,19 @@ class MGCMModel(MGCMPreTrainedModel):
         object_mask: Tensor | None = None,
         caption_input_ids: Tensor | None = None,
         caption_attention_mask: Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **text_source_inputs: Tensor,
-    ) -> MGCMModelOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MGCMModelOutput:
         """Word states fused with every side input the batch holds (see docs/interfaces.md for inputs).
 
-        `text_source_inputs` are the (B, C) `<name>_input_ids` and `<name>_attention_mask` of the text sources
-        other than the caption. Inputs of granularities the config turns off are ignored; a granularity the
+        `kwargs` hold the `TransformersKwargs` (`output_attentions`, `output_hidden_states`, ...; the others go
+        to the text encoder's pass over the tweet) and the (B, C) `<name>_input_ids` and `<name>_attention_mask`
+        of the text sources other than the caption: their names come from `config.text_sources`, so no
+        signature can list them. Inputs of granularities the config turns off are ignored; a granularity the
         config turns on may be missing from the batch, or masked per example, and then contributes exactly
         nothing.
         """
-        config = self.config
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = config.return_dict if return_dict is None else return_dict
+        text_source_inputs, encoder_kwargs = _split_text_source_inputs(kwargs)
+        output_attentions, output_hidden_states = self._output_flags(encoder_kwargs)
 
         if word_ids.shape != input_ids.shape:
             raise ValueError(
@@ -357,16 +388,18 @@ class MGCMModel(MGCMPreTrainedModel):
             num_words = int(word_ids.max().clamp(min=0)) + 1
             word_mask = first_piece_positions(word_ids, num_words)[1]
         word_mask = word_mask.bool()
-        encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
-            encoder_inputs["token_type_ids"] = token_type_ids
+            encoder_kwargs["token_type_ids"] = token_type_ids
         encoded = self.text_encoder(
-            **encoder_inputs,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **encoder_kwargs,
         )
-        word_states = self._word_states(encoded.last_hidden_state, word_ids, word_mask)
+        word_positions = self._word_positions(word_ids, word_mask)
+        word_states = _at_words(encoded.last_hidden_state, word_positions)
         if self.word_shape_embeddings is not None:
             word_states = word_states + self.word_shape_embeddings(
                 self._checked_word_shapes(word_shape_ids, word_mask)
@@ -382,7 +415,7 @@ class MGCMModel(MGCMPreTrainedModel):
         side_inputs = self._side_tokens(
             word_mask, pixel_values, image_features, image_mask, object_ids, object_mask, text_source_inputs
         )
-        gate_values, cross_attentions, granularity_states = {}, {}, []
+        gate_values, granularity_attentions, granularity_states = {}, {}, []
         word_queries = self.word_projection(word_states)
         # Every block runs on every batch, on masked input where examples lack it: a block skipped because
         # its input is absent from one batch would leave its parameters out of the graph, and DDP stops.
@@ -394,27 +427,49 @@ class MGCMModel(MGCMPreTrainedModel):
             granularity_states.append(fused)
             gate_values[name] = gate
             if weights is not None:
-                cross_attentions[name] = weights
+                granularity_attentions[name] = weights
         if granularity_states:
             visual_context = F.relu(self.fusion(self.fusion_dropout(torch.cat(granularity_states, dim=-1))))
             fused_states = self.text_visual_combination(torch.cat([text_states, visual_context], dim=-1))
         else:
             fused_states = text_states
 
-        output = MGCMModelOutput(
+        hidden_states = None
+        if output_hidden_states:
+            # The encoder's states read at the words as `word_states` is, then the fused ones, so that
+            # hidden_states[-1] is last_hidden_state as in every transformers model.
+            encoder_states = (_at_words(states, word_positions) for states in encoded.hidden_states)
+            hidden_states = (*encoder_states, fused_states)
+        return MGCMModelOutput(
             last_hidden_state=fused_states,
             text_hidden_state=text_states,
             word_mask=word_mask,
             gate_values=gate_values,
-            hidden_states=encoded.hidden_states if output_hidden_states else None,
+            hidden_states=hidden_states,
             # An sdpa encoder records no attention weights (an empty tuple): report None rather than ().
             attentions=(encoded.attentions or None) if output_attentions else None,
-            cross_attentions=cross_attentions if output_attentions else None,
+            granularity_attentions=granularity_attentions if output_attentions else None,
         )
-        return output if return_dict else output.to_tuple()
 
-    def _word_states(self, piece_states: Tensor, word_ids: Tensor, word_mask: Tensor) -> Tensor:
-        """(B, T, d) piece states -> (B, W, d) states of each word's first piece."""
+    def _output_flags(self, kwargs: dict) -> tuple[bool, bool]:
+        """Pop `output_attentions` and `output_hidden_states` from `kwargs`, the config's values by default."""
+        output_attentions = kwargs.pop("output_attentions", None)
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if not isinstance(output_hidden_states, bool):
+            # transformers also takes layer indices here; MGCM's word-level states are all or none.
+            raise ValueError(
+                f"MGCM returns all its hidden states or none: output_hidden_states must be True or False, "
+                f"got {output_hidden_states!r}"
+            )
+        return bool(output_attentions), output_hidden_states
+
+    def _word_positions(self, word_ids: Tensor, word_mask: Tensor) -> Tensor:
+        """(B, T) word ids, (B, W) word mask -> (B, W) long position of each word's first piece (0 for padding
+        words), checking that the two agree."""
         num_words = word_mask.shape[1]
         checked = host_reads_allowed(word_ids)
         if checked and bool((word_ids >= num_words).any()):
@@ -429,8 +484,7 @@ class MGCMModel(MGCMPreTrainedModel):
             raise ValueError(
                 f"word {word} of row {row} is a real word (word_mask 1) but no piece has word_ids == {word}"
             )
-        hidden_size = piece_states.shape[-1]
-        return piece_states.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden_size))
+        return positions
 
     def _checked_word_shapes(self, word_shape_ids: Tensor | None, word_mask: Tensor) -> Tensor:
         if word_shape_ids is None:
@@ -492,11 +546,6 @@ class MGCMModel(MGCMPreTrainedModel):
         inputs = {"caption": (caption_input_ids, caption_attention_mask)}
         for key, tensor in other_inputs.items():
             match = TEXT_SOURCE_INPUT.fullmatch(key)
-            if match is None:
-                raise TypeError(
-                    f"MGCM forward got an unexpected keyword argument {key!r}; text sources are passed as "
-                    "<name>_input_ids and <name>_attention_mask"
-                )
             ids, mask = inputs.get(match["name"], (None, None))
             inputs[match["name"]] = (tensor, mask) if match["kind"] == "input_ids" else (ids, tensor)
         inputs = {name: inputs.get(name, (None, None)) for name in self.config.text_sources}
@@ -757,6 +806,7 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
         )
         return cls(config, text_encoder=text_encoder, vision_model=vision_model)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: Tensor,
@@ -775,19 +825,16 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
         caption_input_ids: Tensor | None = None,
         caption_attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **text_source_inputs: Tensor,
-    ) -> MGCMTokenClassifierOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MGCMTokenClassifierOutput:
         """Emissions, Viterbi predictions and, with word-level `labels` (B, W), the loss.
 
-        Text sources other than the caption come as `<name>_input_ids` and `<name>_attention_mask` (B, C).
+        `kwargs` are those of `MGCMModel.forward`: the `TransformersKwargs` and the (B, C) `<name>_input_ids`
+        and `<name>_attention_mask` of text sources other than the caption.
 
         A label of -100 ignores the word: padding, or a real word left unlabelled, which the CRF sums over
         (every tag possible there) and cross-entropy skips.
         """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         encoded = self.mgcm(
             input_ids=input_ids,
             word_ids=word_ids,
@@ -804,10 +851,8 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
             object_mask=object_mask,
             caption_input_ids=caption_input_ids,
             caption_attention_mask=caption_attention_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
-            **text_source_inputs,
+            **kwargs,
         )
         word_mask = encoded.word_mask
         logits = self.classifier(self.dropout(encoded.last_hidden_state))
@@ -826,16 +871,15 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
         predictions = None
         if not (self.training and labels is not None):
             predictions = self.decode(logits, word_mask)
-        output = MGCMTokenClassifierOutput(
+        return MGCMTokenClassifierOutput(
             loss=loss,
             logits=logits,
             predictions=predictions,
             gate_values=encoded.gate_values,
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
-            cross_attentions=encoded.cross_attentions,
+            granularity_attentions=encoded.granularity_attentions,
         )
-        return output if return_dict else output.to_tuple()
 
     def decode(self, logits: Tensor, word_mask: Tensor) -> Tensor:
         """(B, W, L), (B, W) -> (B, W) long tags, -100 at padding: Viterbi with the CRF, else argmax."""

@@ -5,28 +5,20 @@ import os
 from pathlib import Path
 
 from transformers import PreTrainedConfig
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
-
-
-def _with_variant(file_name: str, variant: str | None) -> str:
-    if not variant:
-        return file_name
-    stem, _, suffix = file_name.partition(".")
-    return f"{stem}.{variant}.{suffix}"
 
 
 def refuse_pickle_weights(
     pretrained_model_name_or_path: str | os.PathLike,
     subfolder: str = "",
-    variant: str | None = None,
     config: object = None,
 ) -> None:
-    """Raise `OSError` if loading this local folder would unpickle a weights file.
+    """Raise `OSError` if loading this local folder would unpickle a weights file despite `use_safetensors=True`.
 
-    transformers 5 falls back to `pytorch_model.bin` when there is no safetensors file, and reads any file
-    that `config.json`'s `transformers_weights` or a safetensors index's `weight_map` names, whatever
-    `use_safetensors` says; unpickling can run code, so each of these is refused. Hub ids are left to
-    `use_safetensors=True`, which refuses a repository without safetensors weights.
+    transformers 5.24 with `use_safetensors=True` already refuses a folder holding only `pytorch_model.bin`
+    (or its index), and a `config.json` whose `transformers_weights` names any pickle file but one. Two files
+    still get unpickled (with torch's restricted loader): `transformers_weights: "adapter_model.bin"`, and
+    whatever a safetensors index's `weight_map` names. This checks those two. Hub ids are left to
+    transformers.
     """
     folder = Path(pretrained_model_name_or_path) / (subfolder or "")
     if not folder.is_dir():
@@ -58,15 +50,6 @@ def refuse_pickle_weights(
             raise OSError(
                 f"{index_file}: weight_map lists {unsafe[:3]}, files that loading would unpickle; "
                 f"MGCM loads safetensors only: {opt_in}"
-            )
-    safe_names = [_with_variant(name, variant) for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)]
-    pickle_names = [_with_variant(name, variant) for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)]
-    if named is None and not any((folder / name).is_file() for name in safe_names):
-        found = [name for name in pickle_names if (folder / name).is_file()]
-        if found:
-            raise OSError(
-                f"{folder} holds only pickle weights ({', '.join(found)}) and no {safe_names[0]}; "
-                f"MGCM loads safetensors only because unpickling can run code: {opt_in}"
             )
 
 

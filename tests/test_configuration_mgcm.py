@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, BertConfig, ResNetConfig, RobertaConfig, ViTConfig
 
 from modeling_mgcm import COCO_OBJECT_LABELS, MGCM_LABEL_NAMES, MGCMConfig
@@ -174,16 +175,35 @@ def test_a_loaded_backbone_keeps_its_attention_implementation():
     ],
 )
 def test_bad_values_raise_at_construction_with_the_field_and_value(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(StrictDataclassClassValidationError, match=message) as raised:
         tiny_config(**overrides)
+    # transformers' validation wraps the ValueError that names the field.
+    assert isinstance(raised.value.__cause__, ValueError)
 
 
 def test_feature_dim_contradicting_the_backbone_raises():
     resnet = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
     with pytest.raises(
-        ValueError, match=r"image_feature_dim=12 contradicts the vision backbone \(resnet\).* 16-d"
+        StrictDataclassClassValidationError,
+        match=r"image_feature_dim=12 contradicts the vision backbone \(resnet\).* 16-d",
     ):
         tiny_config(vision_config=resnet, image_feature_dim=12)
+
+
+def test_values_changed_after_construction_are_checked_by_validate_and_save_pretrained(tmp_path):
+    """The checks are transformers' validation hooks, so they run wherever transformers validates."""
+    config = tiny_config()
+    config.validate()
+    config.max_objects = -1
+    with pytest.raises(StrictDataclassClassValidationError, match=r"max_objects must be >= 0, got -1"):
+        config.validate()
+    with pytest.raises(StrictDataclassClassValidationError, match=r"max_objects must be >= 0"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    config.max_objects = 3
+    config.input_dropout = {"knowledge": 0.5}
+    with pytest.raises(StrictDataclassClassValidationError, match=r"input_dropout names 'knowledge'"):
+        config.validate()
 
 
 def test_non_bio_labels_are_fine_without_the_span_task():

@@ -110,7 +110,7 @@ def test_entity_gates_attention_and_scores_are_the_models_own(tagger, red_image)
             explanation.gate_values[name], output.gate_values[name][0].numpy(), atol=1e-6
         )
 
-    image_attention = output.cross_attentions["image"][0, :2].mean(0).numpy()
+    image_attention = output.granularity_attentions["image"][0, :2].mean(0).numpy()
     np.testing.assert_allclose(entity.attention["image"], image_attention, atol=1e-6)
     assert explanation.region_grid == (0, 8, 8)  # the tiny ResNet's 8x8 grid over a 64x64 input
     assert explanation.model_image.shape == (64, 64, 3)
@@ -121,12 +121,14 @@ def test_entity_gates_attention_and_scores_are_the_models_own(tagger, red_image)
     # Objects in the order the model saw them: highest score first.
     assert explanation.object_labels == ["person", "dog", "car"]
     np.testing.assert_allclose(
-        entity.attention["objects"], output.cross_attentions["objects"][0, :2, :3].mean(0).numpy(), atol=1e-6
+        entity.attention["objects"],
+        output.granularity_attentions["objects"][0, :2, :3].mean(0).numpy(),
+        atol=1e-6,
     )
 
     # Caption pieces are summed per word; the remainder sits on [CLS] and [SEP].
     assert explanation.caption_words == CAPTION.split()
-    caption_pieces = output.cross_attentions["caption"][0, :2].mean(0).numpy()
+    caption_pieces = output.granularity_attentions["caption"][0, :2].mean(0).numpy()
     assert len(caption_pieces) == len(CAPTION.split()) + 2  # the tiny vocabulary holds each word whole
     np.testing.assert_allclose(entity.attention["caption"], caption_pieces[1:-1], atol=1e-6)
 
@@ -140,7 +142,9 @@ def test_caption_words_split_into_several_pieces_get_the_sum_of_their_pieces(tag
     for name in ("overflow_to_sample_mapping", "window_word_offset"):
         inputs.pop(name)
     with torch.no_grad():
-        pieces = model(**inputs, output_attentions=True).cross_attentions["caption"][0, :2].mean(0).numpy()
+        pieces = (
+            model(**inputs, output_attentions=True).granularity_attentions["caption"][0, :2].mean(0).numpy()
+        )
     word_ids = encoding.word_ids()
     expected = [sum(pieces[i] for i, word in enumerate(word_ids) if word == w) for w in (0, 1)]
     assert explanation.caption_words == ["skyscrapers", "downtown"]
@@ -561,11 +565,11 @@ def test_each_entity_gets_attention_over_the_knowledge_words_it_read(knowledge_t
         float(output.gate_values["knowledge"][0, :2].mean()), abs=1e-6
     )
     assert entity.attention["knowledge"].shape == (len(read),)
-    knowledge_pieces = output.cross_attentions["knowledge"][0, :2].mean(0).numpy()
+    knowledge_pieces = output.granularity_attentions["knowledge"][0, :2].mean(0).numpy()
     np.testing.assert_allclose(entity.attention["knowledge"], knowledge_pieces[1:-1], atol=1e-6)
     # The caption is explained alike, beside it.
     assert explanation.caption_words == explanation.source_words["caption"] == CAPTION.split()
-    caption_pieces = output.cross_attentions["caption"][0, :2].mean(0).numpy()
+    caption_pieces = output.granularity_attentions["caption"][0, :2].mean(0).numpy()
     np.testing.assert_allclose(entity.attention["caption"], caption_pieces[1:-1], atol=1e-6)
 
 

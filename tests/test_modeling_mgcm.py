@@ -5,8 +5,6 @@ from_backbones, remote code and located input errors."""
 import copy
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -26,7 +24,6 @@ from mgcm_batches import (
     three_examples,
     tiny_model,
 )
-from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
     AutoModelForTokenClassification,
@@ -65,7 +62,7 @@ def test_outputs_have_the_contract_shapes_and_padding(tiny_text_config):
         assert (gate[padding] == 0).all() and ((gate[~padding] > 0) & (gate[~padding] < 1)).all()
     expected_keys = {"image": REGIONS, "objects": 3, "caption": batch["caption_input_ids"].shape[1]}
     for name, keys in expected_keys.items():
-        weights = output.cross_attentions[name]
+        weights = output.granularity_attentions[name]
         assert weights.shape == (batch_size, num_words, keys)
         # Each real word's attention is a distribution over the input's real tokens.
         key_mask = {
@@ -75,7 +72,66 @@ def test_outputs_have_the_contract_shapes_and_padding(tiny_text_config):
         }[name]
         torch.testing.assert_close(weights.sum(-1)[~padding], torch.ones((~padding).sum().item()))
         assert (weights.masked_select(~key_mask.unsqueeze(1)) == 0).all()
-    assert len(output.hidden_states) == tiny_text_config.num_hidden_layers + 1
+
+
+def test_hidden_states_are_word_level_and_end_with_the_last_hidden_state(tiny_text_config):
+    """The encoder's embedding output and every layer, read at each word's first piece, then the fused
+    word states: (B, W, d) each, the last one `last_hidden_state`, as in transformers models."""
+    model = tiny_model(tiny_text_config)
+    batch = build_batch(three_examples(), extra_words=2)
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    with torch.no_grad():
+        output = model.mgcm(**inputs, output_hidden_states=True)
+        encoded = model.mgcm.text_encoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        )
+        tagged = model(**inputs, output_hidden_states=True)
+    batch_size, num_words = batch["word_mask"].shape
+    assert len(output.hidden_states) == tiny_text_config.num_hidden_layers + 2
+    assert all(
+        states.shape == (batch_size, num_words, tiny_text_config.hidden_size)
+        for states in output.hidden_states
+    )
+    assert output.hidden_states[-1] is output.last_hidden_state
+    # Each encoder state at the piece where its word starts.
+    word_ids, word_mask = batch["word_ids"], batch["word_mask"].bool()
+    for layer, piece_states in enumerate(encoded.hidden_states):
+        for row, word in word_mask.nonzero().tolist():
+            first_piece = int((word_ids[row] == word).nonzero()[0])
+            torch.testing.assert_close(
+                output.hidden_states[layer][row, word], piece_states[row, first_piece], rtol=0, atol=0
+            )
+    torch.testing.assert_close(tagged.hidden_states[-1], output.last_hidden_state, rtol=0, atol=0)
+    assert run(model, batch).hidden_states is None
+
+
+def test_return_dict_false_gives_the_output_fields_as_a_tuple(tiny_text_config):
+    model = tiny_model(tiny_text_config)
+    batch = build_batch(three_examples())
+    output = run(model, batch, output_attentions=True)
+    as_tuple = run(model, batch, output_attentions=True, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(output.to_tuple())
+    torch.testing.assert_close(as_tuple[0], output.logits, rtol=0, atol=0)
+    assert as_tuple[-1].keys() == output.granularity_attentions.keys()
+
+
+def test_hidden_states_are_all_or_none(tiny_text_config):
+    batch = build_batch(three_examples())
+    with pytest.raises(ValueError, match=r"output_hidden_states must be True or False, got \[-1\]"):
+        run(tiny_model(tiny_text_config), batch, output_hidden_states=[-1])
+
+
+def test_transformers_kwargs_are_accepted_and_unknown_keywords_refused(tiny_text_config):
+    """`num_items_in_batch` (which Trainer may pass) reaches nothing that changes the loss; a misspelt input
+    is an error, not silently ignored."""
+    model = tiny_model(tiny_text_config)
+    batch = build_batch(three_examples())
+    with torch.no_grad():
+        plain = model(**batch).loss
+        counted = model(**batch, num_items_in_batch=torch.tensor(7)).loss
+    assert torch.equal(plain, counted)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'imgae_features'"):
+        model(**batch, imgae_features=batch["image_features"])
 
 
 def test_encoder_attentions_need_the_eager_implementation(tiny_text_config):
@@ -163,7 +219,7 @@ def test_output_attentions_does_not_change_the_logits(tiny_text_config):
     batch = build_batch(three_examples(objects=0))
     plain, eager = run(model, batch), run(model, batch, output_attentions=True)
     torch.testing.assert_close(eager.logits, plain.logits, rtol=0, atol=1e-5)
-    assert (eager.cross_attentions["objects"][0] == 0).all()
+    assert (eager.granularity_attentions["objects"][0] == 0).all()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -524,40 +580,6 @@ def test_from_backbones_loads_pretrained_encoders(tiny_bert_dir, tiny_resnet_con
         MGCMForTokenClassification.from_backbones(str(tiny_bert_dir), text_config={})
 
 
-def test_a_saved_folder_loads_as_remote_code_without_the_package(tiny_text_config, tmp_path):
-    """The folder that goes to the Hub must work alone: a fresh process loads it with trust_remote_code
-    (the classes come from the copied files, not from this package) and reproduces the logits."""
-    model = tiny_model(tiny_text_config)
-    batch = {k: v for k, v in build_batch(three_examples(caption=0)).items() if k != "labels"}
-    model.save_pretrained(tmp_path / "model")
-    save_file(batch, str(tmp_path / "batch.safetensors"))
-    script = f"""
-import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForTokenClassification
-model = AutoModelForTokenClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
-assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-with torch.no_grad():
-    logits = model(**load_file({str(tmp_path / "batch.safetensors")!r})).logits
-save_file({{"logits": logits}}, {str(tmp_path / "logits.safetensors")!r})
-"""
-    environment = dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    # Another process may split matrix products over other threads: equal up to float rounding.
-    remote_logits = load_file(str(tmp_path / "logits.safetensors"))["logits"]
-    torch.testing.assert_close(remote_logits, run(model, batch).logits, rtol=0, atol=1e-6)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Input errors
 
@@ -640,7 +662,7 @@ def test_the_forward_reads_no_tensor_value_on_the_host(tiny_text_config, trainin
     assert output.logits.shape == (3, 7, model.config.num_labels)
     if not training:
         assert output.predictions.shape == (3, 7)
-        assert set(output.cross_attentions) == {"image", "objects", "caption"}
+        assert set(output.granularity_attentions) == {"image", "objects", "caption"}
     without_inputs = {k: v for k, v in batch.items() if not k.startswith(("image", "object", "caption"))}
     assert model(**without_inputs).logits.shape == (3, 7, model.config.num_labels)
 

@@ -17,7 +17,7 @@ from transformers import AutoModelForTokenClassification, AutoProcessor, BertMod
 
 import modeling_mgcm
 import processing
-from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
+from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, MGCMPreTrainedModel
 from modeling_mgcm.neighbour_table import CHECKSUM_KEY, TABLE_FILE_NAME, NeighbourTable
 from processing import LABEL_NAMES
 from processing.testing.tiny_backbones import tiny_text_config
@@ -87,10 +87,12 @@ def pickle_only_folder(tmp_path) -> tuple[Path, dict]:
 def test_a_folder_with_only_a_pickle_checkpoint_is_refused_before_anything_is_unpickled(
     pickle_only_folder, unpickling_spy, loader
 ):
+    """MGCM defaults to use_safetensors=True (transformers' None would fall back to the pickle), and
+    transformers then refuses the folder itself."""
     folder, _ = pickle_only_folder
-    with pytest.raises(OSError, match=r"only pickle weights \(pytorch_model.bin\)") as caught:
+    with pytest.raises(OSError, match="no file named model.safetensors found in directory") as caught:
         loader.from_pretrained(folder)
-    assert str(folder) in str(caught.value) and "use_safetensors=False" in str(caught.value)
+    assert str(folder) in str(caught.value)
     assert unpickling_spy == []
 
 
@@ -115,7 +117,7 @@ def test_from_backbones_refuses_a_pickle_only_encoder_folder_unless_the_user_opt
     (folder / "model.safetensors").unlink()
     torch.save(encoder.state_dict(), folder / "pytorch_model.bin")
 
-    with pytest.raises(OSError, match=r"only pickle weights \(pytorch_model.bin\)"):
+    with pytest.raises(OSError, match=f"no file named model.safetensors found in directory {folder}"):
         MGCMForTokenClassification.from_backbones(folder, **TEXT_ONLY)
     assert unpickling_spy == []
     model = MGCMForTokenClassification.from_backbones(folder, use_safetensors=False, **TEXT_ONLY)
@@ -152,6 +154,24 @@ def test_a_config_or_index_pointing_at_a_pickle_file_is_refused(tmp_path, unpick
     with pytest.raises(OSError, match="would unpickle"):
         AutoModelForTokenClassification.from_pretrained(folder)
     assert unpickling_spy == [] and not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "redirect", [redirect_config, redirect_index], ids=["config.json", "safetensors index"]
+)
+def test_transformers_alone_would_unpickle_what_a_config_or_index_points_at(
+    tmp_path, unpickling_spy, redirect
+):
+    """Why `refuse_pickle_weights` exists: `PreTrainedModel.from_pretrained(..., use_safetensors=True)` reads
+    these files (with torch's restricted unpickler, which stops this payload). If this fails, transformers
+    refuses them itself and the check can go."""
+    folder, marker = tmp_path / "model", tmp_path / "marker"
+    tiny_model().save_pretrained(folder)
+    redirect(folder, marker)
+    library_loading = super(MGCMPreTrainedModel, MGCMForTokenClassification).from_pretrained
+    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
+        library_loading(folder, use_safetensors=True)
+    assert unpickling_spy and not marker.exists()
 
 
 def test_a_safetensors_folder_loads_through_the_auto_classes_without_remote_code(
