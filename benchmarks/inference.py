@@ -13,9 +13,9 @@ semantic augmentation over GloVe 6B 50d (k=4); the MGCM layers are randomly init
 change the timing. Posts are Twitter-2015 valid tweets (words joined by spaces, as raw text) with their
 BLIP-2 captions; images are synthetic 640x480 JPEGs (the tweet images are not available here). Each
 setting is warmed up, then timed over whole batches; the time split between the pipeline's stages
-(preprocess: splitting, tokenising, image decoding; model_batches: padding, neighbour lookup; forward: the
-model and CRF marginals; window_outputs: tensors to lists; postprocess: windows merged, entities) is printed
-beside it.
+(prepare_post: splitting, tokenising, image decoding; forward: padding, neighbour lookup, the model and CRF
+marginals; postprocess: windows merged, entities) is printed beside it. `batch_size` counts windows (a tweet
+is one window), as in every `ChunkPipeline`; the figures below were printed before the pipeline became one.
 
 Runs on 2 cores (AMD EPYC with AVX-512, load average 0.4-0.7 before the start) printed, in float32 and then with
 `--dtype bfloat16` (whose entities matched float32's on all 200 synthetic test posts of a trained model):
@@ -138,7 +138,7 @@ def build_tagger(args: argparse.Namespace, posts: list[dict], work_dir: Path):
 def time_stages(tagger) -> dict[str, float]:
     """Wrap the pipeline's stages so that their seconds add up in the returned dict."""
     seconds: dict[str, float] = defaultdict(float)
-    for stage in ("preprocess", "model_batches", "forward", "window_outputs", "postprocess"):
+    for stage in ("prepare_post", "forward", "postprocess"):
         method = getattr(type(tagger), stage).__get__(tagger)
 
         def timed(*args, _method=method, _stage=stage, **kwargs):

@@ -19,7 +19,8 @@ as the words, and offsets then index the words joined by single spaces. `image_i
 `image_feature_cache` passed to the pipeline, whose precomputed features are used instead of the vision
 backbone. With `knowledge_writer` (a callable `f(texts, captions) -> texts`, a transformers `text-generation`
 pipeline or a `KnowledgeWriter`), a model that reads `knowledge` gets it written for every post whose
-`knowledge` is missing or None, a batch at a time (`""` means the post has none, and nothing is written).
+`knowledge` is missing or None, `batch_size` posts at a time (`""` means the post has none, and nothing is
+written).
 
 Outputs, per post:
 - `aggregation="entities"` (default): a list of `{"entity_group", "word", "start", "end", "score",
@@ -54,21 +55,17 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from transformers import AutoModelForTokenClassification, Pipeline
+from transformers import AutoModelForTokenClassification
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.base import ChunkPipeline
+from transformers.pipelines.pt_utils import PipelineIterator
 
 from .image_loading import MISSING, ImageLoadError
 from .image_sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_URL_TIMEOUT, open_post_image
 from .knowledge_writer import as_knowledge_writer
-from .pipeline_batching import pad_into_model_batches
-from .pipeline_outputs import (
-    WindowOutput,
-    aggregate_post,
-    attended_inputs,
-    merge_post_windows,
-    window_word_outputs,
-)
-from .pipeline_posts import check_post, processor_objects, words_and_spans
+from .pipeline_batching import pad_window_batch
+from .pipeline_outputs import aggregate_post, attended_inputs, merge_post_windows, window_words
+from .pipeline_posts import NumberedPost, PreparedPost, check_post, processor_objects, words_and_spans
 from .vision_features import extract_image_features
 
 TASK_NAME = "multimodal-ner"
@@ -77,13 +74,15 @@ ON_BAD_IMAGE = ("error", "mask")
 POST_KEYS = ("text", "image", "caption", "objects", "image_id")
 # The text source a `knowledge_writer` writes.
 KNOWLEDGE_SOURCE = "knowledge"
+# `_forward`'s outputs that are one Python value per window rather than a batch-first tensor.
+PER_WINDOW_VALUES = ("granularity_attentions", "post", "window", "is_last")
 
 
 class BadImageWarning(UserWarning):
     """A post's image could not be used and the post was tagged without it (`on_bad_image="mask"`)."""
 
 
-class MultimodalNERPipeline(Pipeline):
+class MultimodalNERPipeline(ChunkPipeline):
     """Named entity recognition on posts with an image, with an MGCM model (see the module docstring).
 
     Args (beyond the `Pipeline` ones; each may also be given per call):
@@ -98,9 +97,15 @@ class MultimodalNERPipeline(Pipeline):
         output_attentions: with `aggregation="words"`, add each word's attention over the post's inputs
             (see the module docstring; default False).
 
-    `batch_size` counts posts; the windows of a batch's posts are sorted by length and run through the model
-    in a few calls (see `model_batches`). The model is put in eval mode and runs under `torch.inference_mode`.
-    `num_workers` is not used: posts are prepared in the calling process.
+    A `ChunkPipeline`: `preprocess` reads a post and yields one model item per window (a post longer than the
+    processor's window gives several, a post without words one empty item), the base class's DataLoader
+    groups `batch_size` consecutive items into one model call, and `postprocess` merges a post's windows. So
+    `batch_size` counts windows, not posts (a long post's windows may fall in two model calls); `_forward` pads
+    them with the processor's own padding. A `knowledge_writer` gets the posts lacking knowledge `batch_size`
+    posts at a time. `num_workers=1` reads posts (images, tokenising, knowledge writing) in a DataLoader worker
+    process while the model runs; `ChunkPipeline` allows no more than one, the worker's warnings (such as
+    `BadImageWarning`) are not the caller's, and its errors come back as torch's `RuntimeError` quoting the
+    original. The model is put in eval mode and runs on the pipeline's `device` under `torch.inference_mode`.
     """
 
     _load_processor = True
@@ -223,60 +228,46 @@ class MultimodalNERPipeline(Pipeline):
             )
 
     # ------------------------------------------------------------------------------------------------
-    # Calls: batches of posts, each post yielding one or more windows
+    # Calls: posts in, each post yielding one model item per window
 
     def __call__(self, inputs, *args, **kwargs):
         """Tag one post (a dict or a string) or a list of posts; a generator or `datasets.Dataset` of posts is
         tagged lazily (an iterator of outputs is returned)."""
+        # Overridden for what the base class does not do: it reads an empty list's first item (to detect chats),
+        # takes a tuple for one input, and returns a lazy input's outputs as an iterable that `next` cannot read.
         if isinstance(inputs, list | tuple) and len(inputs) == 0:
             return []
-        return super().__call__(list(inputs) if isinstance(inputs, tuple) else inputs, *args, **kwargs)
-
-    def run_single(self, inputs, preprocess_params, forward_params, postprocess_params):
-        self._check_output_options(postprocess_params)
-        return next(self._tag_posts([inputs], 1, preprocess_params, forward_params, postprocess_params))
+        outputs = super().__call__(list(inputs) if isinstance(inputs, tuple) else inputs, *args, **kwargs)
+        return iter(outputs) if isinstance(outputs, PipelineIterator) else outputs
 
     def get_iterator(
         self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
     ) -> Iterator[Any]:
+        # Overridden only to wrap the inputs before the base class's DataLoader: each post numbered, so that an
+        # error names the input, and with a knowledge_writer given its knowledge `batch_size` posts at a time.
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self._check_output_options(postprocess_params)
-        return self._tag_posts(inputs, batch_size, preprocess_params, forward_params, postprocess_params)
+        preprocess_params = dict(preprocess_params)
+        writer = preprocess_params.pop("knowledge_writer", None)
+        posts = self._numbered_posts(inputs, writer, batch_size)
+        return super().get_iterator(
+            posts, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+        )
 
-    def _tag_posts(
-        self, posts: Iterable[Any], batch_size: int, preprocess_params, forward_params, postprocess_params
-    ) -> Iterator[Any]:
-        """Tags posts `batch_size` at a time, holding one batch in memory; outputs come in input order."""
-        iterator = iter(posts)
+    def _numbered_posts(self, inputs: Iterable[Any], writer, batch_size: int) -> Iterator[NumberedPost]:
+        """The inputs, numbered from 0, read lazily; with a knowledge `writer`, `batch_size` at a time, those
+        without `knowledge` (missing or None) given the writer's."""
+        if writer is None:
+            for index, post in enumerate(inputs):
+                yield NumberedPost(index, post)
+            return
+        iterator = iter(inputs)
         first_index = 0
-        while True:
-            batch = list(itertools.islice(iterator, batch_size))
-            if not batch:
-                return
-            preprocess_params = dict(preprocess_params)
-            writer = preprocess_params.pop("knowledge_writer", None)
-            if writer is not None:
-                batch = self._with_written_knowledge(batch, writer, first_index)
-            prepared = []
-            for offset, post in enumerate(batch):
-                try:
-                    prepared.append(self.preprocess(post, **preprocess_params))
-                except ImageLoadError as error:
-                    raise ImageLoadError(
-                        f"input {first_index + offset}: image {error.source}", error.reason, error.detail
-                    ) from None
-                except (TypeError, ValueError) as error:
-                    error_type = TypeError if isinstance(error, TypeError) else ValueError
-                    raise error_type(f"input {first_index + offset}: {error}") from error
+        while batch := list(itertools.islice(iterator, batch_size)):
+            for offset, post in enumerate(self._with_written_knowledge(batch, writer, first_index)):
+                yield NumberedPost(first_index + offset, post)
             first_index += len(batch)
-            window_outputs: dict[tuple[int, int], WindowOutput] = {}
-            for model_inputs, window_keys in self.model_batches(prepared):
-                outputs = self.forward(model_inputs, **forward_params)
-                window_outputs.update(zip(window_keys, self.window_outputs(outputs), strict=True))
-            for post_index, post in enumerate(prepared):
-                windows = [window_outputs[(post_index, index)] for index in range(len(post["windows"]))]
-                yield self.postprocess(merge_post_windows(post, windows), **postprocess_params)
 
     def _with_written_knowledge(self, batch: list[Any], writer, first_index: int) -> list[dict[str, Any]]:
         """The posts of a batch, those without `knowledge` (missing or None) given the writer's."""
@@ -295,14 +286,32 @@ class MultimodalNERPipeline(Pipeline):
         return posts
 
     # ------------------------------------------------------------------------------------------------
-    # One post -> words, windows and image
+    # One post -> words, windows and image -> one model item per window
 
     def _warn_unused(self, what: str) -> None:
         if what not in self._warned_unused:
             self._warned_unused.add(what)
             warnings.warn(f"this MGCM model does not use {what}: they are ignored", UserWarning, stacklevel=4)
 
-    def preprocess(
+    def preprocess(self, inputs: Any, **prepare_options: Any) -> Iterator[dict[str, Any]]:
+        """One post (or a `NumberedPost`) -> one model item per window, `{"post": PreparedPost, "window": index
+        into its windows, "is_last": bool}`; a post without words gives one item with `"window": None`. The post
+        is read by `prepare_post` with `prepare_options`; its errors name the input's index."""
+        index, post = (inputs.index, inputs.post) if isinstance(inputs, NumberedPost) else (None, inputs)
+        where = "" if index is None else f"input {index}: "
+        try:
+            prepared = self.prepare_post(post, **prepare_options)
+        except ImageLoadError as error:
+            raise ImageLoadError(f"{where}image {error.source}", error.reason, error.detail) from None
+        except (TypeError, ValueError) as error:
+            error_type = TypeError if isinstance(error, TypeError) else ValueError
+            raise error_type(f"{where}{error}") from error
+        if not prepared.windows:
+            yield {"post": prepared, "window": None, "is_last": True}
+        for window in range(len(prepared.windows)):
+            yield {"post": prepared, "window": window, "is_last": window == len(prepared.windows) - 1}
+
+    def prepare_post(
         self,
         post: Any,
         on_bad_image: str = "error",
@@ -311,24 +320,13 @@ class MultimodalNERPipeline(Pipeline):
         image_dir: str | None = None,
         image_feature_cache: Any = None,
         output_attentions: bool = False,
-    ) -> dict[str, Any]:
-        """One post -> `{"text", "words", "spans", "windows", "pixel_values" (3, H, W) | None,
-        "image_features" (R, D) | None, "image_error", "attended", "piece_words"}`; `windows` come from
-        `processor.encode_windows`; with `output_attentions`, `attended` and `piece_words` are filled (see
-        `attended_inputs`)."""
+    ) -> PreparedPost:
+        """One raw post -> its words, windows (`processor.encode_windows`) and image: `pixel_values` (3, H, W)
+        or cached `image_features` (R, D); with `output_attentions`, `attended` and `piece_words` are filled
+        (see `attended_inputs`)."""
         post = check_post(post, self.post_keys, self.processor.text_sources)
         text, words, spans = words_and_spans(post["text"])
-        prepared: dict[str, Any] = {
-            "text": text,
-            "words": words,
-            "spans": spans,
-            "windows": [],
-            "pixel_values": None,
-            "image_features": None,
-            "image_error": None,
-            "attended": {},
-            "piece_words": {},
-        }
+        prepared = PreparedPost(text=text, words=words, spans=spans)
         image, image_id = post.get("image"), post.get("image_id")
         if image is not None and image_id is not None:
             raise ValueError("give a post's 'image' or its 'image_id' (cached features), not both")
@@ -337,9 +335,9 @@ class MultimodalNERPipeline(Pipeline):
         elif image is not None or image_id is not None:
             try:
                 if image_id is not None:
-                    prepared["image_features"] = self._cached_features(image_id, image_feature_cache)
+                    prepared.image_features = self._cached_features(image_id, image_feature_cache)
                 else:
-                    prepared["pixel_values"] = self._pixel_values(
+                    prepared.pixel_values = self._pixel_values(
                         open_post_image(
                             image, timeout=image_timeout, max_bytes=max_image_bytes, image_dir=image_dir
                         )
@@ -351,7 +349,7 @@ class MultimodalNERPipeline(Pipeline):
                         error.reason,
                         f"{error.detail}; pass on_bad_image='mask' to tag such posts from their text",
                     ) from None
-                prepared["image_error"] = str(error)
+                prepared.image_error = str(error)
                 warnings.warn(
                     f"image left out, post tagged from its text: {error}", BadImageWarning, stacklevel=2
                 )
@@ -363,13 +361,13 @@ class MultimodalNERPipeline(Pipeline):
         for name in self.processor.text_sources:
             if post.get(name) and name not in self.text_sources:
                 self._warn_unused(f"{name} texts")
-        prepared["windows"] = self.processor.encode_windows(
+        prepared.windows = self.processor.encode_windows(
             [words],
             objects=[processor_objects(objects)] if self.uses_objects else None,
             text_sources={name: [post.get(name)] for name in self.text_sources},
         )
         if output_attentions:
-            prepared["attended"], prepared["piece_words"] = attended_inputs(
+            prepared.attended, prepared.piece_words = attended_inputs(
                 post, prepared, self.processor, self.granularities
             )
         return prepared
@@ -404,27 +402,55 @@ class MultimodalNERPipeline(Pipeline):
         return torch.as_tensor(features[0]).float()
 
     # ------------------------------------------------------------------------------------------------
-    # Posts -> model batches of windows of similar length
-
-    def model_batches(
-        self, prepared: Sequence[Mapping[str, Any]]
-    ) -> list[tuple[dict[str, torch.Tensor], list[tuple[int, int]]]]:
-        """Pad the windows of prepared posts into model batches of windows of similar length: `(model inputs,
-        (post index, window index) of each row)` per model batch (see `pad_into_model_batches`)."""
-        return pad_into_model_batches(prepared, self.processor, self.text_sources)
-
-    # ------------------------------------------------------------------------------------------------
-    # Model
+    # Model: a batch of window items -> per-window tensors
 
     def get_inference_context(self):
         return torch.inference_mode
 
-    def _forward(
-        self, model_inputs: dict[str, torch.Tensor], output_attentions: bool = False
+    def _forward(self, model_inputs: dict[str, Any], output_attentions: bool = False) -> dict[str, Any]:
+        """A batch of B window items (`preprocess`'s, as the base class collates them: per key a list) -> per
+        window, batch-first so that the base class can unbatch them: `predictions` (B, W), `marginals`
+        (B, W, L), `gates` (B, W, G) (the config's granularities, 0 where the batch has no such input),
+        `word_mask` (B, W), with `output_attentions` `granularity_attentions` (per window, granularity ->
+        (W, N)), and the items' `post`, `window` and `is_last`. A wordless item's row has no words.
+
+        At `batch_size=1` the base class passes the item itself, uncollated; it gets B = 1 and its own values.
+        """
+        single = isinstance(model_inputs["is_last"], bool)
+        items = {key: [value] for key, value in model_inputs.items()} if single else model_inputs
+        posts, windows = items["post"], items["window"]
+        rows = [row for row, window in enumerate(windows) if window is not None]
+        outputs = self._run_model(
+            [posts[row] for row in rows], [windows[row] for row in rows], output_attentions
+        )
+        if len(rows) < len(windows):
+            outputs = self._with_wordless_rows(outputs, rows, len(windows))
+        outputs.update(post=list(posts), window=list(windows), is_last=list(items["is_last"]))
+        if single:
+            outputs |= {key: outputs[key][0] for key in PER_WINDOW_VALUES if key in outputs}
+        return outputs
+
+    def _run_model(
+        self, posts: Sequence[PreparedPost], windows: Sequence[int], output_attentions: bool
     ) -> dict[str, Any]:
-        """Model batch -> `predictions` (B, W), `marginals` (B, W, L), `word_mask` (B, W), `gate_values`
-        (name -> (B, W)) and `cross_attentions` (name -> (B, W, N), with `output_attentions`; else empty)."""
-        model_inputs = dict(model_inputs)
+        """The model on window `windows[i]` of `posts[i]`, padded into one batch on the pipeline's device: the
+        per-window outputs of `_forward` (without the items' values); W = 0 when there is no window."""
+        if not posts:
+            return {
+                "predictions": torch.zeros((0, 0), dtype=torch.long),
+                "marginals": torch.zeros((0, 0, len(self.id2label))),
+                "gates": torch.zeros((0, 0, len(self.granularities))),
+                "word_mask": torch.zeros((0, 0), dtype=torch.bool),
+                **({"granularity_attentions": []} if output_attentions else {}),
+            }
+        model_inputs = pad_window_batch(
+            [post.windows[window] for post, window in zip(posts, windows, strict=True)],
+            [post.pixel_values for post in posts],
+            [post.image_features for post in posts],
+            self.processor,
+        )
+        # Padded here, after the base class moved the items to the device: the batch is moved now.
+        model_inputs = self._ensure_tensor_on_device(model_inputs, self.device)
         pixel_rows = model_inputs.pop("pixel_rows", None)
         if pixel_rows is not None:
             # Some rows bring raw images and some cached features: the frozen backbone turns the former into
@@ -444,28 +470,59 @@ class MultimodalNERPipeline(Pipeline):
             marginals = model.crf.marginals(output.logits, word_mask)
         else:
             marginals = torch.softmax(output.logits.float(), dim=-1) * word_mask.unsqueeze(-1)
-        return {
+        # One (B, W, G) tensor rather than a dict: the base class cannot unbatch a dict's values.
+        gate_values = output.gate_values or {}
+        gates = torch.zeros((*word_mask.shape, len(self.granularities)), device=word_mask.device)
+        for position, name in enumerate(self.granularities):
+            if name in gate_values:
+                gates[..., position] = gate_values[name]
+        outputs = {
             "predictions": output.predictions,
             "marginals": marginals,
+            "gates": gates,
             "word_mask": word_mask,
-            "gate_values": dict(output.gate_values or {}),
-            "cross_attentions": dict(output.cross_attentions or {}) if output_attentions else {},
         }
+        if output_attentions:
+            attentions = dict(output.granularity_attentions or {})
+            # Per window a dict, which the base class unbatches as a list item.
+            outputs["granularity_attentions"] = [
+                {name: weights[row] for name, weights in attentions.items()} for row in range(len(posts))
+            ]
+        return outputs
+
+    @staticmethod
+    def _with_wordless_rows(outputs: dict[str, Any], rows: Sequence[int], num_rows: int) -> dict[str, Any]:
+        """The model's outputs for `rows` spread over all `num_rows` items, the others' rows empty."""
+        spread: dict[str, Any] = {}
+        for key, value in outputs.items():
+            if isinstance(value, torch.Tensor):
+                spread[key] = value.new_zeros((num_rows, *value.shape[1:]))
+                spread[key][list(rows)] = value
+            else:
+                spread[key] = [{} for _ in range(num_rows)]
+                for position, row in enumerate(rows):
+                    spread[key][row] = value[position]
+        return spread
 
     # ------------------------------------------------------------------------------------------------
-    # Outputs
-
-    def window_outputs(self, outputs: Mapping[str, Any]) -> list[WindowOutput]:
-        """Per batch row, its words' Viterbi tags, marginal vectors, gate vectors (config granularities) and
-        attention rows (when the outputs have them)."""
-        return window_word_outputs(outputs, self.granularities)
+    # Outputs: a post's windows merged
 
     def postprocess(
-        self, post_outputs: Mapping[str, Any], aggregation: str = "entities", output_attentions: bool = False
+        self,
+        window_outputs: Sequence[Mapping[str, Any]],
+        aggregation: str = "entities",
+        output_attentions: bool = False,
     ) -> Any:
-        """Per-post merged outputs -> entities (or, with `aggregation="words"`, the per-word record, with
-        `output_attentions` each word's attention and the post's attended inputs; see `aggregate_post`)."""
-        return aggregate_post(post_outputs, self.id2label, self.granularities, aggregation, output_attentions)
+        """A post's window outputs (`_forward`'s rows, in window order) -> entities (or, with
+        `aggregation="words"`, the per-word record, with `output_attentions` each word's attention and the
+        post's attended inputs; see `aggregate_post`)."""
+        post = window_outputs[0]["post"]
+        if post.windows:
+            windows = [window_words(output) for output in window_outputs]
+            merged = merge_post_windows(post, windows, [output["window"] for output in window_outputs])
+        else:
+            merged = merge_post_windows(post, [], [])
+        return aggregate_post(merged, self.id2label, self.granularities, aggregation, output_attentions)
 
 
 PIPELINE_REGISTRY.register_pipeline(

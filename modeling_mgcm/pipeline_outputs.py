@@ -2,8 +2,8 @@
 
 - `attended_inputs`: what the attention columns of each granularity are for one post (its image, the objects
   the processor kept, the words of each text source as the model read them);
-- `window_word_outputs`: a model batch's outputs -> per window, per word, its tag, marginals, gates and
-  attention rows (`WordOutput`);
+- `window_words`: one window's outputs (a row of the pipeline's `_forward`) -> per word, its tag, marginals,
+  gates and attention rows (`WordOutput`);
 - `merge_post_windows`: a post's windows merged into one record per word (`merge_windows`);
 - `aggregate_post`: that record -> the post's entities (its BIO tags read by `lenient_entity_spans`), or with
   `aggregation="words"` its per-word record, with `output_attentions` each word's attention over the post's
@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from .pipeline_posts import PreparedPost
 from .windows import merge_windows
 
 
@@ -48,20 +49,20 @@ def lenient_entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
 
 
 def attended_inputs(
-    post: Mapping[str, Any], prepared: Mapping[str, Any], processor: Any, granularities: Sequence[str]
+    post: Mapping[str, Any], prepared: PreparedPost, processor: Any, granularities: Sequence[str]
 ) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """What the attention columns of each granularity the post has an input for are (the `"attended"` of
     the pipeline's module docstring), and per text source the index of the word of each of its pieces (-1
-    for a special token). `prepared` is the post as `MultimodalNERPipeline.preprocess` prepared it with
-    `processor`, its windows encoded."""
+    for a special token). `post` is the raw post, `prepared` the post as `MultimodalNERPipeline.prepare_post`
+    prepared it with `processor`, its windows encoded."""
     # Every window of a post carries the same image, objects and texts.
-    window = prepared["windows"][0]
+    window = prepared.windows[0]
     attended: dict[str, Any] = {}
     piece_words: dict[str, list[int]] = {}
     for name in granularities:
         if name == "image":
-            if prepared["pixel_values"] is not None or prepared["image_features"] is not None:
-                attended[name] = {"pixel_values": prepared["pixel_values"]}
+            if prepared.pixel_values is not None or prepared.image_features is not None:
+                attended[name] = {"pixel_values": prepared.pixel_values}
         elif name == "objects":
             if window.get("object_ids"):
                 attended[name] = [processor.object_labels[index] for index in window["object_ids"]]
@@ -106,48 +107,56 @@ def _source_words(
     return {"text": read, "words": words, "truncated": read.strip() != text.strip()}, piece_words
 
 
-def window_word_outputs(outputs: Mapping[str, Any], granularities: Sequence[str]) -> list[WindowOutput]:
-    """Per batch row, its words' Viterbi tags, marginal vectors, gate vectors (config granularities) and
-    attention rows (when the outputs have them), from `MultimodalNERPipeline._forward`'s outputs."""
-    results = []
-    for row in range(outputs["word_mask"].shape[0]):
-        count = int(outputs["word_mask"][row].sum())
-        tags = outputs["predictions"][row, :count].tolist()
-        marginals = outputs["marginals"][row, :count].tolist()
-        # A granularity absent from the whole batch has no gate; its gate is 0, as for a masked example.
-        gates = [
-            outputs["gate_values"][name][row, :count].tolist()
-            if name in outputs["gate_values"]
-            else [0.0] * count
-            for name in granularities
-        ]
-        attention = {
-            name: weights[row, :count].tolist() for name, weights in outputs["cross_attentions"].items()
-        }
-        results.append(
-            [
-                WordOutput(
-                    tags[word],
-                    marginals[word],
-                    [values[word] for values in gates],
-                    {name: rows[word] for name, rows in attention.items()},
-                )
-                for word in range(count)
-            ]
+def window_words(output: Mapping[str, Any]) -> WindowOutput:
+    """One window's outputs -> per word, its Viterbi tag, marginal vector, gate vector and attention rows.
+
+    `output` is a row of `MultimodalNERPipeline._forward`'s outputs: `predictions` (1, W), `marginals`
+    (1, W, L), `gates` (1, W, G) (the config's granularities), `word_mask` (1, W), and with
+    `output_attentions` `granularity_attentions`, granularity -> (W, N). W counts the model batch's padded
+    words; the window's own come first.
+    """
+    count = int(output["word_mask"][0].sum())
+    tags = output["predictions"][0, :count].tolist()
+    marginals = output["marginals"][0, :count].tolist()
+    gates = output["gates"][0, :count].tolist()
+    attention = {
+        name: weights[:count].tolist()
+        for name, weights in (output.get("granularity_attentions") or {}).items()
+    }
+    return [
+        WordOutput(
+            tags[word], marginals[word], gates[word], {name: rows[word] for name, rows in attention.items()}
         )
-    return results
+        for word in range(count)
+    ]
 
 
-def merge_post_windows(post: Mapping[str, Any], windows: list[WindowOutput]) -> dict[str, Any]:
-    """The per-word tags, marginals, gates and attention of one post, windows merged, with its text, word
-    offsets and attended inputs."""
-    result = {key: post[key] for key in ("text", "words", "spans", "image_error", "attended", "piece_words")}
-    result.update(tags=[], marginals=[], gates=[], attention=[])
-    if not windows:
+def merge_post_windows(
+    post: PreparedPost, windows: Sequence[WindowOutput], window_indices: Sequence[int]
+) -> dict[str, Any]:
+    """The per-word tags, marginals, gates and attention of one post, its windows merged, with its text, word
+    offsets and attended inputs; `windows[i]` holds the words of `post.windows[window_indices[i]]`."""
+    result = {
+        "text": post.text,
+        "words": post.words,
+        "spans": post.spans,
+        "image_error": post.image_error,
+        "attended": post.attended,
+        "piece_words": post.piece_words,
+        "tags": [],
+        "marginals": [],
+        "gates": [],
+        "attention": [],
+    }
+    if not post.windows:
         return result
-    offsets = [window["window_word_offset"] for window in post["windows"]]
+    if sorted(window_indices) != list(range(len(post.windows))):
+        raise RuntimeError(
+            f"a post of {len(post.windows)} windows got the outputs of windows {list(window_indices)}"
+        )
+    offsets = [post.windows[index]["window_word_offset"] for index in window_indices]
     counts = [len(window) for window in windows]
-    merged = merge_windows(windows, [0] * len(windows), offsets, counts, num_words=[len(post["words"])])[0]
+    merged = merge_windows(windows, [0] * len(windows), offsets, counts, num_words=[len(post.words)])[0]
     result["tags"] = [record.tag for record in merged]
     result["marginals"] = [record.marginals for record in merged]
     result["gates"] = [record.gates for record in merged]
@@ -250,5 +259,5 @@ __all__ = [
     "attended_inputs",
     "lenient_entity_spans",
     "merge_post_windows",
-    "window_word_outputs",
+    "window_words",
 ]

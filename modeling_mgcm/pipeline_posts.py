@@ -1,10 +1,49 @@
 """Reading one raw post for the "multimodal-ner" pipeline: its keys and the types of its values checked, its
-text as words with character offsets, and its objects as the processor takes them."""
+text as words with character offsets, and its objects as the processor takes them; `NumberedPost` (a post with
+its input index) and `PreparedPost` (a post read and encoded into windows)."""
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from .tweet_tokenizer import split_tweet
+
+
+@dataclass
+class NumberedPost:
+    """A raw post and its index in the pipeline's inputs, so that an error can name the input."""
+
+    index: int
+    post: Any
+
+
+# A dataclass rather than a dict: `Pipeline.forward` moves the tensors of dicts and lists to the model's device
+# and back, and a post's pixels and texts travel beside the model inputs untouched.
+@dataclass
+class PreparedPost:
+    """One post read and encoded (`MultimodalNERPipeline.prepare_post`), shared by the model items of its windows.
+
+    Attributes:
+        text: the post's text (a list of words joined by single spaces).
+        words: its words; `spans` their `(start, end)` character offsets in `text`.
+        windows: the unpadded windows of `processor.encode_windows` (none for a post without words).
+        pixel_values: `(3, H, W)` image the vision backbone reads, or None.
+        image_features: `(R, D)` cached image features, or None.
+        image_error: why the image was left out (`on_bad_image="mask"`), or None.
+        attended, piece_words: with `output_attentions`, what the attention columns are (`attended_inputs`).
+    """
+
+    text: str
+    words: list[str]
+    spans: list[tuple[int, int]]
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    pixel_values: torch.Tensor | None = None
+    image_features: torch.Tensor | None = None
+    image_error: str | None = None
+    attended: dict[str, Any] = field(default_factory=dict)
+    piece_words: dict[str, list[int]] = field(default_factory=dict)
 
 
 def check_post(post: Any, post_keys: Sequence[str], text_sources: Sequence[str]) -> dict[str, Any]:
@@ -62,4 +101,4 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-__all__ = ["check_post", "processor_objects", "words_and_spans"]
+__all__ = ["NumberedPost", "PreparedPost", "check_post", "processor_objects", "words_and_spans"]

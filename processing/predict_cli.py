@@ -316,7 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument(
         "--output", default="-", help="JSON Lines file of predictions ('-', the default: stdout)"
     )
-    many.add_argument("--batch_size", type=int, default=32, help="posts per model batch")
+    many.add_argument(
+        "--batch_size",
+        type=int,
+        default=32,
+        help="posts per pipeline call and windows per model batch (a long post gives several windows)",
+    )
     many.add_argument("--chunk_size", type=int, default=512, help="input lines held in memory at a time")
     many.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--image_dir", help="folder that relative image paths are resolved against")

@@ -6,6 +6,7 @@ import http.server
 import io
 import threading
 import time
+import urllib.request
 import warnings
 
 import numpy as np
@@ -15,10 +16,12 @@ from PIL import Image
 from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
+from modeling_mgcm.image_sources import DEFAULT_URL_TIMEOUT
 from modeling_mgcm.pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
 from modeling_mgcm.tweet_tokenizer import split_tweet
 from modeling_mgcm.windows import WINDOW_INFO_KEYS, merge_windows
 from processing import ImageFeatureCache, ImageLoadError, make_synthetic_corpus
+from processing.testing.tiny_backbones import save_tiny_mgcm
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +89,20 @@ def lenient_entities(tags):
         if kind is not None and current is None:
             current = (kind, index)
     return entities
+
+
+def model_call_sizes(tagger):
+    """Records the batch size of every model call, until the returned hook handle is removed."""
+    sizes = []
+
+    def record(module, args, kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+
+    return sizes, tagger.model.register_forward_pre_hook(record, with_kwargs=True)
+
+
+def split_words(text):
+    return [word for word, _, _ in split_tweet(text)]
 
 
 def test_pipeline_loads_model_and_processor_from_the_folder(tagger, tiny_mgcm_dir):
@@ -162,7 +179,7 @@ def test_synthetic_corpus_offsets_round_trip_and_scores_are_probabilities(tagger
 
 
 def test_batched_and_one_by_one_outputs_are_equal(tagger, synthetic_posts, tmp_path):
-    long_text = " ".join(["Obama visits Paris , Jordan at Phoenix !"] * 6)  # several windows of 32 pieces
+    long_text = " ".join(["Obama visits Paris , Jordan at Phoenix !"] * 12)  # several windows of 32 pieces
     posts = [
         *synthetic_posts[:3],
         {"text": long_text, "image": image_file(tmp_path), "caption": "a person"},
@@ -170,15 +187,43 @@ def test_batched_and_one_by_one_outputs_are_equal(tagger, synthetic_posts, tmp_p
         {"text": ["Obama", "in", "Paris"], "caption": ""},
         {"text": "", "caption": "nothing to tag"},
     ]
+    # The long post's windows are items 3.. of the DataLoader: batches of 3 split them over two model calls.
+    assert len(tagger.processor.encode_windows([split_words(long_text)])) > 3
     one_by_one = [tagger(post, aggregation="words") for post in posts]
-    for batch_size in (3, 8):
+    for batch_size in (1, 3, 8):
         assert_same_outputs(tagger(posts, batch_size=batch_size), [alone["entities"] for alone in one_by_one])
-    for alone, batched in zip(one_by_one, tagger(posts, batch_size=8, aggregation="words"), strict=True):
-        assert [w["tag"] for w in alone["words"]] == [w["tag"] for w in batched["words"]]
-        for alone_word, batched_word in zip(alone["words"], batched["words"], strict=True):
-            assert batched_word["score"] == pytest.approx(alone_word["score"], abs=1e-5)
-            for name, gate in alone_word["gates"].items():
-                assert batched_word["gates"][name] == pytest.approx(gate, abs=1e-5)
+    for batch_size in (3, 8):
+        batched = tagger(posts, batch_size=batch_size, aggregation="words")
+        for alone, together in zip(one_by_one, batched, strict=True):
+            assert [w["tag"] for w in alone["words"]] == [w["tag"] for w in together["words"]]
+            for alone_word, batched_word in zip(alone["words"], together["words"], strict=True):
+                assert batched_word["score"] == pytest.approx(alone_word["score"], abs=1e-5)
+                for name, gate in alone_word["gates"].items():
+                    assert batched_word["gates"][name] == pytest.approx(gate, abs=1e-5)
+
+
+def test_batch_size_counts_windows_that_the_base_dataloader_groups_into_model_calls(tagger):
+    texts = [" ".join(["Obama"] * length) for length in (3, 40, 1, 25, 7, 60, 2, 12, 33, 5, 18, 9)]
+    windows = sum(len(tagger.processor.encode_windows([split_words(text)])) for text in texts)
+    assert windows > len(texts)  # some posts give several windows
+    sizes, hook = model_call_sizes(tagger)
+    try:
+        outputs = {batch_size: tagger(texts, batch_size=batch_size) for batch_size in (1, 5)}
+    finally:
+        hook.remove()
+    # Every window once, `batch_size` windows a call (the last call takes the rest), whatever the posts.
+    assert sizes == [1] * windows + [5] * (windows // 5) + ([windows % 5] if windows % 5 else [])
+    assert_same_outputs(outputs[5], outputs[1])
+
+
+def test_a_dataloader_worker_prepares_the_posts_with_the_same_outputs(tagger, synthetic_posts):
+    posts = [*synthetic_posts[:4], " ".join(["Obama visits Paris , Jordan at Phoenix !"] * 12)]
+    in_process = tagger(posts, batch_size=3, aggregation="words")
+    in_worker = tagger(posts, batch_size=3, aggregation="words", num_workers=1)
+    assert [[w["tag"] for w in post["words"]] for post in in_worker] == [
+        [w["tag"] for w in post["words"]] for post in in_process
+    ]
+    assert_same_outputs([post["entities"] for post in in_worker], [post["entities"] for post in in_process])
 
 
 def test_long_posts_tag_every_word_across_windows(tagger):
@@ -187,26 +232,6 @@ def test_long_posts_tag_every_word_across_windows(tagger):
     assert len(output["words"]) == len(split_tweet(text)) == 120
     assert len(tagger.processor.encode_windows([[w["word"] for w in output["words"]]])) > 3
     assert all(text[w["start"] : w["end"]] == w["word"] for w in output["words"])
-
-
-def test_windows_are_batched_by_length_each_exactly_once(tagger):
-    texts = [
-        " ".join(["Obama"] * length)
-        for length in (3, 40, 1, 25, 7, 60, 2, 12, 33, 5, 18, 9, 50, 4, 28, 6, 15, 44)
-    ]
-    prepared = [tagger.preprocess(text) for text in texts]
-    batches = tagger.model_batches(prepared)
-    keys = [key for _, batch_keys in batches for key in batch_keys]
-    assert sorted(keys) == [
-        (post, window) for post, item in enumerate(prepared) for window in range(len(item["windows"]))
-    ]
-    assert 1 < len(batches) <= 4 and all(len(batch_keys) >= 8 for _, batch_keys in batches[:-1])
-    lengths = [inputs["attention_mask"].sum(1).tolist() for inputs, _ in batches]
-    flat = [length for batch in lengths for length in batch]
-    assert flat == sorted(flat)
-    # Sorting cuts padding: the padded pieces are fewer than with the windows in input order.
-    padded = sum(inputs["input_ids"].numel() for inputs, _ in batches)
-    assert padded < len(flat) * max(flat)
 
 
 def test_text_only_posts_need_no_image_and_match_an_absent_image(tagger, tmp_path):
@@ -272,7 +297,7 @@ def test_output_attentions_gives_each_word_its_attention_over_each_input(tagger,
     assert attended["caption"] == {"text": caption, "words": caption.split(), "truncated": False}
     piece_words = tagger.processor.tokenizer(caption).word_ids()
     assert piece_words.count(2) > 1
-    attention = reference.cross_attentions
+    attention = reference.granularity_attentions
     for index, word in enumerate(output["words"]):
         assert set(word["attention"]) == {"image", "objects", "caption"}
         np.testing.assert_allclose(word["attention"]["image"], attention["image"][0, index], atol=1e-6)
@@ -342,7 +367,7 @@ def test_attention_is_the_same_batched_or_alone_and_merged_across_windows(tagger
         objects=[{"label": "person", "score": 1.0}, {"label": "dog", "score": 1.0}],
     )
     assert len(encoding["input_ids"]) > 1
-    expected = merged(encoding, reference.cross_attentions["objects"][:, :, :2])
+    expected = merged(encoding, reference.granularity_attentions["objects"][:, :, :2])
     np.testing.assert_allclose(
         [word["attention"]["objects"] for word in alone[1]["words"]], expected, atol=1e-6
     )
@@ -377,6 +402,10 @@ def test_bad_images_raise_an_error_naming_the_input_by_default(tagger, tmp_path,
     posts = ["Paris", {"text": "Jordan visits Phoenix", "image": str(path)}]
     with pytest.raises(ImageLoadError, match=rf"input 1: image .*bad\.jpg: {reason}.*on_bad_image='mask'"):
         tagger(posts, batch_size=2)
+    # Numbered over the whole input, not within a model batch; a long post's windows do not shift it.
+    posts = ["Paris", " ".join(["Obama visits Paris"] * 20), "Obama", "Jordan", *posts]
+    with pytest.raises(ImageLoadError, match=rf"input 5: image .*bad\.jpg: {reason}"):
+        tagger(posts, batch_size=2)
 
 
 def test_bad_images_are_masked_with_a_warning_and_recorded(tagger, tmp_path):
@@ -392,6 +421,14 @@ def test_bad_images_are_masked_with_a_warning_and_recorded(tagger, tmp_path):
     with pytest.warns(BadImageWarning, match="missing image"):
         entities = tagger({"text": text, "image": "no/such/file.png"}, on_bad_image="mask")
     assert entities == text_only["entities"]
+    # One warning per bad post, however many windows it gives and however the windows are batched.
+    long_text = " ".join(["Obama visits Paris , Jordan at Phoenix !"] * 12)
+    posts = [text, {"text": long_text, "image": "gone.png"}, "Paris", {"text": text, "image": "gone.png"}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outputs = tagger(posts, batch_size=2, on_bad_image="mask", aggregation="words")
+    assert len([warning for warning in caught if warning.category is BadImageWarning]) == 2
+    assert [output["image_error"] is not None for output in outputs] == [False, True, False, True]
 
 
 def test_options_and_posts_are_checked_with_clear_errors(tagger):
@@ -436,6 +473,43 @@ def test_generators_are_tagged_lazily_one_batch_at_a_time(tagger):
     first = next(outputs)
     assert isinstance(first, list) and len(pulled) == 3
     assert len([first, *outputs]) == 10 and len(pulled) == 10
+
+
+@pytest.fixture(scope="module")
+def knowledge_tagger(tmp_path_factory):
+    """The pipeline over a tiny MGCM that also reads a `knowledge` text source."""
+    folder = save_tiny_mgcm(
+        tmp_path_factory.mktemp("tiny-knowledge-mgcm"),
+        max_length=32,
+        stride=4,
+        text_source_max_lengths={"knowledge": 24},
+    )
+    return pipeline("multimodal-ner", model=str(folder), device="cpu")
+
+
+def test_a_knowledge_writer_writes_for_batch_size_posts_at_a_time_before_they_are_read(knowledge_tagger):
+    calls = []
+
+    def writer(texts, captions):
+        calls.append(list(texts))
+        return [f"{text} names a person" for text in texts]
+
+    posts = [{"text": f"Obama visits Paris {index}"} for index in range(5)]
+    posts[1]["knowledge"] = "Obama (person) is named."
+    written = knowledge_tagger(posts, knowledge_writer=writer, batch_size=2, aggregation="words")
+    # The posts lacking knowledge among each `batch_size` posts, in one call.
+    assert calls == [[posts[0]["text"]], [posts[2]["text"], posts[3]["text"]], [posts[4]["text"]]]
+    given = [post | {"knowledge": post.get("knowledge", f"{post['text']} names a person")} for post in posts]
+    assert written == knowledge_tagger(given, batch_size=2, aggregation="words")
+    # A generator is read, and its knowledge written, one group of `batch_size` posts ahead at most.
+    calls.clear()
+    outputs = knowledge_tagger((post for post in posts), knowledge_writer=writer, batch_size=2)
+    next(outputs)
+    assert calls == [[posts[0]["text"]]]
+    with pytest.raises(TypeError, match="input 3: 'knowledge' must be a string or None"):
+        knowledge_tagger(
+            [*posts[:3], {"text": "Paris", "knowledge": 5}], knowledge_writer=writer, batch_size=2
+        )
 
 
 class _ImageServer(http.server.BaseHTTPRequestHandler):
@@ -508,11 +582,22 @@ def test_image_urls_are_fetched_and_decoded(tagger, image_server, tmp_path):
         ("/slow", {"image_timeout": 0.3}, "unreadable image file.*(timed out|longer than)"),
     ],
 )
-def test_image_urls_have_a_size_limit_and_a_timeout(tagger, image_server, path, options, message):
-    started = time.monotonic()
+def test_image_urls_have_a_size_limit_and_a_timeout(
+    tagger, image_server, monkeypatch, path, options, message
+):
+    timeouts = []
+    urlopen = urllib.request.urlopen
+
+    def recording_urlopen(request, timeout):
+        timeouts.append(timeout)
+        return urlopen(request, timeout=timeout)
+
+    monkeypatch.setattr(urllib.request, "urlopen", recording_urlopen)
     with pytest.raises(ImageLoadError, match=message):
         tagger({"text": "Paris", "image": image_server + path}, **options)
-    assert time.monotonic() - started < 1.2
+    # One fetch, under the pipeline's timeout (the slow server answers after 1.5 s: only a timeout of 0.3 s
+    # makes that fetch fail).
+    assert timeouts == [options.get("image_timeout", DEFAULT_URL_TIMEOUT)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadImageWarning)
         masked = tagger(
@@ -579,15 +664,52 @@ def test_cached_image_features_give_the_outputs_of_the_raw_images(tagger, tiny_m
         tagger({"text": "Paris", "image_id": "a"})
 
 
-def test_device_choice_is_honoured(tiny_mgcm_dir):
-    tagger = pipeline("multimodal-ner", model=str(tiny_mgcm_dir), device=-1)
-    assert tagger.device == torch.device("cpu") and tagger.model.device == torch.device("cpu")
-    assert isinstance(tagger("Obama in Paris"), list)
+class _StopBeforeTheModel(Exception):
+    pass
+
+
+def test_every_model_input_is_moved_to_the_pipelines_device(tagger, tmp_path, monkeypatch):
+    """The windows are padded in `_forward`, after the base class moved the items: the pipeline must move the
+    padded batch itself, to its own device. The meta device stands for an accelerator on a CPU-only machine;
+    the model is stopped before it runs."""
+    assert tagger.model.device == tagger.device
+    seen = []
+
+    def record_and_stop(module, args, kwargs):
+        seen.append({name: value.device for name, value in kwargs.items() if isinstance(value, torch.Tensor)})
+        raise _StopBeforeTheModel
+
+    post = {
+        "text": "Jordan visits Phoenix",
+        "image": image_file(tmp_path),
+        "caption": "a person",
+        "objects": ["person"],
+    }
+    monkeypatch.setattr(tagger, "device", torch.device("meta"))
+    hook = tagger.model.register_forward_pre_hook(record_and_stop, with_kwargs=True)
+    try:
+        for batch_size in (1, 2):
+            with pytest.raises(_StopBeforeTheModel):
+                tagger([post, "Obama in Paris"], batch_size=batch_size)
+    finally:
+        hook.remove()
+    for devices in seen:
+        assert {"input_ids", "word_ids", "pixel_values", "caption_input_ids", "object_ids"} <= set(devices)
+        assert set(devices.values()) == {torch.device("meta")}, devices
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_pipeline_on_a_gpu_gives_the_cpu_pipelines_outputs(tagger, tiny_mgcm_dir, synthetic_posts):
+    on_gpu = pipeline("multimodal-ner", model=str(tiny_mgcm_dir), device=0)
+    assert on_gpu.model.device == on_gpu.device == torch.device("cuda", 0)
+    posts = [*synthetic_posts, " ".join(["Obama visits Paris , Jordan at Phoenix !"] * 12)]
+    assert_same_outputs(on_gpu(posts, batch_size=4), tagger(posts, batch_size=4))
 
 
 def test_marginals_are_a_distribution_over_the_labels_even_without_a_crf(tiny_mgcm_dir):
-    model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir)
-    model.crf = None  # argmax decoding, softmax scores
+    # The same weights with argmax decoding (and softmax scores); the checkpoint's CRF weights go unused.
+    model = AutoModelForTokenClassification.from_pretrained(tiny_mgcm_dir, use_crf=False)
+    assert model.crf is None and not model.config.use_crf
     tagger = pipeline("multimodal-ner", model=model, processor=AutoProcessor.from_pretrained(tiny_mgcm_dir))
     output = tagger("Jordan visits Phoenix", aggregation="words")
     for word in output["words"]:
