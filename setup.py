@@ -18,9 +18,9 @@ setup(
     install_requires=[
         "torch>=2.4",
         "transformers>=5.24",  # activation_checkpointing_enable
-        "datasets>=3.0",
+        "datasets>=4.0",  # the List feature
         "accelerate>=1.0",
-        "evaluate>=0.4",
+        "huggingface_hub>=1.31",  # imported directly: Hub export, model and dataset cards
         "seqeval>=1.2.2",
         "pillow>=10.0",
         "safetensors>=0.4.3",

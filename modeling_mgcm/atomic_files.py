@@ -8,6 +8,7 @@ The writer creates it, so it gets the permissions of any file opened there.
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,4 +50,24 @@ def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
     write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
 
 
-__all__ = ["atomic_write_path", "write_bytes_atomically", "write_json_atomically", "write_text_atomically"]
+def replace_directory(complete: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Rename the finished folder `complete` to `final`, replacing any previous `final`.
+
+    The old folder is first renamed aside (under a hidden name no other writer picks) and deleted after, so at
+    every instant `final` is either the old folder or the complete new one. Both must be on one file system.
+    """
+    complete, final = Path(complete), Path(final)
+    previous = final.with_name(f".{final.name}.previous-{uuid.uuid4().hex}")
+    if final.exists():
+        os.replace(final, previous)
+    os.replace(complete, final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+__all__ = [
+    "atomic_write_path",
+    "replace_directory",
+    "write_bytes_atomically",
+    "write_json_atomically",
+    "write_text_atomically",
+]

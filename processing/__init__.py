@@ -41,6 +41,8 @@ _PUBLIC_NAMES = {
     "LABEL_TO_ID": "processing.corpus.labels",
     "normalise_tag": "processing.corpus.labels",
     "repair_bio_tags": "processing.corpus.labels",
+    "CorpusSource": "processing.corpus.hub_dataset",
+    "export_corpus_dataset": "processing.corpus.hub_dataset",
     "corpus_features": "processing.corpus.schema",
     "corpus_stats": "processing.corpus.stats",
     "format_corpus_stats": "processing.corpus.stats",

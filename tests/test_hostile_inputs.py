@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import random
 import struct
 import tracemalloc
 import unicodedata
@@ -77,17 +78,38 @@ def test_a_one_word_tweet_is_tagged(tagger):
 
 def test_a_400_word_tweet_is_windowed_and_every_word_is_tagged_once(tagger, processor, model):
     words = [f"w{index}" if index % 7 else "Paris" for index in range(400)]
-    output = tag_words(tagger, " ".join(words))
+    output = tag_words(tagger, " ".join(words))  # offsets into the text checked there
     assert words_of(output) == words
-    # The same through processor and model directly: several windows, merged back to one tag per word.
+    # The processor, behind a short post, on words of one to many pieces, a lone NBSP and punctuation: windows
+    # of at most 32 pieces that together cover every word, each with the labels of its words.
+    rng = random.Random(0)
+    vocabulary = ["obama", "paris", "xyz", "a1b2c3", "\u00a0", "!", "london", "abcdefgh"]
+    long_post = [rng.choice(vocabulary) for _ in range(400)]
+    labels = [rng.randrange(len(LABELS)) for _ in range(400)]
+    encoding = processor([["Obama", "in"], long_post], word_labels=[[1, 0], labels], return_tensors="pt")
+    mapping = encoding["overflow_to_sample_mapping"].tolist()
+    offsets = encoding["window_word_offset"].tolist()
+    counts = encoding["word_mask"].sum(1).tolist()
+    assert encoding["input_ids"].shape[1] <= 32
+    assert mapping[0] == 0 and set(mapping[1:]) == {1} and len(mapping) > 10
+    covered = set()
+    for window in range(1, len(mapping)):
+        span = range(offsets[window], offsets[window] + counts[window])
+        covered.update(span)
+        assert encoding["labels"][window, : counts[window]].tolist() == labels[span.start : span.stop]
+    assert covered == set(range(400))
+    # Merged back: one value per word, in order, overlapping windows counted once.
+    assert merge_windows(encoding["labels"], mapping, offsets, counts) == [[1, 0], labels]
+    one_hot = torch.nn.functional.one_hot(encoding["labels"].clamp(min=0), len(LABELS)).float()
+    merged_scores = processor.merge_windows(one_hot, mapping, offsets, counts, num_words=[2, 400])
+    assert torch.tensor(merged_scores[1]).argmax(-1).tolist() == labels
+    # The model's tags over the pipeline's words, merged the same way, are the pipeline's.
     encoding = processor(words, return_tensors="pt")
-    assert len(encoding["input_ids"]) > 10
     offsets = encoding.pop("window_word_offset")
     mapping = encoding.pop("overflow_to_sample_mapping")
     with torch.no_grad():
         predictions = model(**encoding).predictions
     (merged,) = merge_windows(predictions, mapping, offsets, encoding["word_mask"].sum(1), num_words=[400])
-    assert len(merged) == 400 and all(0 <= tag < len(LABELS) for tag in merged)
     assert [model.config.id2label[tag] for tag in merged] == [word["tag"] for word in output["words"]]
 
 

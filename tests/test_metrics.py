@@ -1,5 +1,7 @@
-"""`ner_metrics`: hand-computed cases, lenient against strict, agreement with seqeval's own report."""
+"""`ner_metrics` and `score_entity_spans`: hand-computed cases, lenient against strict, edge cases seqeval
+handles on its own terms (no entities, types only predicted), agreement with seqeval's report and the table."""
 
+import json
 import warnings
 
 import pytest
@@ -9,7 +11,12 @@ from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
 from processing.corpus.labels import LABEL_NAMES, LABEL_TO_ID
-from processing.evaluation.metrics import entity_spans, format_metrics_table, ner_metrics
+from processing.evaluation.metrics import (
+    entity_spans,
+    format_metrics_table,
+    ner_metrics,
+    score_entity_spans,
+)
 
 
 def test_hand_computed_scores_with_a_wrong_type():
@@ -85,10 +92,72 @@ def test_unknown_mode_is_refused():
         ner_metrics([["O"]], [["O"]], mode="exact")
 
 
-def test_no_entities_anywhere_gives_zeros_not_errors():
-    scores = ner_metrics([["O", "O"]], [["O", "O"]])
-    assert (scores["overall_precision"], scores["overall_recall"], scores["overall_f1"]) == (0.0, 0.0, 0.0)
-    assert scores["overall_accuracy"] == 1.0
+def test_no_entities_anywhere_gives_zeros_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # seqeval's mean of no types must not leak a RuntimeWarning
+        scores = ner_metrics([["O", "O"]], [["O", "O"]])
+        assert scores == {
+            "overall_precision": 0.0,
+            "overall_recall": 0.0,
+            "overall_f1": 0.0,
+            "overall_number": 0,
+            "overall_accuracy": 1.0,
+        }
+        # No sequences, or only empty ones: zeros as well (seqeval alone refuses zero sequences).
+        for gold in ([], [[]]):
+            empty = ner_metrics(gold, gold)
+            assert empty["overall_f1"] == 0.0 and empty["overall_accuracy"] == 0.0
+
+
+def test_a_type_only_predicted_is_listed_with_no_gold_and_only_gold_with_no_predictions():
+    scores = ner_metrics([["B-PER", "O", "O"]], [["O", "B-LOC", "O"]])
+    # Nothing predicted right: precision 0/1, recall 0/1; LOC has no gold, PER no prediction.
+    assert scores["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "number": 0}
+    assert scores["PER"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "number": 1}
+    assert scores["overall_number"] == 1
+    only_predicted = ner_metrics([["O", "O"]], [["B-ORG", "I-ORG"]])
+    assert only_predicted["overall_precision"] == 0.0 and only_predicted["overall_recall"] == 0.0
+    assert only_predicted["ORG"]["number"] == 0 and only_predicted["overall_number"] == 0
+
+
+def test_scores_are_python_numbers_for_json():
+    scores = ner_metrics([["B-PER", "I-PER", "O"]], [["B-PER", "I-PER", "B-LOC"]], mode="strict")
+    assert type(scores["overall_f1"]) is float and type(scores["overall_number"]) is int
+    assert type(scores["PER"]["precision"]) is float and type(scores["PER"]["number"]) is int
+    assert json.loads(json.dumps(scores)) == scores
+
+
+def test_a_type_named_like_a_result_key_is_refused():
+    for tag in ("B-micro avg", "I-overall_f1"):
+        with pytest.raises(ValueError, match=f"predicted sequence 0, position 1: '{tag}'"):
+            ner_metrics([["O", "O"]], [["O", tag]])
+
+
+def test_entity_span_sets_are_scored_by_hand_computed_counts():
+    gold = [{("PER", 0, 2), ("LOC", 3, 4)}, {("ORG", 1, 2)}, set()]
+    pred = [{("PER", 0, 2), ("LOC", 2, 4)}, {("ORG", 1, 2), ("MISC", 0, 1)}, {("PER", 5, 6)}]
+    scores = score_entity_spans(gold, pred)
+    # gold 3; predicted 5, of which PER (0, 2) and ORG (1, 2) are right: P 2/5, R 2/3.
+    assert scores["overall_precision"] == pytest.approx(2 / 5)
+    assert scores["overall_recall"] == pytest.approx(2 / 3)
+    assert scores["overall_f1"] == pytest.approx(2 * (2 / 5) * (2 / 3) / (2 / 5 + 2 / 3))
+    assert scores["overall_number"] == 3
+    assert scores["PER"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "number": 1}
+    assert scores["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "number": 1}
+    assert scores["MISC"]["number"] == 0 and "overall_accuracy" not in scores
+    # Adjacent entities of one type stay two entities.
+    adjacent = [{("PER", 0, 1), ("PER", 1, 3)}]
+    assert score_entity_spans(adjacent, adjacent)["overall_number"] == 2
+    assert score_entity_spans(adjacent, [{("PER", 0, 3)}])["overall_precision"] == 0.0
+
+
+def test_overlapping_or_empty_spans_are_refused():
+    with pytest.raises(ValueError, match="predicted sequence 0: span .* overlaps"):
+        score_entity_spans([set()], [{("PER", 0, 2), ("LOC", 1, 3)}])
+    with pytest.raises(ValueError, match="gold sequence 1: span"):
+        score_entity_spans([set(), {("PER", 2, 2)}], [set(), set()])
+    with pytest.raises(ValueError, match="1 gold sequences but 2 predicted"):
+        score_entity_spans([set()], [set(), set()])
 
 
 TAG_SEQUENCES = st.lists(
@@ -116,15 +185,34 @@ def test_scores_agree_with_seqeval_classification_report(data):
         for entity_type, row in report.items():
             assert scores[entity_type]["f1"] == pytest.approx(row["f1-score"])
             assert scores[entity_type]["number"] == row["support"]
+        # The same scores from the entity sets, as `score_entity_spans` counts them.
+        from_spans = score_entity_spans(
+            [entity_spans(s, mode) for s in gold], [entity_spans(s, mode) for s in pred]
+        )
+        assert from_spans == {key: value for key, value in scores.items() if key != "overall_accuracy"}
 
 
 def test_table_lists_every_type_and_the_overall_row_in_percent():
     scores = ner_metrics([["B-PER", "O", "B-LOC"]], [["B-PER", "O", "O"]])
     table = format_metrics_table(scores, title="valid, lenient")
-    lines = table.splitlines()
-    assert lines[0] == "valid, lenient"
-    assert lines[1].split() == ["type", "precision", "recall", "f1", "number"]
-    assert lines[2].split() == ["LOC", "0.00", "0.00", "0.00", "1"]
-    assert lines[3].split() == ["PER", "100.00", "100.00", "100.00", "1"]
-    assert lines[4].split() == ["overall", "100.00", "50.00", "66.67", "2"]
-    assert lines[5] == "token accuracy 66.67"
+    lines = [line.split() for line in table.splitlines()]
+    assert table.splitlines()[0] == "valid, lenient"
+    assert lines[1:] == [
+        ["precision", "recall", "f1-score", "support"],
+        [],
+        ["LOC", "0.00", "0.00", "0.00", "1"],
+        ["PER", "100.00", "100.00", "100.00", "1"],
+        [],
+        ["overall", "100.00", "50.00", "66.67", "2"],
+        ["token", "accuracy", "66.67"],
+    ]
+
+
+def test_table_of_scores_without_entities_has_only_the_overall_row():
+    lines = format_metrics_table(ner_metrics([["O"]], [["O"]]), digits=1).splitlines()
+    assert [line.split() for line in lines] == [
+        ["precision", "recall", "f1-score", "support"],
+        [],
+        ["overall", "0.0", "0.0", "0.0", "0"],
+        ["token", "accuracy", "100.0"],
+    ]

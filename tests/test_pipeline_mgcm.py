@@ -226,14 +226,6 @@ def test_a_dataloader_worker_prepares_the_posts_with_the_same_outputs(tagger, sy
     assert_same_outputs([post["entities"] for post in in_worker], [post["entities"] for post in in_process])
 
 
-def test_long_posts_tag_every_word_across_windows(tagger):
-    text = " ".join(f"Paris{index % 7} Obama visits" for index in range(40))
-    output = tagger(text, aggregation="words")
-    assert len(output["words"]) == len(split_tweet(text)) == 120
-    assert len(tagger.processor.encode_windows([[w["word"] for w in output["words"]]])) > 3
-    assert all(text[w["start"] : w["end"]] == w["word"] for w in output["words"])
-
-
 def test_text_only_posts_need_no_image_and_match_an_absent_image(tagger, tmp_path):
     text = "Jordan visits Phoenix with Obama"
     alone = tagger(text)

@@ -142,33 +142,6 @@ def test_a_list_of_strings_as_text_is_a_batch_of_tweets_and_as_words_one_tweet(p
     assert processor(words=["U.S.", "Paris!"])["word_mask"].tolist() == [[1, 1]]
 
 
-def test_a_400_word_tweet_is_windowed_so_merge_gives_one_prediction_per_word_in_order(tokenizer):
-    processor = MGCMProcessor(tokenizer, max_length=32, stride=4)
-    rng = np.random.default_rng(0)
-    vocabulary = ["obama", "paris", "xyz", "a1b2c3", "\u00a0", "!", "london", "abcdefgh"]
-    long_tweet = [str(rng.choice(vocabulary)) for _ in range(400)]
-    labels = [int(value) for value in rng.integers(0, 9, size=400)]
-    encoding = processor([["Obama", "in"], long_tweet], word_labels=[[1, 0], labels])
-
-    assert encoding["input_ids"].shape[1] <= 32
-    mapping = encoding["overflow_to_sample_mapping"].tolist()
-    offsets = encoding["window_word_offset"].tolist()
-    counts = window_word_counts(encoding)
-    assert mapping[0] == 0 and set(mapping[1:]) == {1} and len(mapping) > 10
-    covered = set()
-    for window in range(1, len(mapping)):
-        covered.update(range(offsets[window], offsets[window] + counts[window]))
-        window_labels = encoding["labels"][window, : counts[window]].tolist()
-        assert window_labels == labels[offsets[window] : offsets[window] + counts[window]]
-    assert covered == set(range(400))
-
-    merged = merge_windows(encoding["labels"], mapping, offsets, counts)
-    assert merged == [[1, 0], labels]
-    logits = torch.nn.functional.one_hot(encoding["labels"].clamp(min=0), 9).float()
-    merged_scores = processor.merge_windows(logits, mapping, offsets, counts, num_words=[2, 400])
-    assert [int(np.argmax(scores)) for scores in merged_scores[1]] == labels
-
-
 def test_a_word_longer_than_the_window_keeps_its_first_pieces_and_its_prediction(tokenizer):
     processor = MGCMProcessor(tokenizer, max_length=8, stride=1)
     words = ["in", "abcdefghijklmnop", "paris"]

@@ -1,7 +1,8 @@
 """split_tweet: tweet entities and emoji stay whole, punctuation splits off as in the corpora, offsets always
 index the original string, and any str is split without error."""
 
-import time
+import re
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modeling_mgcm import tweet_tokenizer
 from modeling_mgcm.tweet_tokenizer import split_tweet
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -198,15 +200,66 @@ def test_resplitting_corpus_tweets_gives_back_nearly_all_their_words():
     assert same / total > 0.995
 
 
-@pytest.mark.parametrize(
-    "prefix, unit",
-    [("", "a."), ("", "a+"), ("", "x.y"), ("", "a&"), ("", "1,"), ("", "@a"), ("http://a", ")")],
-)
-def test_long_adversarial_strings_split_in_linear_time(prefix, unit):
-    # 100k characters: linear splitting takes well under a second; a scan to the end of the chunk from
-    # every word (quadratic) would take about a minute.
-    text = prefix + unit * (100_000 // len(unit))
-    started = time.perf_counter()
-    words = split_tweet(text)
-    assert time.perf_counter() - started < 15
-    assert "".join(word for word, _, _ in words) == text
+class CountingPattern:
+    """A compiled pattern that adds to `counter[0]` the characters each `match` may scan (`pos` to `endpos`)."""
+
+    def __init__(self, pattern: re.Pattern, counter: list[int]):
+        self.pattern = pattern
+        self.counter = counter
+
+    def match(self, string: str, pos: int = 0, endpos: int = sys.maxsize):
+        self.counter[0] += min(endpos, len(string)) - pos
+        return self.pattern.match(string, pos, endpos)
+
+
+@pytest.fixture
+def count_splitting_work(monkeypatch):
+    """`count(text)`: splits `text` and returns the work done, counted in operations rather than seconds: the
+    characters every regular expression of the splitter may scan, plus each look at a character cluster."""
+    counter = [0]
+    for name, value in list(vars(tweet_tokenizer).items()):
+        if isinstance(value, re.Pattern):
+            monkeypatch.setattr(tweet_tokenizer, name, CountingPattern(value, counter))
+    for method in ("kind", "text"):
+        original = getattr(tweet_tokenizer._ChunkSplitter, method)
+
+        def counted(self, index, original=original):
+            counter[0] += 1
+            return original(self, index)
+
+        monkeypatch.setattr(tweet_tokenizer._ChunkSplitter, method, counted)
+
+    def count(text: str) -> int:
+        counter[0] = 0
+        words = split_tweet(text)
+        assert "".join(word for word, _, _ in words) == text
+        return counter[0]
+
+    return count
+
+
+ADVERSARIAL_UNITS = [
+    ("", "a."),
+    ("", "a+"),
+    ("", "x.y"),
+    ("", "a&"),
+    ("", "1,"),
+    ("", "@a"),
+    ("http://a", ")"),
+]
+
+
+@pytest.mark.parametrize("prefix, unit", ADVERSARIAL_UNITS)
+def test_long_adversarial_strings_split_in_linear_work(count_splitting_work, prefix, unit):
+    # Doubling the text doubles linear work (ratio 2) and quadruples quadratic work (ratio 4), such as a scan
+    # to the end of the chunk from every word.
+    work = [count_splitting_work(prefix + unit * (size // len(unit))) for size in (4_000, 8_000)]
+    assert work[0] > 4_000
+    assert work[1] / work[0] < 3, work
+
+
+def test_the_work_count_sees_a_quadratic_scan(count_splitting_work, monkeypatch):
+    # Without the bound on how far a match looks ahead, "a.a.a..." is scanned to its end from every word.
+    monkeypatch.setattr(tweet_tokenizer, "_MATCH_WINDOW", 10**9)
+    work = [count_splitting_work("a." * (size // 2)) for size in (4_000, 8_000)]
+    assert work[1] / work[0] > 3.5, work

@@ -3,7 +3,7 @@
 A corpus folder holds any of `train.txt`, `valid.txt`, `test.txt`. A tweet is an `IMGID:<id>` line,
 one `token<TAB>tag` line per token, then a blank line; its image is `<image_dir>/<id>.jpg`.
 
-Command line: `python -m processing.corpus.tweet_corpus stats DIR [--captions-file F] [--objects-file F] [--image-dir D]`.
+Command line: `python -m processing.corpus stats|export DIR ...` (see `processing/corpus/cli.py`).
 """
 
 import json

@@ -12,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-from modeling_mgcm.atomic_files import write_json_atomically
+from modeling_mgcm.atomic_files import replace_directory, write_json_atomically
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 TRAINING_STATE_FILE = "training_state.json"
@@ -78,20 +78,6 @@ def prune_checkpoints(checkpoints_dir: str | os.PathLike, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def replace_directory(complete: Path, final: Path) -> None:
-    """Move the finished folder `complete` to `final`, replacing any previous `final`.
-
-    The old folder is first renamed aside, so at every instant either the old or the new one is
-    complete on disk under a known name.
-    """
-    previous = final.with_name(f".previous_{final.name}")
-    shutil.rmtree(previous, ignore_errors=True)
-    if final.exists():
-        os.replace(final, previous)
-    os.replace(complete, final)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def save_pretrained_atomically(objects, folder: str | os.PathLike, state_dict: dict | None = None) -> Path:
     """`save_pretrained` each of `objects` (model, processor...) into `folder`, swapped in when complete.
 
@@ -114,7 +100,6 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "prune_checkpoints",
-    "replace_directory",
     "save_checkpoint",
     "save_pretrained_atomically",
 ]
