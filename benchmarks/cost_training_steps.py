@@ -2,7 +2,6 @@
 same fixed sequence of real Twitter-2015 train batches, steps interleaved in rotating rounds (see
 `training_cost.py`'s docstring for the method)."""
 
-import argparse
 import gc
 import statistics
 import time
@@ -36,12 +35,12 @@ from processing import (
     build_neighbour_table,
     load_tweet_corpus,
 )
-from processing.training.arguments import parse_args
+from processing.training.arguments import TrainArguments, parse_args
 from processing.training.optimizer import build_optimizer
 from processing.training.window_rows import tokenised_windows
 
 
-def training_defaults(dataset_dir: Path, encoder_dir: Path) -> argparse.Namespace:
+def training_defaults(dataset_dir: Path, encoder_dir: Path) -> TrainArguments:
     """The arguments `run_accuracy.sh` gives examples/train.py for a pretrained encoder (rates, window, batch)."""
     return parse_args(
         ["--dataset_dir", str(dataset_dir), "--text_model", str(encoder_dir), "--url_token", URL_TOKEN]
@@ -79,7 +78,7 @@ def build_config_run(
     encoder_dir: Path,
     corpus: datasets.DatasetDict,
     neighbour_table,
-    defaults: argparse.Namespace,
+    defaults: TrainArguments,
     accelerator: Accelerator,
     num_batches: int,
 ) -> ConfigRun:

@@ -4,16 +4,20 @@
     python examples/export_to_hub.py outputs/mgcm hub/mgcm-twitter2017
     python examples/export_to_hub.py outputs/mgcm hub/mgcm-twitter2017 \
         --card_template hub_configs/mgcm-offline-minilm/README.md --push_to_hub user/mgcm-twitter2017
+    python examples/export_to_hub.py outputs/t17-minilm hub/mgcm-t17 \
+        --base_model sentence-transformers/all-MiniLM-L6-v2    # the run's encoder was a local folder
 
 The exported folder holds the weights (safetensors), `config.json` with an `auto_map` for `AutoConfig`,
 `AutoModel` and `AutoModelForTokenClassification` and the "multimodal-ner" pipeline in `custom_pipelines`,
 the processor (tokenizer, `processor_config.json` with an `auto_map` for `AutoProcessor`, the neighbour
-table), the code of `modeling_mgcm/` that they need, `results.json` and a model card filled from it.
+table), the code of `modeling_mgcm/` that they need, `results.json` and a model card filled from it (Hub
+metadata with the valid/test F1, the dataset and the base model; no path of the training machine).
 `pipeline(model=folder, trust_remote_code=True)` tags posts with it where mgcm is not installed. The export
 itself is `processing.training.hub_export.export_to_hub`.
 """
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -30,6 +34,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--card_template", type=Path, help="model-card template, e.g. hub_configs/<name>/README.md"
     )
     parser.add_argument(
+        "--base_model",
+        action="append",
+        metavar="HUB_ID",
+        help="Hub id of a model the run started from, for the card's base_model; repeat for several "
+        "(default: the template's, else the run's --text_model/--vision_model where they are Hub ids; a "
+        "local folder is left out)",
+    )
+    parser.add_argument(
+        "--dataset_name",
+        help="the dataset the card names: a Hub dataset id or a name (default: Twitter-2015/Twitter-2017 "
+        "from the training corpus folder's name, else that folder's name)",
+    )
+    parser.add_argument(
         "--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub model repository"
     )
     parser.add_argument(
@@ -40,8 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
-        folder = export_to_hub(args.model_dir, args.output_dir, args.card_template, args.push_to_hub)
+        folder = export_to_hub(
+            args.model_dir,
+            args.output_dir,
+            args.card_template,
+            args.push_to_hub,
+            base_model=args.base_model,
+            dataset_name=args.dataset_name,
+        )
         print(f"exported {args.model_dir} to {folder}")
         if args.push_to_hub:
             print(f"uploaded: {push_folder_to_hub(folder, args.push_to_hub, args.private)}")

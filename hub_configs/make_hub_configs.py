@@ -8,7 +8,8 @@ The files are generated from `MGCMConfig` itself, so that they stay in sync with
 
 The card templates hold `{{ results_table }}`, `{{ training_summary }}` and `{{ repo_id }}`, which
 `examples/export_to_hub.py --card_template` (`processing.training.hub_export`) fills from a run's
-`results.json`.
+`results.json`. Their Hub metadata is a `huggingface_hub.ModelCardData` (`model_card.base_card_data`: licence,
+language, tags, the base models and the corpus); the export adds the run's scores to it.
 """
 
 import argparse
@@ -21,7 +22,7 @@ from transformers import AutoConfig, ConvNextImageProcessorPil
 
 from modeling_mgcm import COCO_OBJECT_LABELS, MGCMConfig
 from processing.training.hub_export import example_post
-from processing.training.model_card import CARD_METADATA
+from processing.training.model_card import base_card_data, card_text
 
 HUB_CONFIGS_DIR = Path(__file__).resolve().parent
 CONFIG_FILE, PROCESSOR_FILE, CARD_FILE = "config.json", "processor_config.json", "README.md"
@@ -88,6 +89,10 @@ class HubConfiguration:
     processor_settings: dict
     description: str
     train_command: str
+    # Hub ids of the pretrained models the configuration starts from; the corpus it is for, by the id the
+    # cards give it (`model_card.TWEET_CORPORA`).
+    base_model: tuple[str, ...]
+    datasets: tuple[str, ...] = ()
     published_results: str = ""
 
 
@@ -181,6 +186,8 @@ def paper_configuration(corpus: str) -> HubConfiguration:
             "  --num_neighbours 4 --no_word_shape --max_length 64 \\\n"
             f"  --output_dir outputs/mgcm-paper-twitter{corpus}"
         ),
+        base_model=("bert-base-cased", "microsoft/resnet-152"),
+        datasets=(folder,),
         published_results=published_results_table(corpus),
     )
 
@@ -210,6 +217,7 @@ def offline_configuration(short_name: str, encoder: str, text_config: dict) -> H
             f"  --text_model {encoder} --word_vectors path/to/glove-6b-50d \\\n"
             f"  --num_neighbours 4 --output_dir outputs/mgcm-offline-{short_name}"
         ),
+        base_model=(encoder,),
     )
 
 
@@ -239,7 +247,10 @@ def card_template(configuration: HubConfiguration) -> str:
     config = configuration.config
     granularities = ", ".join(config.granularities) or "none (text only)"
     vision = config.vision_config.model_type if config.vision_config is not None else "none"
-    return f"""{CARD_METADATA}
+    data = base_card_data(configuration.base_model, list(configuration.datasets) or None)
+    return card_text(
+        data,
+        body=f"""
 # {configuration.title}
 
 {configuration.description}
@@ -296,7 +307,8 @@ from transformers import AutoModelForTokenClassification, AutoProcessor
 model = AutoModelForTokenClassification.from_pretrained("{{{{ repo_id }}}}", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("{{{{ repo_id }}}}", trust_remote_code=True)
 ```
-"""
+""",
+    )
 
 
 def rendered_files(configuration: HubConfiguration) -> dict[str, str]:

@@ -5,6 +5,7 @@ the original."""
 
 import importlib.util
 import json
+import logging
 import math
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from clean_process import LOAD_EXPORTED_MODEL, run_clean_script
+from huggingface_hub import EvalResult, ModelCard
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -35,6 +37,7 @@ from modeling_mgcm import (
 from modeling_mgcm.pipeline_mgcm import TASK_NAME
 from processing.text.neighbour_search import neighbour_table_from_embeddings
 from processing.training import hub_export
+from processing.training.model_card import hub_model_id
 
 REPO = Path(__file__).resolve().parents[1]
 MODELING_DIR = Path(modeling_mgcm.__file__).parent
@@ -348,6 +351,183 @@ def test_card_template_from_hub_configs_is_filled_from_results(training_dir, tmp
     assert "Trained on `synthetic` for 1 epoch(s)" in card and "epoch 1, the best on the valid split" in card
     # The template's fixed text stays: the paper's published scores, for comparison.
     assert "| 86.03 | 86.16 | 86.09 |" in card
+    # Its metadata: the template's base models, the run's scores, the repository's name.
+    data = ModelCard.load(output / "README.md").data
+    assert data.base_model == ["bert-base-cased", "microsoft/resnet-152"]
+    assert data.model_name == "mgcm-t17" and [result.metric_value for result in data.eval_results] == [
+        0.6042,
+        0.5931,
+    ]
+    assert "pipeline_tag" not in data.to_dict() and data.inference is False
+
+
+# ------------------------------------------------------------------------------------------------------
+# The card's metadata, and no path of the training machine
+
+
+def scored(result: EvalResult) -> tuple:
+    """An eval result as (split, seqeval mode, value)."""
+    return (result.dataset_split, result.metric_config, result.metric_value)
+
+
+def test_the_exported_card_s_metadata_parses_back_with_the_scores_and_no_pipeline_tag(exported_dir):
+    """`ModelCard.load` reads the card's YAML: the valid F1 in both seqeval modes as eval results, and no
+    pipeline tag: the model runs in the custom "multimodal-ner" pipeline only, so the Hub widget is off."""
+    data = ModelCard.load(exported_dir / "README.md").data
+    assert [scored(result) for result in data.eval_results] == [
+        ("valid", "lenient", 0.6042),
+        ("valid", "strict", 0.5931),
+    ]
+    for result in data.eval_results:
+        assert (result.task_type, result.metric_type, result.dataset_type) == (
+            "token-classification",
+            "f1",
+            "synthetic",
+        )
+        assert result.metric_name == f"F1 (seqeval {result.metric_config})"
+    assert data.pipeline_tag is None and "pipeline_tag" not in data.to_dict() and data.inference is False
+    assert {"mgcm", "multimodal-ner", "named-entity-recognition"} <= set(data.tags)
+    assert (data.library_name, data.license, data.language, data.metrics) == (
+        "transformers",
+        "apache-2.0",
+        "en",
+        ["seqeval"],
+    )
+    # The tiny random encoder derives from no Hub model.
+    assert data.base_model is None and data.datasets == ["synthetic"]
+
+
+@pytest.mark.parametrize("name", HUB_CONFIG_NAMES)
+def test_hub_config_card_templates_name_their_base_models_and_no_pipeline_tag(name):
+    data = ModelCard.load(REPO / "hub_configs" / name / "README.md").data
+    configuration = next(c for c in make_hub_configs.hub_configurations() if c.name == name)
+    assert data.base_model == list(configuration.base_model) and data.base_model
+    assert all(hub_model_id(model) == model for model in data.base_model)
+    assert data.pipeline_tag is None and data.inference is False and data.library_name == "transformers"
+    assert data.eval_results is None  # filled in by the export, from a run
+
+
+def results_with_local_paths(root: Path) -> dict:
+    """The results.json of a Twitter-2017 run with a local encoder folder, captions and knowledge files, every
+    path one of `root` (and the word vectors given as `~/...`), valid and test scored."""
+    corpus, encoder = root / "data" / "twitter2017", root / "models" / "all-MiniLM-L6-v2"
+    captions = root / "data" / "captions" / "twitter2017_blip2.txt"
+    knowledge = root / "data" / "knowledge" / "twitter2017_pgim.txt"
+    for folder in (corpus, encoder, captions.parent, knowledge.parent):
+        folder.mkdir(parents=True)
+    for file in (captions, knowledge):
+        file.write_text("1.jpg :a text\n")
+    results = fake_results()
+    results["metrics"]["test"] = json.loads(json.dumps(results["metrics"]["valid"]))
+    results["metrics"]["test"]["lenient"]["overall_f1"] = 0.5512
+
+    def source(name: str, file: Path) -> dict:
+        return {
+            "name": name,
+            "role": "granularity",
+            "max_length": 32,
+            "file": str(file),
+            "sha256": "ab" * 32,
+            "origin": None,
+            "input_dropout": 0.0,
+            "coverage": {"train": 1.0, "valid": 1.0},
+        }
+
+    results["run"].update(
+        dataset=str(corpus),
+        text_model=str(encoder),
+        vision_model=None,
+        granularities=["caption", "knowledge"],
+        text_sources=[source("caption", captions), source("knowledge", knowledge)],
+        args={
+            "dataset_dir": str(corpus),
+            "captions_file": str(captions),
+            "text_source": [f"knowledge={knowledge}"],
+            "text_model": str(encoder),
+            "word_vectors": "~/.cache/mgcm-offline-models/glove-6b-50d",
+            "output_dir": str(root / "outputs" / "t17-minilm"),
+            "cache_dir": None,
+            "granularities": ["caption", "knowledge"],
+            "seed": 0,
+        },
+    )
+    return results
+
+
+@pytest.fixture
+def local_paths_training_dir(tiny_mgcm_dir, tmp_path) -> Path:
+    folder = tmp_path / "outputs" / "t17-minilm"
+    shutil.copytree(tiny_mgcm_dir, folder)
+    results = results_with_local_paths(tmp_path)
+    (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    return folder
+
+
+def exported_texts(folder: Path) -> dict[str, str]:
+    """Every text file of an exported folder by its relative path."""
+    texts = {}
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in (".md", ".json", ".txt", ".py"):
+            texts[path.relative_to(folder).as_posix()] = path.read_text(encoding="utf-8")
+    return texts
+
+
+def test_a_card_exported_from_a_run_with_local_paths_names_none_of_them(
+    local_paths_training_dir, tmp_path, caplog
+):
+    """The corpus is named Twitter-2017, the local encoder folder is left out of `base_model` (with a
+    warning) and the files are named by their file name: no path of the training machine in any file."""
+    with caplog.at_level(logging.WARNING, logger=hub_export.__name__):
+        output = hub_export.export_to_hub(local_paths_training_dir, tmp_path / "export")
+    assert "the card names no base_model" in caplog.text and "--base_model" in caplog.text
+
+    texts = exported_texts(output)
+    assert {"README.md", "results.json", "config.json"} <= set(texts)
+    for name, text in texts.items():
+        for local in (str(tmp_path), str(Path.home()), "~/"):
+            assert local not in text, (name, local)
+
+    card = ModelCard.load(output / "README.md")
+    assert card.data.base_model is None and card.data.datasets == ["twitter2017"]
+    assert sorted(scored(result) for result in card.data.eval_results) == [
+        ("test", "lenient", 0.5512),
+        ("test", "strict", 0.5931),
+        ("valid", "lenient", 0.6042),
+        ("valid", "strict", 0.5931),
+    ]
+    assert {result.dataset_name for result in card.data.eval_results} == {"Twitter-2017"}
+    # The body still says what the run read, by name.
+    assert "# MGCM multimodal NER (Twitter-2017)" in card.text
+    assert "`all-MiniLM-L6-v2`" in card.text and "`twitter2017_pgim.txt`" in card.text
+
+    run = json.loads(texts["results.json"])["run"]
+    assert run["dataset"] == "Twitter-2017" and run["text_model"] == "all-MiniLM-L6-v2"
+    assert run["args"]["text_source"] == ["knowledge=twitter2017_pgim.txt"]
+    assert (run["args"]["word_vectors"], run["args"]["output_dir"]) == ("glove-6b-50d", "t17-minilm")
+    assert run["args"]["cache_dir"] is None and run["args"]["seed"] == 0
+
+
+def test_the_command_line_names_the_base_model_and_the_dataset(local_paths_training_dir, tmp_path):
+    output = tmp_path / "export"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "export_to_hub.py"),
+            str(local_paths_training_dir),
+            str(output),
+        ]
+        + ["--dataset_name", "someone/tweets", "--base_model", "sentence-transformers/all-MiniLM-L6-v2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "no base_model" not in completed.stderr
+    data = ModelCard.load(output / "README.md").data
+    assert data.base_model == ["sentence-transformers/all-MiniLM-L6-v2"]
+    assert data.datasets == ["someone/tweets"] and data.model_name == "mgcm-tweets"
+    assert {result.dataset_type for result in data.eval_results} == {"someone/tweets"}
+    assert str(tmp_path) not in (output / "README.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -374,6 +554,9 @@ def test_export_refuses_a_folder_without_results_or_safetensors_and_a_used_outpu
         hub_export.export_to_hub(training_dir, used)
     with pytest.raises(hub_export.ExportError, match="is the training folder"):
         hub_export.export_to_hub(training_dir, training_dir)
+
+    with pytest.raises(hub_export.ExportError, match=r"--base_model '/models/encoder' is not a Hub model id"):
+        hub_export.export_to_hub(training_dir, tmp_path / "d", base_model=["/models/encoder"])
 
     broken = tmp_path / "broken"
     shutil.copytree(training_dir, broken)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from accelerate import Accelerator
+from huggingface_hub import ModelCard
 from torch.utils.data import DataLoader
 from training_runs import TRAIN_SCRIPT, run_environment, run_train_script
 from transformers import AutoModelForTokenClassification, AutoProcessor
@@ -93,6 +94,14 @@ def test_run_writes_results_for_every_split_in_both_seqeval_modes(single_process
     assert results["images"]["missing"] > 0 and results["images"]["with_features"] > 0
     card = (output_dir / "README.md").read_text()
     assert "| test | lenient |" in card and "never selected on test" in card
+    # The card's metadata holds the valid and test F1 of both seqeval modes, as the Hub reads them.
+    data = ModelCard.load(output_dir / "README.md").data
+    assert {(r.dataset_split, r.metric_config): r.metric_value for r in data.eval_results} == {
+        (split, mode): round(results["metrics"][split][mode]["overall_f1"], 4)
+        for split in ("valid", "test")
+        for mode in ("lenient", "strict")
+    }
+    assert data.datasets == ["synthetic"] and "pipeline_tag" not in data.to_dict()
 
 
 @pytest.mark.parametrize(

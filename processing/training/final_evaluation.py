@@ -2,7 +2,6 @@
 deterministically on every final split, with and without the text sources `--drop_text_sources_at_eval`
 names, and on the synthetic corpus's ambiguous mentions."""
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader
 from modeling_mgcm.processing_mgcm import MGCMProcessor
 from processing.corpus.synthetic import score_ambiguous_mentions
 from processing.evaluation.corpus_evaluation import evaluate_corpus
+from processing.training.arguments import TrainArguments
 from processing.training.data_collator import MGCMDataCollator
 from processing.training.window_rows import tokenised_windows
 
@@ -44,7 +44,7 @@ def load_best_weights(model: nn.Module, folder: Path) -> None:
 
 
 def evaluate_selected_model(
-    args: argparse.Namespace,
+    args: TrainArguments,
     model: nn.Module,
     accelerator: Accelerator,
     best_dir: Path,
@@ -86,7 +86,7 @@ def evaluate_selected_model(
 
 
 def evaluate_without_sources(
-    args: argparse.Namespace,
+    args: TrainArguments,
     model: nn.Module,
     accelerator: Accelerator,
     processor: MGCMProcessor,

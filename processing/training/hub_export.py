@@ -14,23 +14,45 @@ The folder is written by transformers' own saving, nothing rewritten by hand:
 The code files are `modeling_mgcm/`'s, which import each other only relatively (the folder is built to ship as
 it is). So `pipeline(model=folder_or_hub_id, trust_remote_code=True)` tags posts, and the Auto classes load
 the model and processor, where `mgcm` is not installed. The folder also holds `results.json` and a model card
-filled from it.
+(`huggingface_hub.ModelCard`) filled from it, both without any path of the training machine: the corpus is
+named by its name, the encoder by its Hub id (`base_model`), local files and folders by their last part.
 """
 
+import copy
+import dataclasses
 import json
+import logging
 import re
-import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import transformers
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers.dynamic_module_utils import custom_object_save, get_imports
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME
 
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, MGCMProcessor, MultimodalNERPipeline
+from modeling_mgcm.atomic_files import write_json_atomically
 from modeling_mgcm.pipeline_mgcm import TASK_NAME
-from processing.training.model_card import CARD_FILE, RESULTS_FILE, render_model_card, results_table
+from processing.training.arguments import PATH_ARGUMENTS
+from processing.training.model_card import (
+    CARD_FILE,
+    RESULTS_FILE,
+    base_card_data,
+    card_names,
+    card_text,
+    hub_model_id,
+    is_local_path,
+    model_card_body,
+    results_table,
+    set_run_metadata,
+)
+
+logger = logging.getLogger(__name__)
 
 # Weight files that unpickle when loaded; an export ships safetensors only.
 PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -121,6 +143,7 @@ print([[model.config.id2label[tag] for tag in tweet] for tweet in tags])
 
 def fill_card_template(template: str, values: Mapping[str, str], template_name: str) -> str:
     """Replace each `{{ name }}` of `template` with `values[name]`; an unknown name raises, naming its line."""
+    # Not ModelCard.from_template: Jinja renders an unknown (misspelt) placeholder as nothing, silently.
     for line_number, line in enumerate(template.splitlines(), start=1):
         for match in CARD_PLACEHOLDER.finditer(line):
             if match.group(1) not in values:
@@ -131,23 +154,93 @@ def fill_card_template(template: str, values: Mapping[str, str], template_name: 
     return CARD_PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
+def public_path(value: str, may_be_hub_id: bool = False) -> str:
+    """A file or folder by its last part (a Hub id, where `may_be_hub_id`, as it is)."""
+    if may_be_hub_id and hub_model_id(value):
+        return value
+    return Path(value).name or value
+
+
+def public_results(results: Mapping, dataset_name: str) -> dict:
+    """A copy of `results` that names no path of the training machine: the corpus by `dataset_name`, the
+    backbones by their Hub id or folder name, the text-source files and the path flags of `run.args`
+    (`PATH_ARGUMENTS`) by their last part."""
+    public = copy.deepcopy(dict(results))
+    run = public["run"]
+    run["dataset"] = dataset_name
+    for key in ("text_model", "vision_model"):
+        if is_local_path(run.get(key)):
+            run[key] = public_path(run[key])
+    for source in run.get("text_sources") or []:
+        if source.get("file"):
+            source["file"] = public_path(source["file"])
+    arguments = run.get("args") or {}
+    for name in PATH_ARGUMENTS:
+        value, models = arguments.get(name), name in ("text_model", "vision_model")
+        if isinstance(value, str):
+            arguments[name] = public_path(value, models)
+        elif isinstance(value, list):  # --text_source NAME=FILE ...
+            pairs = (item.partition("=") for item in value)
+            arguments[name] = [f"{key}{equals}{public_path(path)}" for key, equals, path in pairs]
+    return public
+
+
+def template_card(template: Path, values: Mapping[str, str], requirements: str) -> ModelCard:
+    """The card template `template` filled with `values`, the requirements line appended."""
+    text = fill_card_template(template.read_text(encoding="utf-8"), values, str(template))
+    try:
+        return ModelCard(text.rstrip("\n") + f"\n\n{requirements}\n")
+    except (ValueError, yaml.YAMLError) as error:
+        raise ExportError(f"{template}: its YAML metadata block does not parse: {error}") from error
+
+
 def model_card(
-    results: Mapping, repo_id: str, requirements: str, post: str, template: Path | None = None
+    results: Mapping,
+    repo_id: str | None,
+    requirements: str,
+    post: str,
+    template: Path | None = None,
+    base_model: list[str] | None = None,
+    dataset_name: str | None = None,
 ) -> str:
-    """The exported card: the template filled from `results`, or the training card with a remote-code Use
-    section whose pipeline example tags `post`."""
+    """The exported card of the training folder's `results`, naming no path of the training machine.
+
+    Its metadata holds the run's scores, the dataset (`dataset_name`, default: the corpus folder's name) and
+    the models it derives from: `base_model`, else the template's, else the run's encoder and vision backbone
+    where they are Hub ids (a local encoder folder is left out, with a warning). Its body is `template` filled
+    from `results`, or the training card's body with a remote-code Use section whose pipeline example tags
+    `post`; `repo_id` is the repository the usage examples load.
+    """
+    names = card_names(results, dataset_name, base_model, repo_id.split("/")[-1] if repo_id else None)
+    public = public_results(results, names.dataset_name)
+    repo_id = repo_id or "path/to/this/folder"
     if template is not None:
         values = {
-            "results_table": results_table(results),
-            "training_summary": training_summary(results),
+            "results_table": results_table(public),
+            "training_summary": training_summary(public),
             "repo_id": repo_id,
         }
-        card = fill_card_template(template.read_text(encoding="utf-8"), values, str(template))
-        return card.rstrip("\n") + f"\n\n{requirements}\n"
-    # The training card's Use section imports this project's packages; the export needs none of them.
-    card = render_model_card(results)
-    head, found, _ = card.partition("\n## Use\n")
-    return (head if found else card).rstrip("\n") + "\n\n" + remote_code_usage(repo_id, requirements, post)
+        card = template_card(template, values, requirements)
+        data, body = card.data, card.text
+        if not data.to_dict():
+            data = base_card_data()
+        template_base_model = data.get("base_model")
+        if base_model is None and template_base_model:
+            models = [template_base_model] if isinstance(template_base_model, str) else template_base_model
+            names = dataclasses.replace(names, base_model=tuple(models))
+    else:
+        data = base_card_data()
+        # The training card's Use section imports this project's packages; the export needs none of them.
+        head, _, _ = model_card_body(public, names).partition("\n## Use\n")
+        body = head.rstrip("\n") + "\n\n" + remote_code_usage(repo_id, requirements, post)
+    encoder = results["run"].get("text_model")
+    if not names.base_model and is_local_path(encoder):
+        logger.warning(
+            "the card names no base_model: the text encoder was the local folder %s, which is no Hub id; "
+            "give --base_model with the Hub id of the model it holds",
+            encoder,
+        )
+    return card_text(set_run_metadata(data, results, names), body)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -222,6 +315,8 @@ def export_to_hub(
     output_dir: str | Path,
     card_template: str | Path | None = None,
     repo_id: str | None = None,
+    base_model: list[str] | None = None,
+    dataset_name: str | None = None,
 ) -> Path:
     """Write the Hub-ready folder `output_dir` from the training folder `model_dir`; returns `output_dir`.
 
@@ -231,8 +326,19 @@ def export_to_hub(
         card_template: a model-card template with `{{ results_table }}`, `{{ training_summary }}` and
             `{{ repo_id }}` (see `hub_configs/`); by default the training card with a remote-code Use section.
         repo_id: the Hub repository named in the card's usage example (default: a local path placeholder).
+        base_model: the Hub ids of the models the run started from (default: the template's, else the run's
+            encoder and vision backbone where they are Hub ids; a local encoder folder is not named).
+        dataset_name: the dataset the card names (default: Twitter-2015/2017 from the corpus folder's name,
+            else that name).
+
+    The card and `results.json` name no path of the training machine (see `public_results`).
     """
     model_dir, output_dir = Path(model_dir), Path(output_dir)
+    for model in base_model or []:
+        try:
+            validate_repo_id(model)
+        except HFValidationError as error:
+            raise ExportError(f"--base_model {model!r} is not a Hub model id ({error})") from error
     check_model_dir(model_dir)
     check_output_dir(model_dir, output_dir)
     results = read_results(model_dir)
@@ -249,11 +355,12 @@ def export_to_hub(
     processor = MGCMProcessor.from_pretrained(model_dir)
 
     save_remote_code_folder(model, processor, output_dir)
-    shutil.copyfile(model_dir / RESULTS_FILE, output_dir / RESULTS_FILE)
     requirements = requirements_line(remote_code_imports(output_dir))
     post = example_post(model.config)
-    card = model_card(results, repo_id or "path/to/this/folder", requirements, post, template)
+    card = model_card(results, repo_id, requirements, post, template, base_model, dataset_name)
     (output_dir / CARD_FILE).write_text(card, encoding="utf-8")
+    dataset = card_names(results, dataset_name).dataset_name
+    write_json_atomically(output_dir / RESULTS_FILE, public_results(results, dataset))
     return output_dir
 
 
@@ -282,6 +389,7 @@ __all__ = [
     "export_to_hub",
     "fill_card_template",
     "model_card",
+    "public_results",
     "push_folder_to_hub",
     "remote_code_imports",
     "save_remote_code_folder",

@@ -6,7 +6,6 @@ final split (gathered with `gather_for_metrics`), save. `main` is the command: o
 corpus a text-only model of the same size for comparison.
 """
 
-import argparse
 import logging
 import math
 import os
@@ -18,6 +17,7 @@ from typing import Any, NamedTuple
 
 import datasets
 import torch
+import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from modeling_mgcm import MGCMForTokenClassification
 from modeling_mgcm.processing_mgcm import MGCMProcessor
 from processing.evaluation.corpus_evaluation import evaluate_corpus
-from processing.training.arguments import parse_args
+from processing.training.arguments import TrainArguments, parse_args
 from processing.training.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
@@ -60,14 +60,10 @@ from processing.training.run_report import (
 from processing.training.window_rows import tokenised_windows
 
 logger = get_logger(__name__)
-# Libraries whose INFO lines would drown the run's own.
-NOISY_LOGGERS = (
-    "httpx",
-    "datasets",
-    "transformers.modeling_utils",
-    "accelerate.checkpointing",
-    "accelerate.accelerator",
-)
+# Loggers whose INFO lines would drown the run's own and that have no library verbosity function (transformers
+# and datasets have theirs, set in `configure_logging`): huggingface_hub's HTTP client logs every request, and
+# Accelerate logs every file of every checkpoint it saves or loads.
+NOISY_LOGGERS = ("httpx", "accelerate.checkpointing", "accelerate.accelerator")
 TRACKER_PROJECT = "mgcm"
 
 
@@ -126,7 +122,7 @@ class GuardedCheckpoints:
             prune_checkpoints(self.checkpoints_dir, self.keep)
 
 
-def build_accelerator(args: argparse.Namespace, output_dir: Path) -> Accelerator:
+def build_accelerator(args: TrainArguments, output_dir: Path) -> Accelerator:
     """An Accelerator with `--gradient_accumulation_steps`, `--mixed_precision` and seedable samplers (so a
     resumed run shuffles as the uninterrupted one), logging to TensorBoard under `--with_tracking`."""
     return Accelerator(
@@ -138,15 +134,25 @@ def build_accelerator(args: argparse.Namespace, output_dir: Path) -> Accelerator
     )
 
 
-def configure_logging() -> None:
+def configure_logging(accelerator: Accelerator) -> None:
+    """The run's own INFO lines (on the main process: Accelerate's logger); transformers and datasets at
+    WARNING on the local main process and ERROR on the others, so that each warning is printed once."""
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )
+    # The example scripts give transformers INFO on the main process; WARNING keeps its per-file loading
+    # lines (config, weights, tokenizer) out of the run's log, as before.
+    if accelerator.is_local_main_process:
+        transformers.utils.logging.set_verbosity_warning()
+        datasets.utils.logging.set_verbosity_warning()
+    else:
+        transformers.utils.logging.set_verbosity_error()
+        datasets.utils.logging.set_verbosity_error()
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def set_training_length(args: argparse.Namespace, batches_per_epoch: int) -> None:
+def set_training_length(args: TrainArguments, batches_per_epoch: int) -> None:
     """Resolve `max_train_steps` (default: every epoch) and the `num_train_epochs` that it takes."""
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
@@ -155,7 +161,7 @@ def set_training_length(args: argparse.Namespace, batches_per_epoch: int) -> Non
 
 
 def prepare_training(
-    args: argparse.Namespace,
+    args: TrainArguments,
     accelerator: Accelerator,
     model: MGCMForTokenClassification,
     train_dataloader: DataLoader,
@@ -171,7 +177,7 @@ def prepare_training(
     return PreparedTraining(accelerator, model, optimizer, scheduler, train_dataloader, eval_dataloaders)
 
 
-def start_tracking(args: argparse.Namespace, accelerator: Accelerator) -> None:
+def start_tracking(args: TrainArguments, accelerator: Accelerator) -> None:
     """Under `--with_tracking`: the run's arguments as TensorBoard hyperparameters."""
     if args.with_tracking:
         accelerator.init_trackers(
@@ -180,7 +186,7 @@ def start_tracking(args: argparse.Namespace, accelerator: Accelerator) -> None:
         )
 
 
-def initial_state(args: argparse.Namespace, accelerator: Accelerator, checkpoints_dir: Path) -> dict:
+def initial_state(args: TrainArguments, accelerator: Accelerator, checkpoints_dir: Path) -> dict:
     """The training state to start from: fresh, or restored from `--resume_from_checkpoint` (a step_<N>
     folder, or 'latest')."""
     state = {"epoch": 0, "batches_in_epoch": 0, "completed_steps": 0, "best_f1": -1.0, "best_epoch": None}
@@ -201,7 +207,7 @@ def initial_state(args: argparse.Namespace, accelerator: Accelerator, checkpoint
 
 
 def log_optimizer_step(
-    args: argparse.Namespace, accelerator: Accelerator, step: int, learning_rates: dict[str, float]
+    args: TrainArguments, accelerator: Accelerator, step: int, learning_rates: dict[str, float]
 ) -> None:
     logger.info(
         "optimizer step %d: learning rate %s",
@@ -213,7 +219,7 @@ def log_optimizer_step(
 
 
 def train_one_epoch(
-    args: argparse.Namespace,
+    args: TrainArguments,
     run: PreparedTraining,
     state: dict,
     epoch: int,
@@ -270,7 +276,7 @@ def train_one_epoch(
 
 
 def validate_and_select(
-    args: argparse.Namespace,
+    args: TrainArguments,
     run: PreparedTraining,
     state: dict,
     epoch: int,
@@ -326,7 +332,7 @@ def validate_and_select(
 
 
 def train_epochs(
-    args: argparse.Namespace,
+    args: TrainArguments,
     run: PreparedTraining,
     state: dict,
     valid_split: datasets.Dataset,
@@ -365,11 +371,11 @@ def train_epochs(
     return batches_seen
 
 
-def train_and_evaluate(args: argparse.Namespace) -> TrainingRun:
+def train_and_evaluate(args: TrainArguments) -> TrainingRun:
     """One training run: build data and model, train with selection on valid, evaluate, save."""
     output_dir = Path(args.output_dir)
     accelerator = build_accelerator(args, output_dir)
-    configure_logging()
+    configure_logging(accelerator)
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,6 @@
 """The model a training run starts from: MGCM with the granularities and options of its flags, over pretrained
 backbones (`--text_model`, `--vision_model`) or tiny random ones."""
 
-import argparse
-
 from transformers import AutoModel, PreTrainedTokenizerBase
 
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
@@ -10,13 +8,14 @@ from modeling_mgcm.configuration_mgcm import VISUAL_GRANULARITIES
 from modeling_mgcm.neighbour_table import NeighbourTable
 from processing.corpus.labels import LABEL_NAMES
 from processing.testing.tiny_backbones import tiny_text_config, tiny_vision_config
+from processing.training.arguments import TrainArguments
 
 # The word-vector width a model without a neighbour table records (GloVe 6B 50d's; its augmentation is off).
 DEFAULT_AUGMENTATION_DIM = 50
 
 
 def model_config_kwargs(
-    args: argparse.Namespace, neighbour_table: NeighbourTable | None, object_labels: list[str]
+    args: TrainArguments, neighbour_table: NeighbourTable | None, object_labels: list[str]
 ) -> dict:
     """The `MGCMConfig` fields the flags set (everything but the backbones' configs)."""
     return dict(
@@ -37,7 +36,7 @@ def model_config_kwargs(
 
 
 def build_model(
-    args: argparse.Namespace,
+    args: TrainArguments,
     tokenizer: PreTrainedTokenizerBase,
     neighbour_table: NeighbourTable | None,
     object_labels: list[str],
@@ -52,7 +51,7 @@ def build_model(
 
 
 def _model_with_backbones(
-    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, config_kwargs: dict
+    args: TrainArguments, tokenizer: PreTrainedTokenizerBase, config_kwargs: dict
 ) -> MGCMForTokenClassification:
     use_vision = config_kwargs["use_image"]
     if args.text_model is not None:

@@ -1,11 +1,11 @@
 """The optimizer and learning-rate schedule of a training run: AdamW over three learning-rate groups (the
 backbones, the MGCM layers and heads, the CRF transition scores) with a linear warm-up and decay."""
 
-import argparse
-
 import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
+
+from processing.training.arguments import TrainArguments
 
 # Parameter-name prefixes of each group; every other trainable parameter is an MGCM layer or head (`fusion`).
 BACKBONE_PREFIXES = ("mgcm.text_encoder.", "mgcm.vision_model.")
@@ -54,7 +54,7 @@ def parameter_groups(
     ]
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, args: TrainArguments) -> torch.optim.AdamW:
     """AdamW over the model's learning-rate groups at `--learning_rate`, `--fusion_learning_rate` and
     `--crf_learning_rate`, with `--weight_decay`."""
     return torch.optim.AdamW(
@@ -69,7 +69,7 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.A
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, args: argparse.Namespace, num_processes: int
+    optimizer: torch.optim.Optimizer, args: TrainArguments, num_processes: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over `--warmup_ratio` of `args.max_train_steps` optimizer steps, then linear decay to 0.
 

@@ -5,7 +5,6 @@ Whatever is cached on disk (neighbour table, image features) or tokenised (windo
 process first, so the other processes read it instead of building it again.
 """
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,14 +26,18 @@ from processing.testing.tiny_backbones import (
     weights_fingerprint,
 )
 from processing.text.neighbour_search import build_neighbour_table
-from processing.training.arguments import DEFAULT_TEXT_SOURCE_LENGTH, DEFAULT_TEXT_SOURCE_LENGTHS
+from processing.training.arguments import (
+    DEFAULT_TEXT_SOURCE_LENGTH,
+    DEFAULT_TEXT_SOURCE_LENGTHS,
+    TrainArguments,
+)
 from processing.training.data_collator import MGCMDataCollator
 
 logger = get_logger(__name__)
 REQUIRED_SPLITS = ("train", "valid")
 
 
-def load_corpus(args: argparse.Namespace) -> datasets.DatasetDict:
+def load_corpus(args: TrainArguments) -> datasets.DatasetDict:
     """The DatasetDict to train on: the synthetic corpus or a UMT-format corpus folder."""
     if args.synthetic:
         sizes = [int(size) for size in args.synthetic_sizes.split(",")]
@@ -48,7 +51,7 @@ def load_corpus(args: argparse.Namespace) -> datasets.DatasetDict:
     )
 
 
-def final_eval_splits(args: argparse.Namespace, corpus: datasets.DatasetDict) -> list[str]:
+def final_eval_splits(args: TrainArguments, corpus: datasets.DatasetDict) -> list[str]:
     """The splits the selected model is evaluated on (`--final_eval_splits`, default all), once the corpus is
     known to hold the train and valid splits a run needs."""
     for required in REQUIRED_SPLITS:
@@ -62,7 +65,7 @@ def final_eval_splits(args: argparse.Namespace, corpus: datasets.DatasetDict) ->
     return splits
 
 
-def build_tokenizer(args: argparse.Namespace, corpus: datasets.DatasetDict) -> PreTrainedTokenizerBase:
+def build_tokenizer(args: TrainArguments, corpus: datasets.DatasetDict) -> PreTrainedTokenizerBase:
     """The `--text_model`'s tokenizer, or a WordPiece tokenizer over the train split's words."""
     if args.text_model is not None:
         return AutoTokenizer.from_pretrained(args.text_model)
@@ -70,7 +73,7 @@ def build_tokenizer(args: argparse.Namespace, corpus: datasets.DatasetDict) -> P
 
 
 def corpus_neighbour_table(
-    args: argparse.Namespace, corpus: datasets.DatasetDict, accelerator: Accelerator, cache_dir: Path
+    args: TrainArguments, corpus: datasets.DatasetDict, accelerator: Accelerator, cache_dir: Path
 ) -> NeighbourTable | None:
     """The `--word_vectors` neighbours of every word of every split, or None without augmentation."""
     if args.augmentation_mode == "none":
@@ -84,7 +87,7 @@ def corpus_neighbour_table(
     return neighbour_table
 
 
-def object_label_vocabulary(args: argparse.Namespace) -> list[str]:
+def object_label_vocabulary(args: TrainArguments) -> list[str]:
     """The detector's class names: the synthetic corpus's, `--object_labels_file`'s, or the 80 COCO classes."""
     if args.synthetic:
         return list(SYNTHETIC_OBJECT_LABELS)
@@ -105,7 +108,7 @@ class ImageInputs:
 
 
 def build_image_inputs(
-    args: argparse.Namespace,
+    args: TrainArguments,
     model: MGCMForTokenClassification,
     corpus: datasets.DatasetDict,
     accelerator: Accelerator,
@@ -138,7 +141,7 @@ def build_image_inputs(
     return ImageInputs(image_processor, feature_cache, counts)
 
 
-def text_source_lengths(args: argparse.Namespace, corpus: datasets.DatasetDict) -> dict[str, int]:
+def text_source_lengths(args: TrainArguments, corpus: datasets.DatasetDict) -> dict[str, int]:
     """Pieces kept of every text source of the corpus, --text_source_max_length or the default."""
     names = [
         name for name in corpus["train"].column_names if name == "caption" or name in args.text_source_files
@@ -150,7 +153,7 @@ def text_source_lengths(args: argparse.Namespace, corpus: datasets.DatasetDict) 
 
 
 def build_processor(
-    args: argparse.Namespace,
+    args: TrainArguments,
     corpus: datasets.DatasetDict,
     model_config: MGCMConfig,
     tokenizer: PreTrainedTokenizerBase,
@@ -185,7 +188,7 @@ class RunDataloaders:
 
 
 def build_dataloaders(
-    args: argparse.Namespace,
+    args: TrainArguments,
     windows: datasets.DatasetDict,
     processor: MGCMProcessor,
     feature_cache: ImageFeatureCache | None,

@@ -1,7 +1,6 @@
 """What a training run reports: `results.json` (scores, history, settings, costs), the model card, the saved
 model and processor, and the summaries it prints."""
 
-import argparse
 import hashlib
 import sys
 import time
@@ -15,6 +14,7 @@ from modeling_mgcm import MGCMForTokenClassification
 from modeling_mgcm.atomic_files import write_json_atomically
 from modeling_mgcm.processing_mgcm import MGCMProcessor
 from processing.evaluation.metrics import format_metrics_table
+from processing.training.arguments import TrainArguments
 from processing.training.final_evaluation import FinalEvaluation
 from processing.training.model_card import CARD_FILE, RESULTS_FILE, render_model_card
 
@@ -28,7 +28,7 @@ def file_sha256(path: str) -> str:
 
 
 def text_source_records(
-    args: argparse.Namespace, corpus: datasets.DatasetDict, processor: MGCMProcessor
+    args: TrainArguments, corpus: datasets.DatasetDict, processor: MGCMProcessor
 ) -> list[dict]:
     """What the model card says of each text source read: its role, length, file, origin and coverage."""
     records = []
@@ -57,7 +57,7 @@ def text_source_records(
 
 
 def run_record(
-    args: argparse.Namespace, corpus: datasets.DatasetDict, processor: MGCMProcessor, use_image: bool
+    args: TrainArguments, corpus: datasets.DatasetDict, processor: MGCMProcessor, use_image: bool
 ) -> dict:
     """results.json `run`: the data, backbones, granularities and options of the run."""
     return {
