@@ -5,6 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 README = Path(__file__).with_name("README.md")
+ONNX = ["onnxruntime>=1.20", "onnx>=1.17", "onnxscript>=0.5"]
 
 setup(
     name="mgcm",
@@ -29,7 +30,21 @@ setup(
     ],
     extras_require={
         "explain": ["matplotlib>=3.7"],
-        "test": ["pytest>=8.0", "hypothesis>=6.100", "ruff>=0.6", "matplotlib>=3.7", "tensorboard>=2.14"],
+        # ONNX Runtime inference, and the export: torch.onnx's exporter needs onnx and onnxscript.
+        "onnx": ONNX,
+        "test": [
+            "pytest>=8.0",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            "matplotlib>=3.7",
+            "tensorboard>=2.14",
+            *ONNX,
+        ],
     },
-    entry_points={"console_scripts": ["mgcm-predict = processing.predict_cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "mgcm-predict = processing.predict_cli:main",
+            "mgcm-export-onnx = processing.onnx_export:main",
+        ]
+    },
 )

@@ -12,8 +12,9 @@ The exported folder holds the weights (safetensors), `config.json` with an `auto
 the processor (tokenizer, `processor_config.json` with an `auto_map` for `AutoProcessor`, the neighbour
 table), the code of `modeling_mgcm/` that they need, `results.json` and a model card filled from it (Hub
 metadata with the valid/test F1, the dataset and the base model; no path of the training machine).
-`pipeline(model=folder, trust_remote_code=True)` tags posts with it where mgcm is not installed. The export
-itself is `processing.training.hub_export.export_to_hub`.
+`pipeline(model=folder, trust_remote_code=True)` tags posts with it where mgcm is not installed. The training
+folder's fresh ONNX files (`mgcm-export-onnx`) are copied along; `--onnx` (`--int8`) exports them here. The
+export itself is `processing.training.hub_export.export_to_hub`.
 """
 
 import argparse
@@ -47,6 +48,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "from the training corpus folder's name, else that folder's name)",
     )
     parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="export the ONNX files into the folder (default: copy the training folder's, when they are fresh)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also the int8 ONNX file onnx/model_quantized.onnx (implies --onnx)",
+    )
+    parser.add_argument(
         "--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub model repository"
     )
     parser.add_argument(
@@ -66,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
             args.push_to_hub,
             base_model=args.base_model,
             dataset_name=args.dataset_name,
+            export_onnx=args.onnx,
+            int8=args.int8,
         )
         print(f"exported {args.model_dir} to {folder}")
         if args.push_to_hub:

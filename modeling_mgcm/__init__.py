@@ -3,7 +3,8 @@
 This folder is what a saved model carries as Hub remote code, so its modules import each other only
 relatively and nothing else from the project:
 - the model: `configuration_mgcm`, `modeling_mgcm` (encoder, granularities, gates, CRF head) and its blocks
-  `semantic_augmentation`, `cross_modal_attention`, `crf`, `vision_features`, `host_reads`;
+  `semantic_augmentation`, `cross_modal_attention`, `crf`, `vision_features`, `host_reads`; its ONNX export
+  (`onnx_export`) and the exported model on ONNX Runtime (`onnx_model`);
 - the processor (`processing_mgcm`) and what it needs at inference: `tweet_tokenizer` (the word splitter),
   `tweet_normalise`, `word_shape`, `neighbour_table` (lookup of a built table, and saving it with
   `atomic_files`, the project's one way to write a file atomically);
@@ -35,6 +36,7 @@ from .modeling_mgcm import (
     MGCMTokenClassifierOutput,
 )
 from .neighbour_table import NeighbourTable
+from .onnx_model import MGCMOnnxForTokenClassification, StaleOnnxError
 from .pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
 from .processing_mgcm import MGCMProcessor
 from .tweet_normalise import NUMBER_CLASS_TOKEN, URL_CLASS_TOKEN, normalise_token
@@ -61,6 +63,7 @@ __all__ = [
     "MGCMForTokenClassification",
     "MGCMModel",
     "MGCMModelOutput",
+    "MGCMOnnxForTokenClassification",
     "MGCMPreTrainedModel",
     "MGCMTokenClassifierOutput",
     "extract_image_features",
@@ -74,6 +77,7 @@ __all__ = [
     "NUMBER_CLASS_TOKEN",
     "NeighbourTable",
     "PGIM_PROMPT",
+    "StaleOnnxError",
     "URL_CLASS_TOKEN",
     "WINDOW_INFO_KEYS",
     "WORD_SHAPE_NAMES",

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Unpack
 
 import torch
@@ -770,6 +771,68 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
         self.post_init()
 
     @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None,
+        *model_args,
+        runtime: str = "torch",
+        **kwargs,
+    ):
+        """`MGCMPreTrainedModel.from_pretrained`, or with `runtime="onnx"` the folder's exported ONNX graphs.
+
+        `runtime="onnx"` returns an `MGCMOnnxForTokenClassification` (`onnx_model`) and never loads the torch
+        weights when the folder holds fresh ONNX files (else it exports them once into a cache). It takes
+        `int8`, `providers`, `session_options` (a dict of `onnxruntime.SessionOptions` attributes) and
+        `onnx_cache_dir`. This is the way in for `pipeline("multimodal-ner", model=folder,
+        model_kwargs={"runtime": "onnx"})`: transformers loads the model through here before the pipeline
+        sees its own arguments.
+        """
+        from .onnx_model import ONNX_OPTIONS
+
+        if runtime == "onnx":
+            from .onnx_model import MGCMOnnxForTokenClassification
+
+            if model_args:
+                raise TypeError("runtime='onnx' takes no positional model arguments")
+            return MGCMOnnxForTokenClassification.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if runtime != "torch":
+            raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+        onnx_only = sorted(set(kwargs) & set(ONNX_OPTIONS))
+        if onnx_only:
+            raise TypeError(f"{onnx_only} are options of the ONNX runtime: pass runtime='onnx' with them")
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def export_to_onnx(
+        self,
+        save_directory: str | os.PathLike,
+        int8: bool = False,
+        per_channel: bool = True,
+        reduce_range: bool = False,
+        image_size: tuple[int, int] | None = None,
+    ) -> list[Path]:
+        """Save the model into `save_directory` (`save_pretrained`) and its ONNX graphs into `save_directory/onnx`.
+
+        Writes `model.onnx` (emissions and gates), `vision_model.onnx` when the config has a vision backbone, and
+        with `int8` `model_quantized.onnx` (dynamic int8; `per_channel`, `reduce_range`: see
+        `onnx_export.quantize_onnx`). `image_size` is the (H, W) the image processor gives. Returns the ONNX
+        files. Needs the onnx extra (`pip install 'mgcm[onnx]'`).
+        """
+        from .onnx_export import ONNX_SUBFOLDER, folder_fingerprint, write_onnx_files
+
+        self.save_pretrained(save_directory)
+        weights, config_digest = folder_fingerprint(save_directory)
+        return write_onnx_files(
+            self,
+            Path(save_directory) / ONNX_SUBFOLDER,
+            weights,
+            config_digest,
+            int8=int8,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            image_size=image_size,
+        )
+
+    @classmethod
     def from_backbones(
         cls,
         text_model_name_or_path: str,
@@ -887,6 +950,10 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
         if self.crf is not None:
             return self.crf.decode(logits, word_mask)
         return logits.argmax(dim=-1).masked_fill(~word_mask, PADDING_TAG)
+
+    def extract_image_features(self, pixel_values: Tensor) -> Tensor:
+        """Region features of the vision backbone as the forward reads `pixel_values`: (B, 3, H, W) -> (B, R, D_v)."""
+        return self.mgcm._backbone_features(pixel_values)
 
     def _span_labels(self, labels: Tensor, word_mask: Tensor) -> Tensor:
         """Word labels (B, W) -> auxiliary span tags (0 O, 1 B, 2 I), -100 where the label is."""

@@ -66,7 +66,6 @@ from .knowledge_writer import as_knowledge_writer
 from .pipeline_batching import pad_window_batch
 from .pipeline_outputs import aggregate_post, attended_inputs, merge_post_windows, window_words
 from .pipeline_posts import NumberedPost, PreparedPost, check_post, processor_objects, words_and_spans
-from .vision_features import extract_image_features
 
 TASK_NAME = "multimodal-ner"
 AGGREGATIONS = ("entities", "words")
@@ -165,6 +164,12 @@ class MultimodalNERPipeline(ChunkPipeline):
         output_attentions: bool | None = None,
         **unknown,
     ) -> tuple[dict, dict, dict]:
+        if unknown.keys() & {"backend", "runtime", "int8"}:
+            raise TypeError(
+                f"{sorted(unknown.keys() & {'backend', 'runtime', 'int8'})} are options of the model, which "
+                f"pipeline() loads before the {TASK_NAME} pipeline reads its arguments: pass "
+                "model_kwargs={'runtime': 'onnx'} (and 'int8': True), or an MGCMOnnxForTokenClassification as model"
+            )
         if unknown:
             raise TypeError(
                 f"unknown {TASK_NAME} pipeline argument(s) {sorted(unknown)}; it takes aggregation, on_bad_image, "
@@ -373,7 +378,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         return prepared
 
     def _pixel_values(self, image) -> torch.Tensor:
-        if self.processor.image_processor is None or self.model.mgcm.vision_model is None:
+        if self.processor.image_processor is None or self.model.config.vision_config is None:
             raise ValueError(
                 "this MGCM model reads precomputed image features, not images: pass "
                 "image_feature_cache=ImageFeatureCache(...) and give each post an 'image_id'"
@@ -457,7 +462,7 @@ class MultimodalNERPipeline(ChunkPipeline):
             # features, so the model reads one kind.
             rows = pixel_rows.nonzero().squeeze(1)
             pixel_values = model_inputs.pop("pixel_values")
-            features = extract_image_features(self.model.mgcm.vision_model, pixel_values[rows])
+            features = self.model.extract_image_features(pixel_values[rows])
             image_features = model_inputs["image_features"].to(features.dtype)
             model_inputs["image_features"] = image_features.index_copy(0, rows, features)
         model = self.model

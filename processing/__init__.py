@@ -8,7 +8,8 @@
 - `training/`: the training loop and its command line, checkpointing, the data collator, the non-finite-loss
   guard, the model card and the Hub export;
 - `testing/`: tiny random backbones for tests and smoke runs;
-- `explanations/` (`processing.explain`) and `predict_cli.py` (`mgcm-predict`): inference over the pipeline.
+- `explanations/` (`processing.explain`) and `predict_cli.py` (`mgcm-predict`): inference over the pipeline;
+  `onnx_export.py` (`mgcm-export-onnx`): the ONNX files of a model folder.
 
 The model, the processor and the pipeline live in `modeling_mgcm/`, the folder that ships with a model. The
 public names below are re-exported here and imported on first use, so that `import processing` loads nothing.

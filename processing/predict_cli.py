@@ -10,6 +10,10 @@ copied to the output):
 
     mgcm-predict --model outputs/mgcm --input posts.jsonl --output predictions.jsonl
 
+With `--runtime onnx` (`--int8` for the int8 model) the model runs on ONNX Runtime from the folder's exported
+`onnx/` files (`mgcm-export-onnx FOLDER`), without loading the torch weights; a folder without them is
+exported once into `--onnx_cache_dir`.
+
 A model that reads PGIM-style `knowledge` gets it written for posts without one by a local text-generation
 model (`--knowledge_model FOLDER`, see `modeling_mgcm.knowledge_writer`), cached in `--knowledge_cache`.
 
@@ -334,6 +338,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", help="'cpu', 'cuda', 'cuda:1', 'mps'... (default: the first accelerator, else CPU)"
     )
+    onnx = parser.add_argument_group("ONNX Runtime (pip install 'mgcm[onnx]')")
+    onnx.add_argument(
+        "--runtime",
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="run the model in torch (default) or ONNX Runtime: the folder's onnx/ files (mgcm-export-onnx), "
+        "else exported once into --onnx_cache_dir",
+    )
+    onnx.add_argument("--int8", action="store_true", help="with --runtime onnx: the int8 model")
+    onnx.add_argument(
+        "--intra_op_threads", type=int, help="threads within an ONNX operator (default: the cores)"
+    )
+    onnx.add_argument("--inter_op_threads", type=int, help="threads across independent ONNX operators")
+    onnx.add_argument(
+        "--execution_provider",
+        action="append",
+        help="ONNX Runtime execution provider, in order of preference; repeat for several "
+        "(default CPUExecutionProvider)",
+    )
+    onnx.add_argument(
+        "--onnx_cache_dir", help="where a folder without ONNX files is exported (default $HF_HOME/mgcm-onnx)"
+    )
     knowledge = parser.add_argument_group("writing knowledge for posts without it")
     knowledge.add_argument(
         "--knowledge_model", help="folder (or Hub id) of a text-generation model that writes the knowledge"
@@ -374,6 +401,21 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(f"--input {args.input}: no such file")
     if not os.path.isdir(args.model):
         parser.error(f"--model {args.model}: no such folder (give the output_dir of examples/train.py)")
+    onnx_options = (
+        args.int8,
+        args.intra_op_threads,
+        args.inter_op_threads,
+        args.execution_provider,
+        args.onnx_cache_dir,
+    )
+    if args.runtime != "onnx" and any(option not in (None, False) for option in onnx_options):
+        parser.error(
+            "--int8, --intra_op_threads, --inter_op_threads, --execution_provider and --onnx_cache_dir go with "
+            "--runtime onnx"
+        )
+    for name in ("intra_op_threads", "inter_op_threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0 (0: ONNX Runtime's default)")
 
 
 def _load_tagger(args: argparse.Namespace):
@@ -393,6 +435,24 @@ def _load_tagger(args: argparse.Namespace):
             batch_size=args.knowledge_batch_size,
             cache_file=args.knowledge_cache,
         )
+    model_kwargs = {}
+    if args.runtime == "onnx":
+        # Options as plain values: pipeline() deep-copies model_kwargs, which an onnxruntime.SessionOptions refuses.
+        session_options = {
+            name: value
+            for name, value in (
+                ("intra_op_num_threads", args.intra_op_threads),
+                ("inter_op_num_threads", args.inter_op_threads),
+            )
+            if value is not None
+        }
+        model_kwargs = {"runtime": "onnx", "int8": args.int8, "session_options": session_options}
+        if args.execution_provider:
+            model_kwargs["providers"] = args.execution_provider
+        if args.onnx_cache_dir:
+            model_kwargs["onnx_cache_dir"] = args.onnx_cache_dir
+        # The graph runs where the execution provider puts it; the pipeline's tensors stay on the CPU.
+        device = "cpu"
     # The installed class, also for an exported folder, whose config names its shipped copy (custom_pipelines)
     # and would otherwise need trust_remote_code.
     return pipeline(
@@ -400,6 +460,7 @@ def _load_tagger(args: argparse.Namespace):
         model=args.model,
         pipeline_class=MultimodalNERPipeline,
         device=device,
+        model_kwargs=model_kwargs,
         image_dir=args.image_dir,
         image_timeout=args.image_timeout,
         max_image_bytes=args.max_image_bytes,
@@ -423,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device = str(state.device)
     try:
         tagger = _load_tagger(args)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, ImportError) as error:
         print(
             f"mgcm-predict: cannot load an MGCM model and processor from {args.model}: {error}",
             file=sys.stderr,

@@ -21,6 +21,8 @@ MODEL_LAYER = {
     "vision_features",
     "host_reads",
     "weight_files",
+    "onnx_export",
+    "onnx_model",
 }
 PROCESSOR_LAYER = {
     "processing_mgcm",

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -37,6 +38,16 @@ from transformers.utils import CONFIG_NAME, PROCESSOR_NAME
 
 from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, MGCMProcessor, MultimodalNERPipeline
 from modeling_mgcm.atomic_files import write_json_atomically
+from modeling_mgcm.onnx_export import (
+    MODEL_FILE,
+    ONNX_SUBFOLDER,
+    QUANTIZED_FILE,
+    VISION_FILE,
+    folder_fingerprint,
+    processor_image_size,
+    write_onnx_files,
+)
+from modeling_mgcm.onnx_model import StaleOnnxError, check_onnx_file
 from modeling_mgcm.pipeline_mgcm import TASK_NAME
 from processing.training.arguments import PATH_ARGUMENTS
 from processing.training.model_card import (
@@ -137,6 +148,22 @@ with torch.no_grad():
     predictions = model(**inputs).predictions  # (windows, words), -100 at padding
 tags = processor.merge_windows(predictions, tweet_of_window, first_word_of_window, inputs["word_mask"].sum(1))
 print([[model.config.id2label[tag] for tag in tweet] for tweet in tags])
+```
+"""
+
+
+def onnx_usage(repo_id: str, onnx_files: Iterable[Path]) -> str:
+    """The card's paragraph on the shipped ONNX files."""
+    names = [Path(path).name for path in onnx_files]
+    listed = ", ".join(f"`{ONNX_SUBFOLDER}/{name}`" for name in names)
+    int8 = ' (add `"int8": True` for the int8 file)' if QUANTIZED_FILE in names else ""
+    return f"""### ONNX Runtime
+
+This folder also holds the model exported to ONNX ({listed}). With `onnxruntime` installed, the pipeline runs
+it without loading the torch weights{int8}:
+
+```python
+tagger = pipeline(model="{repo_id}", trust_remote_code=True, model_kwargs={{"runtime": "onnx"}})
 ```
 """
 
@@ -310,6 +337,34 @@ def save_remote_code_folder(
     processor.save_pretrained(output_dir)  # with its code and AutoProcessor entry
 
 
+def carry_onnx_files(
+    model: MGCMForTokenClassification, model_dir: Path, output_dir: Path, export: bool, int8: bool
+) -> list[Path]:
+    """The ONNX files of the Hub folder: exported from `model` (with `export` or `int8`), else the training
+    folder's own copied when they are fresh for its weights, and so for the export's (the same tensors saved
+    again, byte for byte, checked). Stale or unreadable ones are left out with a warning. Returns the files."""
+    target = output_dir / ONNX_SUBFOLDER
+    if export or int8:
+        weights, config_digest = folder_fingerprint(output_dir)
+        image_size = processor_image_size(output_dir / PROCESSOR_NAME)
+        return write_onnx_files(model, target, weights, config_digest, int8=int8, image_size=image_size)
+    source = model_dir / ONNX_SUBFOLDER
+    names = [name for name in (MODEL_FILE, QUANTIZED_FILE, VISION_FILE) if (source / name).is_file()]
+    if not names:
+        return []
+    try:
+        for name in names:
+            check_onnx_file(source / name, model_dir)
+            check_onnx_file(source / name, output_dir)
+    except (StaleOnnxError, ImportError) as error:
+        logger.warning("the ONNX files of %s are left out of the export: %s", model_dir, error)
+        return []
+    target.mkdir()
+    for name in names:
+        shutil.copy2(source / name, target / name)
+    return [target / name for name in names]
+
+
 def export_to_hub(
     model_dir: str | Path,
     output_dir: str | Path,
@@ -317,6 +372,8 @@ def export_to_hub(
     repo_id: str | None = None,
     base_model: list[str] | None = None,
     dataset_name: str | None = None,
+    export_onnx: bool = False,
+    int8: bool = False,
 ) -> Path:
     """Write the Hub-ready folder `output_dir` from the training folder `model_dir`; returns `output_dir`.
 
@@ -330,6 +387,9 @@ def export_to_hub(
             encoder and vision backbone where they are Hub ids; a local encoder folder is not named).
         dataset_name: the dataset the card names (default: Twitter-2015/2017 from the corpus folder's name,
             else that name).
+        export_onnx: export the ONNX files (`onnx/model.onnx`, the vision backbone) into the folder; without it
+            the training folder's fresh ONNX files are copied (`carry_onnx_files`).
+        int8: also the int8 file `onnx/model_quantized.onnx` (implies `export_onnx`).
 
     The card and `results.json` name no path of the training machine (see `public_results`).
     """
@@ -355,9 +415,12 @@ def export_to_hub(
     processor = MGCMProcessor.from_pretrained(model_dir)
 
     save_remote_code_folder(model, processor, output_dir)
+    onnx_files = carry_onnx_files(model, model_dir, output_dir, export_onnx, int8)
     requirements = requirements_line(remote_code_imports(output_dir))
     post = example_post(model.config)
     card = model_card(results, repo_id, requirements, post, template, base_model, dataset_name)
+    if onnx_files:
+        card = card.rstrip("\n") + "\n\n" + onnx_usage(repo_id or "path/to/this/folder", onnx_files)
     (output_dir / CARD_FILE).write_text(card, encoding="utf-8")
     dataset = card_names(results, dataset_name).dataset_name
     write_json_atomically(output_dir / RESULTS_FILE, public_results(results, dataset))
@@ -384,11 +447,13 @@ def push_folder_to_hub(folder: Path, repo_id: str, private: bool) -> str:
 __all__ = [
     "ExportError",
     "PICKLED_WEIGHT_SUFFIXES",
+    "carry_onnx_files",
     "check_model_dir",
     "example_post",
     "export_to_hub",
     "fill_card_template",
     "model_card",
+    "onnx_usage",
     "public_results",
     "push_folder_to_hub",
     "remote_code_imports",
