@@ -216,4 +216,13 @@ def _viterbi(emissions: Tensor, mask: Tensor, start: Tensor, end: Tensor, transi
     return tags.masked_fill(~mask, PADDING_TAG)
 
 
-__all__ = ["ConditionalRandomField"]
+def decode_tags(logits: Tensor, word_mask: Tensor, crf: ConditionalRandomField | None) -> Tensor:
+    """(B, W, L) emissions, (B, W) mask -> (B, W) long tags, PADDING_TAG at padding: Viterbi with `crf`, else
+    argmax."""
+    word_mask = word_mask.bool()
+    if crf is not None:
+        return crf.decode(logits, word_mask)
+    return logits.argmax(dim=-1).masked_fill(~word_mask, PADDING_TAG)
+
+
+__all__ = ["ConditionalRandomField", "decode_tags"]

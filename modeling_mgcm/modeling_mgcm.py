@@ -27,7 +27,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_mgcm import SHARED_TEXT_SOURCE_BLOCK, MGCMConfig, span_tags_of_labels
-from .crf import PADDING_TAG, ConditionalRandomField
+from .crf import PADDING_TAG, ConditionalRandomField, decode_tags
 from .cross_modal_attention import MGCMAttentionLayer, MGCMCoupledAttentionBlock
 from .host_reads import host_reads_allowed
 from .semantic_augmentation import MGCMSemanticAugmentation
@@ -946,10 +946,7 @@ class MGCMForTokenClassification(MGCMPreTrainedModel):
 
     def decode(self, logits: Tensor, word_mask: Tensor) -> Tensor:
         """(B, W, L), (B, W) -> (B, W) long tags, -100 at padding: Viterbi with the CRF, else argmax."""
-        word_mask = word_mask.bool()
-        if self.crf is not None:
-            return self.crf.decode(logits, word_mask)
-        return logits.argmax(dim=-1).masked_fill(~word_mask, PADDING_TAG)
+        return decode_tags(logits, word_mask, self.crf)
 
     def extract_image_features(self, pixel_values: Tensor) -> Tensor:
         """Region features of the vision backbone as the forward reads `pixel_values`: (B, 3, H, W) -> (B, R, D_v)."""

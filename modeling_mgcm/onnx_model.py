@@ -32,7 +32,7 @@ from torch import Tensor
 from transformers.utils import cached_file
 
 from .configuration_mgcm import MGCMConfig
-from .crf import PADDING_TAG, ConditionalRandomField
+from .crf import ConditionalRandomField, decode_tags
 from .modeling_mgcm import TEXT_SOURCE_INPUT, MGCMTokenClassifierOutput, first_piece_positions
 from .onnx_export import (
     EXPORT_HINT,
@@ -258,10 +258,7 @@ class MGCMOnnxForTokenClassification:
 
     def decode(self, logits: Tensor, word_mask: Tensor) -> Tensor:
         """(B, W, L), (B, W) -> (B, W) long tags, -100 at padding: Viterbi with the CRF, else argmax."""
-        word_mask = word_mask.bool()
-        if self.crf is not None:
-            return self.crf.decode(logits, word_mask)
-        return logits.argmax(dim=-1).masked_fill(~word_mask, PADDING_TAG)
+        return decode_tags(logits, word_mask, self.crf)
 
     def extract_image_features(self, pixel_values: Tensor) -> Tensor:
         """Region features of the exported vision backbone: (B, 3, H, W) -> (B, R, D_v), on `self.device`."""

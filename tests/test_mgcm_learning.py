@@ -9,10 +9,11 @@ batches, and the model is selected on `valid` and scored on `test` with `score_a
 
 import pytest
 import torch
+from region_features import RegionFeatureTable
 from torch.utils.data import DataLoader
 from transformers import ResNetModel
 
-from modeling_mgcm import MGCMConfig, MGCMForTokenClassification, extract_image_features
+from modeling_mgcm import MGCMConfig, MGCMForTokenClassification
 from processing import (
     MGCMDataCollator,
     MGCMProcessor,
@@ -34,28 +35,6 @@ MAX_EPOCHS = 12
 VALID_TARGET_F1 = 0.95
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-class RegionFeatureTable:
-    """Precomputed region features per tweet id, with the `get(ids)` of `processing.ImageFeatureCache`."""
-
-    def __init__(self, corpus, vision_model, image_processor) -> None:
-        self.features: dict[str, tuple[torch.Tensor, int]] = {}
-        for split in corpus.values():
-            present = [index for index, image in enumerate(split["image"]) if image is not None]
-            images = [split[index]["image"].convert("RGB") for index in present]
-            with torch.no_grad():
-                pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
-                regions = extract_image_features(vision_model, pixel_values)
-            for tweet_id in split["id"]:
-                self.features[tweet_id] = (torch.zeros_like(regions[0]), 0)
-            for position, index in enumerate(present):
-                self.features[split["id"][index]] = (regions[position], 1)
-        self.feature_dim = regions.shape[-1]
-
-    def get(self, ids):
-        features = torch.stack([self.features[tweet_id][0] for tweet_id in ids])
-        return features, torch.tensor([self.features[tweet_id][1] for tweet_id in ids])
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 import torch
 from clean_process import run_clean_script
 from PIL import Image
+from region_features import RegionFeatureTable
 from torch.utils.data import DataLoader
 from training_runs import fake_results
 from transformers import pipeline
@@ -29,7 +30,6 @@ from modeling_mgcm import (
     MGCMPreTrainedModel,
     MGCMProcessor,
     StaleOnnxError,
-    extract_image_features,
     onnx_export,
 )
 from modeling_mgcm.host_reads import no_host_reads
@@ -54,30 +54,6 @@ EPOCHS = 4
 WINDOW_INFO = ("overflow_to_sample_mapping", "window_word_offset")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-class RegionFeatureTable:
-    """Region features per tweet id from the model's own frozen backbone, with `ImageFeatureCache.get`."""
-
-    def __init__(self, corpus, vision_model, image_processor) -> None:
-        self.features: dict[str, tuple[torch.Tensor, int]] = {}
-        for split in corpus.values():
-            present = [index for index, image in enumerate(split["image"]) if image is not None]
-            if not present:
-                continue
-            pixel_values = image_processor(
-                images=[split[index]["image"].convert("RGB") for index in present], return_tensors="pt"
-            )["pixel_values"]
-            with torch.no_grad():
-                regions = extract_image_features(vision_model, torch.as_tensor(pixel_values))
-            for tweet_id in split["id"]:
-                self.features[tweet_id] = (torch.zeros_like(regions[0]), 0)
-            for position, index in enumerate(present):
-                self.features[split["id"][index]] = (regions[position], 1)
-
-    def get(self, ids):
-        features = torch.stack([self.features[tweet_id][0] for tweet_id in ids])
-        return features, torch.tensor([self.features[tweet_id][1] for tweet_id in ids])
 
 
 def with_knowledge(corpus):
