@@ -1,42 +1,32 @@
-"""Throughput of the "multimodal-ner" pipeline (posts/s) at batch 1 and batch 32, for text+caption posts and
-for text+image posts with uncached images (decoded and run through the vision backbone) and with cached
-features (`ImageFeatureCache`). Targets on 2 CPU cores: >= 100 posts/s at batch 32 text+caption, and a
-batch-1 text+caption latency under 30 ms.
+"""Speed and accuracy of the "multimodal-ner" pipeline on each backend: torch float32, torch bfloat16, ONNX
+Runtime float32 and ONNX Runtime dynamic int8, side by side in one run.
 
-    python benchmarks/inference.py [--text-model FOLDER] [--vision resnet152|resnet50|tiny] [--threads N]
-                                   [--dtype float32|bfloat16]
+    python benchmarks/inference.py [--encoders minilm,mpnet] [--configs text,full,full+knowledge]
+                                   [--backends torch-float32,torch-bfloat16,onnx-float32,onnx-int8]
+                                   [--posts 256] [--single-posts 50] [--threads N]
+                                   [--trained-model FOLDER | --trained-model none] [--json FILE]
 
-The model is `MGCMForTokenClassification.from_backbones` on the MiniLM folder (pretrained text encoder) and a
-randomly initialised ResNet (the paper's ResNet-152 by default: no pretrained vision weights are available
-offline, and random weights cost the same time), with the image and caption granularities and gated
-semantic augmentation over GloVe 6B 50d (k=4); the MGCM layers are randomly initialised, which does not
-change the timing. Posts are Twitter-2015 valid tweets (words joined by spaces, as raw text) with their
-BLIP-2 captions; images are synthetic 640x480 JPEGs (the tweet images are not available here). Each
-setting is warmed up, then timed over whole batches; the time split between the pipeline's stages
-(prepare_post: splitting, tokenising, image decoding; forward: padding, neighbour lookup, the model and CRF
-marginals; postprocess: windows merged, entities) is printed beside it. `batch_size` counts windows (a tweet
-is one window), as in every `ChunkPipeline`; the figures below were printed before the pipeline became one.
+For every encoder and config, the model is built as `examples/train.py` builds it with the flags of
+`benchmarks/run_accuracy.sh` (`text`: no granularity, no word shape, no augmentation; `full`: word shape, gated
+semantic augmentation over GloVe 6B 50d, the BLIP-2 caption; `full+knowledge`: `full` and PGIM's knowledge as a
+second text source of 200 pieces; all with `--url_token http`). Its MGCM layers are randomly initialised, which
+costs the same time; it is saved and exported to ONNX (float32 and int8) once. Posts are Twitter-2015 valid
+tweets (words joined by spaces, as raw text) with the text sources their config reads.
 
-Runs on 2 cores (AMD EPYC with AVX-512, load average 0.4-0.7 before the start) printed, in float32 and then with
-`--dtype bfloat16` (whose entities matched float32's on all 200 synthetic test posts of a trained model):
+Per backend it prints posts/s over `--posts` posts at batch 32 (after a warm-up batch), the median and p90
+latency of `--single-posts` posts tagged one at a time through the pipeline, and the share of the pipeline's
+forward stage. For `full` it also times the bare encoder alone, exported to ONNX and quantised with the same
+settings, on the very word pieces the int8 pipeline gave its graph (tweet and caption, batch by batch): the
+limit the pipeline can approach. Last, the trained model `--trained-model` (default: the issue-16 run
+`outputs/benchmarks/t15-minilm-full+knowledge-s1/best_model` when present) tags the Twitter-2015 test split
+through the pipeline (words as given, caption, knowledge) on each backend; its entity F1 is scored by seqeval
+in both modes, and the int8 tags are compared word by word with float32's.
 
-    setting                          batch  posts/s  ms/post  p90 ms
-    text+caption                         1     33.7     29.6    33.7
-    text+caption                        32     78.9     12.4    13.4
-    text+image, cached features          1     30.8     32.6    35.3
-    text+image, cached features         32     65.6     15.4    15.9
-    text+image, uncached                 1      5.3    188.1   195.1
-    text+image, uncached                32      6.3    159.0   159.0
-    bfloat16 text+caption                1     38.5     24.1    32.5
-    bfloat16 text+caption               32    114.1      8.7     9.2
-
-The forward pass takes 95% of the time, and the MiniLM encoder 85% of the forward pass: it runs on the tweet
-(about 40 word pieces on Twitter-2015, half of them the pieces of the trailing t.co link) and on the caption
-(about 12). On a shared machine, OpenMP threads wait for each other on a busy core: run with --threads 1
-(or OMP_WAIT_POLICY=PASSIVE) when other processes use the CPU.
+Run it with nothing else on the CPU: every figure is a ratio to another measured in the same run.
 """
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -46,93 +36,117 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from transformers import AutoTokenizer, ConvNextImageProcessorPil, ResNetConfig, ResNetModel, pipeline
+from accelerate import PartialState
+from torch import nn
+from transformers import AutoModel, pipeline
 
-from modeling_mgcm import MGCMForTokenClassification
-from processing import LABEL_NAMES, ImageFeatureCache, MGCMProcessor, build_neighbour_table, load_tweet_corpus
-from processing.testing.tiny_backbones import tiny_image_processor, tiny_vision_config
+from modeling_mgcm import (
+    MGCMConfig,
+    MGCMForTokenClassification,
+    MGCMOnnxForTokenClassification,
+    MGCMProcessor,
+)
+from modeling_mgcm.onnx_export import export_program, quantize_onnx
+from processing import LABEL_NAMES, load_tweet_corpus
+from processing.evaluation.metrics import MODES, ner_metrics
+from processing.training.arguments import parse_args as parse_train_args
+from processing.training.model_building import build_model
+from processing.training.run_data import (
+    build_processor,
+    build_tokenizer,
+    corpus_neighbour_table,
+    load_corpus,
+    object_label_vocabulary,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_MODELS = Path(
     os.environ.get("MGCM_OFFLINE_MODELS", str(Path.home() / ".cache" / "mgcm-offline-models"))
 )
-VISION_CONFIGS = {
-    "resnet152": lambda: ResNetConfig(depths=[3, 8, 36, 3], layer_type="bottleneck"),
-    "resnet50": lambda: ResNetConfig(depths=[3, 4, 6, 3], layer_type="bottleneck"),
-    "tiny": tiny_vision_config,
-}
+ENCODERS = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
+BACKENDS = ("torch-float32", "torch-bfloat16", "onnx-float32", "onnx-int8")
+TRAINED_RUN = PROJECT_ROOT / "outputs" / "benchmarks" / "t15-minilm-full+knowledge-s1" / "best_model"
+KNOWLEDGE_LENGTH = 200
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--text-model", default=str(OFFLINE_MODELS / "all-MiniLM-L6-v2"))
-    parser.add_argument("--word-vectors", default=str(OFFLINE_MODELS / "glove-6b-50d"))
+    parser.add_argument("--encoders", default="minilm,mpnet", help=f"comma-separated, of {sorted(ENCODERS)}")
+    parser.add_argument("--configs", default="text,full,full+knowledge")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--data-dir", default=str(PROJECT_ROOT / ".." / "shared" / "data"))
-    parser.add_argument("--vision", choices=sorted(VISION_CONFIGS), default="resnet152")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model weights")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and ONNX Runtime threads")
+    parser.add_argument("--posts", type=int, default=256, help="posts timed at batch 32")
+    parser.add_argument("--single-posts", type=int, default=50, help="posts timed one at a time")
     parser.add_argument(
-        "--device", default=None, help="pipeline device, e.g. cuda:0 (default: the pipeline's)"
+        "--trained-model",
+        default=str(TRAINED_RUN),
+        help="a trained Twitter-2015 model folder to score on test under each backend ('none' to skip)",
     )
-    parser.add_argument("--posts", type=int, default=320, help="posts timed per text setting at batch 32")
-    parser.add_argument("--single-posts", type=int, default=60, help="posts timed one by one")
+    parser.add_argument("--f1-posts", type=int, default=None, help="score the first N test posts only")
     parser.add_argument(
-        "--image-posts", type=int, default=64, help="posts timed with uncached images at batch 32"
+        "--work-dir", default=None, help="where models are saved and exported (default: a tmp dir)"
     )
-    parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "mgcm-benchmark-cache"))
+    parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return parser.parse_args()
 
 
-def read_posts(data_dir: Path) -> list[dict]:
-    """Twitter-2015 valid tweets as raw posts with their BLIP-2 captions."""
-    corpus = load_tweet_corpus(
-        data_dir / "twitter2015", captions_file=data_dir / "captions" / "twitter2015_blip2.txt"
-    )["valid"]
-    return [{"text": " ".join(row["tokens"]), "caption": row["caption"]} for row in corpus]
+def config_flags(config: str, data_dir: Path) -> list[str]:
+    """The training flags of a config, as `benchmarks/run_accuracy.sh` gives them (Twitter-2015 files)."""
+    glove = str(OFFLINE_MODELS / "glove-6b-50d")
+    captions = str(data_dir / "captions" / "twitter2015_blip2.txt")
+    full = ["--captions_file", captions, "--word_vectors", glove, "--augmentation_mode", "gate"]
+    knowledge = [
+        "--text_source", f"knowledge={data_dir / 'knowledge' / 'twitter2015_pgim.txt'}",
+        "--text_source_max_length", f"knowledge={KNOWLEDGE_LENGTH}",
+    ]  # fmt: skip
+    flags = {
+        "text": ["--granularities=", "--augmentation_mode", "none", "--no_word_shape"],
+        "full": ["--granularities=caption", *full],
+        "full+knowledge": ["--granularities=caption,knowledge", *full, *knowledge],
+    }
+    return flags[config]
 
 
-def write_images(folder: Path, count: int) -> list[Path]:
-    """Smooth random 640x480 JPEGs (about the size of tweet photos), so decoding costs what it would."""
-    rng = np.random.default_rng(0)
-    paths = []
-    for index in range(count):
-        coarse = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((640, 480), Image.Resampling.BICUBIC)
-        path = folder / f"image-{index:03d}.jpg"
-        image.save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def build_tagger(args: argparse.Namespace, posts: list[dict], work_dir: Path):
-    """The pipeline over MiniLM + a random ResNet, with image and caption granularities and GloVe neighbours."""
-    vision_folder = work_dir / f"vision-{args.vision}"
+def build_setting(encoder: str, config: str, data_dir: Path, work_dir: Path) -> tuple[Path, list[dict]]:
+    """Save the model and processor of `config` over `encoder` into a folder with its ONNX files; returns the
+    folder and the Twitter-2015 valid posts with the inputs the config reads."""
+    folder = work_dir / f"{encoder}-{config}"
+    args = parse_train_args(
+        [
+            "--dataset_dir", str(data_dir / "twitter2015"),
+            "--text_model", str(OFFLINE_MODELS / ENCODERS[encoder]),
+            "--url_token", "http",
+            "--output_dir", str(folder),
+            *config_flags(config, data_dir),
+        ]
+    )  # fmt: skip
+    corpus = load_corpus(args)
+    tokenizer = build_tokenizer(args, corpus)
+    table = corpus_neighbour_table(args, corpus, PartialState(), work_dir / "cache")
+    labels = object_label_vocabulary(args)
     torch.manual_seed(0)
-    ResNetModel(VISION_CONFIGS[args.vision]()).save_pretrained(vision_folder)
-    tokenizer = AutoTokenizer.from_pretrained(args.text_model)
-    words = [word for post in posts for word in post["text"].split()]
-    table = build_neighbour_table(words, args.word_vectors, k=4, keep_top_n=20_000, cache_dir=args.cache_dir)
-    if args.vision == "tiny":
-        image_processor = tiny_image_processor()
-    else:
-        image_processor = ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=224 / 256)
-    model = MGCMForTokenClassification.from_backbones(
-        args.text_model,
-        str(vision_folder),
-        use_image=True,
-        text_sources=["caption"],
-        augmentation_mode="gate",
-        augmentation_dim=table.dim,
-        num_neighbours=table.k,
-        id2label=dict(enumerate(LABEL_NAMES)),
-        label2id={label: index for index, label in enumerate(LABEL_NAMES)},
-    ).eval()
-    processor = MGCMProcessor(
-        tokenizer=tokenizer, image_processor=image_processor, neighbour_table=table, max_length=128
+    model = build_model(args, tokenizer, table, labels).eval()
+    build_processor(args, corpus, model.config, tokenizer, None, table, labels).save_pretrained(folder)
+    model.export_to_onnx(folder, int8=True)
+    sources = list(model.config.text_sources)
+    posts = [
+        {"text": " ".join(row["tokens"]), **{name: row[name] for name in sources}} for row in corpus["valid"]
+    ]
+    return folder, posts
+
+
+def load_backend(backend: str, folder: Path, threads: int, onnx_cache_dir: Path | None = None):
+    """The model of `folder` on `backend` (torch weights only for the torch backends)."""
+    if backend.startswith("torch-"):
+        dtype = getattr(torch, backend.removeprefix("torch-"))
+        return MGCMForTokenClassification.from_pretrained(folder, dtype=dtype).eval()
+    return MGCMOnnxForTokenClassification.from_pretrained(
+        folder,
+        int8=backend == "onnx-int8",
+        session_options={"intra_op_num_threads": threads, "inter_op_num_threads": 1},
+        onnx_cache_dir=onnx_cache_dir,
     )
-    model.to(getattr(torch, args.dtype))
-    return pipeline("multimodal-ner", model=model, processor=processor, device=args.device), table
 
 
 def time_stages(tagger) -> dict[str, float]:
@@ -152,88 +166,208 @@ def time_stages(tagger) -> dict[str, float]:
     return seconds
 
 
-def measure(tagger, stages: dict, posts: list, batch_size: int, **options) -> dict:
-    """Posts/s over `posts` (after one warm-up batch), per-post latency quantiles at batch 1, stage shares."""
-    tagger(posts[:batch_size], batch_size=batch_size, **options)
+def throughput(tagger, posts: list[dict], batch_size: int = 32) -> dict:
+    """Posts/s at `batch_size` over `posts` after a warm-up batch, and the forward stage's share."""
+    stages = time_stages(tagger)
+    tagger(posts[:batch_size], batch_size=batch_size)
     stages.clear()
-    latencies = []
     started = time.perf_counter()
-    for start in range(0, len(posts), batch_size):
-        batch_started = time.perf_counter()
-        tagger(posts[start : start + batch_size], batch_size=batch_size, **options)
-        latencies.append((time.perf_counter() - batch_started) / len(posts[start : start + batch_size]))
+    tagger(posts, batch_size=batch_size)
     elapsed = time.perf_counter() - started
-    total = sum(stages.values()) or 1.0
     return {
         "posts_per_second": len(posts) / elapsed,
-        "median_ms": 1000 * statistics.median(latencies),
-        "p90_ms": 1000 * float(np.quantile(latencies, 0.9)),
-        "stages": {stage: 100 * value / total for stage, value in stages.items()},
+        "forward_share": stages["forward"] / sum(stages.values()),
     }
 
 
+def latency(tagger, posts: list[dict]) -> dict:
+    """Median and p90 milliseconds of one post through the pipeline, after two warm-up posts."""
+    tagger(posts[:2])
+    seconds = []
+    for post in posts:
+        started = time.perf_counter()
+        tagger(post)
+        seconds.append(time.perf_counter() - started)
+    return {"median_ms": 1000 * statistics.median(seconds), "p90_ms": 1000 * float(np.quantile(seconds, 0.9))}
+
+
+class RecordingSession:
+    """An ONNX Runtime session that keeps every feed it runs (to replay the same pieces on the bare encoder)."""
+
+    def __init__(self, session) -> None:
+        self.session, self.feeds = session, []
+
+    def run(self, output_names, feed, *args, **kwargs):
+        self.feeds.append(feed)
+        return self.session.run(output_names, feed, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+class EncoderGraph(nn.Module):
+    """The bare text encoder: (B, T) pieces and mask [and token types] -> (B, T, d) last hidden state."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask, *token_type_ids):
+        types = {"token_type_ids": token_type_ids[0]} if token_type_ids else {}
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **types).last_hidden_state
+
+
+def bare_encoder_session(encoder: str, folder: Path, threads: int):
+    """The encoder alone exported and quantised as the model is (`export_program`, `quantize_onnx`); its
+    session and input names."""
+    import onnxruntime
+
+    model = AutoModel.from_pretrained(OFFLINE_MODELS / ENCODERS[encoder]).eval()
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in model.forward.__code__.co_varnames:
+        names.append("token_type_ids")
+    example = tuple(torch.ones(2, 9, dtype=torch.long) for _ in names)
+    dims = tuple({0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for _ in names)
+    program = export_program(EncoderGraph(model).eval(), example, dims, names, ["last_hidden_state"])
+    path = folder / "bare-encoder.onnx"
+    program.save(str(path))
+    quantized = quantize_onnx(path, folder / "bare-encoder-int8.onnx")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return onnxruntime.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"]), names
+
+
+def encoder_feeds(feeds: list[dict], text_sources: list[str], names: list[str]) -> list[dict]:
+    """Per recorded model feed, the encoder feeds of its tweet pieces and of each text source's pieces."""
+    result = []
+    for feed in feeds:
+        for prefix in ["", *(f"{name}_" for name in text_sources)]:
+            ids, mask = feed[f"{prefix}input_ids"], feed[f"{prefix}attention_mask"]
+            pieces = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            result.append({name: pieces[name] for name in names})
+    return result
+
+
+def bare_encoder_throughput(session, feeds: list[dict], num_posts: int) -> float:
+    """Posts/s of the encoder alone over the recorded feeds (after one warm-up pass over the first two)."""
+    for feed in feeds[:2]:
+        session.run(None, feed)
+    started = time.perf_counter()
+    for feed in feeds:
+        session.run(None, feed)
+    return num_posts / (time.perf_counter() - started)
+
+
+def benchmark_setting(
+    args, encoder: str, config: str, data_dir: Path, work_dir: Path, backends
+) -> list[dict]:
+    folder, posts = build_setting(encoder, config, data_dir, work_dir)
+    processor = MGCMProcessor.from_pretrained(folder)
+    rows = []
+    for backend in backends:
+        model = load_backend(backend, folder, args.threads)
+        tagger = pipeline("multimodal-ner", model=model, processor=processor)
+        row = {"encoder": encoder, "config": config, "backend": backend}
+        row |= throughput(tagger, posts[: args.posts]) | latency(tagger, posts[: args.single_posts])
+        rows.append(row)
+        print_row(row)
+        if backend == "onnx-int8" and config == "full":
+            recording = model.session = RecordingSession(model.session)
+            tagger(posts[: args.posts], batch_size=32)
+            session, names = bare_encoder_session(encoder, folder, args.threads)
+            feeds = encoder_feeds(recording.feeds, list(model.config.text_sources), names)
+            bare = {"encoder": encoder, "config": config, "backend": "bare encoder, onnx-int8"}
+            bare["posts_per_second"] = bare_encoder_throughput(session, feeds, args.posts)
+            rows.append(bare)
+            print_row(bare)
+    return rows
+
+
+def print_row(row: dict) -> None:
+    figures = f"{row['posts_per_second']:8.1f}"
+    if "median_ms" in row:
+        figures += f" {row['median_ms']:9.1f} {row['p90_ms']:7.1f} {100 * row['forward_share']:8.0f}"
+    print(f"{row['encoder']:7} {row['config']:15} {row['backend']:26} {figures}", flush=True)
+
+
+def score_trained_model(args, data_dir: Path, work_dir: Path, backends) -> list[dict]:
+    """Twitter-2015 test entity F1 of the trained model through the pipeline on each backend."""
+    folder = Path(args.trained_model)
+    processor = MGCMProcessor.from_pretrained(folder)
+    sources = list(MGCMConfig.from_pretrained(folder).text_sources)
+    files = {"knowledge": data_dir / "knowledge" / "twitter2015_pgim.txt"}
+    test = load_tweet_corpus(
+        data_dir / "twitter2015",
+        captions_file=data_dir / "captions" / "twitter2015_blip2.txt",
+        text_source_files={name: files[name] for name in sources if name in files},
+    )["test"]
+    if args.f1_posts:
+        test = test.select(range(args.f1_posts))
+    posts = [{"text": row["tokens"], **{name: row[name] for name in sources}} for row in test]
+    gold = [[LABEL_NAMES[tag] for tag in row["ner_tags"]] for row in test]
+    rows, tags_by_backend = [], {}
+    for backend in backends:
+        model = load_backend(backend, folder, args.threads, onnx_cache_dir=work_dir / "onnx-cache")
+        tagger = pipeline("multimodal-ner", model=model, processor=processor)
+        started = time.perf_counter()
+        outputs = tagger(posts, batch_size=32, aggregation="words")
+        elapsed = time.perf_counter() - started
+        tags = [[word["tag"] for word in output["words"]] for output in outputs]
+        tags_by_backend[backend] = tags
+        row = {"backend": backend, "posts": len(posts), "posts_per_second": len(posts) / elapsed}
+        row |= {f"f1_{mode}": 100 * ner_metrics(gold, tags, mode=mode)["overall_f1"] for mode in MODES}
+        if backend != "torch-float32" and "torch-float32" in tags_by_backend:
+            reference = [tag for tweet in tags_by_backend["torch-float32"] for tag in tweet]
+            same = sum(
+                a == b for a, b in zip(reference, (tag for tweet in tags for tag in tweet), strict=True)
+            )
+            row["words_as_torch_float32"] = same / len(reference)
+        rows.append(row)
+        agreement = row.get("words_as_torch_float32")
+        print(
+            f"{backend:15} {row['f1_lenient']:8.2f} {row['f1_strict']:7.2f} {row['posts_per_second']:8.1f} "
+            + (f"{100 * agreement:8.2f}" if agreement is not None else f"{'-':>8}"),
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
-    # Read before this process loads anything, so that the figure is other processes' load.
     load_before = os.getloadavg()[0]
     args = parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     data_dir = Path(args.data_dir)
-    posts = read_posts(data_dir)
-    with tempfile.TemporaryDirectory(prefix="mgcm-inference-") as work:
-        work_dir = Path(work)
-        tagger, table = build_tagger(args, posts, work_dir)
-        stages = time_stages(tagger)
-        images = write_images(work_dir, max(args.image_posts, 32))
-        cache = ImageFeatureCache(
-            work_dir / "features",
-            tagger.model.mgcm.vision_model,
-            tagger.processor.image_processor,
-            backbone_name=f"random-{args.vision}",
-            # A randomly initialised deep ResNet in eval mode gives features beyond the float16 range.
-            storage_dtype=torch.float32,
-            show_progress=False,
-        )
-        from datasets import Dataset
-        from datasets import Image as ImageFeature
+    backends = args.backends.split(",")
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise SystemExit(f"unknown backends {unknown}; choose from {list(BACKENDS)}")
+    import onnxruntime
 
-        image_rows = Dataset.from_dict(
-            {"id": [path.stem for path in images], "image": [str(path) for path in images]}
-        ).cast_column("image", ImageFeature())
-        cache.build(image_rows)
-
-        text_posts = posts[: args.posts]
-        uncached = [
-            {**post, "image": images[i % len(images)]} for i, post in enumerate(posts[: args.image_posts])
-        ]
-        cached = [{**post, "image_id": images[i % len(images)].stem} for i, post in enumerate(text_posts)]
-        settings = [
-            ("text+caption", 1, posts[: args.single_posts], {}),
-            ("text+caption", 32, text_posts, {}),
-            ("text+image, cached features", 1, cached[: args.single_posts], {"image_feature_cache": cache}),
-            ("text+image, cached features", 32, cached, {"image_feature_cache": cache}),
-            ("text+image, uncached", 1, uncached[: max(8, args.image_posts // 8)], {}),
-            ("text+image, uncached", 32, uncached, {}),
-        ]
+    print(
+        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), onnxruntime "
+        f"{onnxruntime.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, load average "
+        f"{load_before:.2f} before the start"
+    )
+    with tempfile.TemporaryDirectory(prefix="mgcm-inference-") as tmp:
+        work_dir = Path(args.work_dir or tmp)
+        results = {"threads": args.threads, "load_average_before": load_before, "settings": []}
         print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-            f"load average {load_before:.2f}; {args.dtype}; text model {Path(args.text_model).name}, "
-            f"vision {args.vision} (random), neighbours {len(table)} words x k={table.k}; "
-            f"{len(posts)} Twitter-2015 valid posts, captions on {sum(bool(p['caption']) for p in posts)}"
+            f"{'encoder':7} {'config':15} {'backend':26} {'posts/s':>8} {'median ms':>9} {'p90 ms':>7} {'fwd %':>8}"
         )
-        if load_before > 0.5:
-            # OpenMP threads spin while waiting for each other: a busy core slows every operator down.
+        for encoder in args.encoders.split(","):
+            for config in args.configs.split(","):
+                results["settings"] += benchmark_setting(args, encoder, config, data_dir, work_dir, backends)
+        if args.trained_model != "none" and Path(args.trained_model).is_dir():
             print(
-                "warning: other processes are using the CPU; figures are lower and noisier than on a quiet one"
+                f"\nTwitter-2015 test, {args.trained_model}, seqeval entity F1 (lenient = default mode, strict IOB2)"
             )
-        print(f"{'setting':32} {'batch':>5} {'posts/s':>8} {'ms/post':>8} {'p90 ms':>7}  time split (%)")
-        for name, batch_size, setting_posts, options in settings:
-            result = measure(tagger, stages, setting_posts, batch_size, **options)
-            split = ", ".join(f"{stage} {share:.0f}" for stage, share in result["stages"].items())
             print(
-                f"{name:32} {batch_size:>5} {result['posts_per_second']:>8.1f} {result['median_ms']:>8.1f} "
-                f"{result['p90_ms']:>7.1f}  {split}"
+                f"{'backend':15} {'lenient':>8} {'strict':>7} {'posts/s':>8} {'same tags as torch-float32 %':>8}"
             )
+            results["trained_model"] = args.trained_model
+            results["test_f1"] = score_trained_model(args, data_dir, work_dir, backends)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

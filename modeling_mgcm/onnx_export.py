@@ -257,21 +257,22 @@ def _dynamic_axes(name: str, tensor: Tensor) -> dict[int, Any]:
     return {axis: dynamic for axis in range(tensor.dim())}
 
 
-def _export_program(
+def export_program(
     module: nn.Module,
     inputs: tuple[Tensor, ...],
     dynamic_shapes: tuple,
     input_names: Sequence[str],
     output_names: Sequence[str],
 ) -> Any:
-    """torch.export of `module` in eval mode without host reads -> the ONNX program (onnxscript optimised)."""
+    """torch.export of `module` in eval mode without host reads -> the ONNX program, optimised by onnxscript with
+    every constant folded, weights included (`fold_weight_transposes`)."""
     import_onnx_package("onnxscript")
     import_onnx_package("onnx")
     with torch.no_grad(), no_host_reads():
         # Exported first on its own so that a specialised axis raises here, instead of the ONNX exporter's
         # fallbacks quietly recording one batch's size.
         program = torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes, strict=False)
-        return torch.onnx.export(
+        program = torch.onnx.export(
             program,
             input_names=list(input_names),
             output_names=list(output_names),
@@ -279,6 +280,23 @@ def _export_program(
             optimize=True,
             verbose=False,
         )
+    fold_weight_transposes(program.model)
+    return program
+
+
+def fold_weight_transposes(model: Any) -> None:
+    """Fold constants of any size into `model` (an `onnx_ir.Model`), in place.
+
+    The exporter writes each `nn.Linear` as `MatMul(x, Transpose(weight))`. With its default limits (8,192
+    values), onnxscript's optimiser leaves those transposes in when the weight is larger and shared, as the
+    encoder's are by its passes over the tweet and each text source: each weight was transposed at every run
+    and, not an initializer of its MatMul, kept in float32 by `quantize_dynamic` (18 of the 122 MatMuls of a
+    MiniLM `full` model were quantised). Folded, the weights are stored transposed once and all get int8.
+    """
+    from onnxscript import optimizer
+
+    largest = max((value.const_value.size for value in model.graph.initializers.values()), default=0)
+    optimizer.optimize(model, input_size_limit=largest + 1, output_size_limit=largest + 1)
 
 
 def _crf_metadata(crf: nn.Module | None) -> dict[str, str]:
@@ -341,7 +359,7 @@ def write_onnx_files(
         names = list(inputs)
         outputs = ["logits", "gate_values"] if config.granularities else ["logits"]
         dynamic_shapes = (tuple(_dynamic_axes(name, tensor) for name, tensor in inputs.items()),)
-        program = _export_program(
+        program = export_program(
             _EmissionsGraph(model, names), tuple(inputs.values()), dynamic_shapes, names, outputs
         )
         _save_program(program, building / MODEL_FILE, metadata | _crf_metadata(model.crf))
@@ -349,7 +367,7 @@ def write_onnx_files(
         if vision_model is not None:
             height, width = image_size or _vision_image_size(vision_model.config)
             pixel_values = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0))
-            vision_program = _export_program(
+            vision_program = export_program(
                 _VisionGraph(vision_model),
                 (pixel_values,),
                 # Height and width stay free where the backbone allows it (a CNN); a ViT's patch grid fixes them.
@@ -444,7 +462,9 @@ __all__ = [
     "config_sha256",
     "example_inputs",
     "export_folder",
+    "export_program",
     "file_sha256",
+    "fold_weight_transposes",
     "folder_fingerprint",
     "graph_input_names",
     "import_onnx_package",

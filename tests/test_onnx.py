@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from clean_process import run_clean_script
@@ -188,6 +189,32 @@ def test_the_export_writes_the_three_graphs_with_dynamic_axes_and_the_crf(export
     assert isinstance(vision_shape[0], str) and vision_shape[1] == 3
     for name in ("start_transitions", "end_transitions", "transitions"):
         assert torch.equal(getattr(onnx_float.crf, name), getattr(torch_model.crf, name))
+
+
+def assert_linear_weights_folded_and_quantised(folder, torch_model) -> None:
+    """Every weight matrix is an initializer of its MatMul (stored transposed once), and int8 in the quantised
+    file. The exporter writes `MatMul(x, Transpose(weight))`; left unfolded, each weight would be transposed at
+    every run and `quantize_dynamic` would keep its MatMul in float32."""
+    graph = onnx.load(folder / "onnx" / "model.onnx").graph
+    initializers = {value.name for value in graph.initializer}
+    assert not [
+        node.name for node in graph.node if node.op_type == "Transpose" and node.input[0] in initializers
+    ]
+    weight_matmuls = [
+        node for node in graph.node if node.op_type == "MatMul" and node.input[1] in initializers
+    ]
+    # Each Linear of the text encoder runs once per text it reads (the tweet and each text source).
+    linears = [module for module in torch_model.modules() if isinstance(module, torch.nn.Linear)]
+    assert len(weight_matmuls) >= len(linears) > 5
+    quantized = onnx.load(folder / "onnx" / "model_quantized.onnx").graph
+    int8_matmuls = [
+        node for node in quantized.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
+    ]
+    assert len(int8_matmuls) == len(weight_matmuls)
+
+
+def test_every_linear_weight_is_folded_and_quantised(exported, torch_model):
+    assert_linear_weights_folded_and_quantised(exported, torch_model)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -569,6 +596,25 @@ def test_export_to_onnx_of_a_text_only_model_without_crf(tiny_text_config, tmp_p
     expected, actual = run_both(model, exported_model, batch)
     assert_same(expected, actual)
     assert actual.gate_values == {}
+
+
+def test_shared_encoder_weights_above_the_folding_limit_are_folded_and_quantised(tiny_text_config, tmp_path):
+    """The encoder reads the tweet and the caption, so each weight has two users; with weights over
+    onnxscript's default limit (8,192 values) its optimiser leaves such transposes unfolded."""
+    text_config = copy.deepcopy(tiny_text_config)
+    text_config.num_hidden_layers, text_config.hidden_size, text_config.intermediate_size = 1, 96, 192
+    config = MGCMConfig(
+        text_config=text_config,
+        vision_config=None,
+        use_image=False,
+        use_objects=False,
+        text_sources=["caption"],
+        augmentation_mode="none",
+    )
+    torch.manual_seed(0)
+    model = MGCMForTokenClassification(config).eval()
+    model.export_to_onnx(tmp_path / "caption", int8=True)
+    assert_linear_weights_folded_and_quantised(tmp_path / "caption", model)
 
 
 def test_the_pipeline_takes_an_onnx_model_and_sends_runtime_options_to_model_kwargs(
