@@ -76,8 +76,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--data-dir", default=str(PROJECT_ROOT / ".." / "shared" / "data"))
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and ONNX Runtime threads")
-    parser.add_argument("--posts", type=int, default=256, help="posts timed at batch 32")
-    parser.add_argument("--single-posts", type=int, default=50, help="posts timed one at a time")
+    parser.add_argument("--posts", type=int, default=256, help="posts timed at batch 32 (MiniLM)")
+    parser.add_argument("--single-posts", type=int, default=50, help="posts timed one at a time (MiniLM)")
+    parser.add_argument("--mpnet-posts", type=int, default=64, help="posts timed at batch 32 with MPNet")
+    parser.add_argument("--mpnet-single-posts", type=int, default=16, help="posts timed one at a time, MPNet")
     parser.add_argument(
         "--trained-model",
         default=str(TRAINED_RUN),
@@ -87,7 +89,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--work-dir", default=None, help="where models are saved and exported (default: a tmp dir)"
     )
-    parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    parser.add_argument(
+        "--cache-dir",
+        default=str(PROJECT_ROOT / "outputs" / "benchmarks" / "cache-t15"),
+        help="the neighbour-table cache (default: the accuracy runs'; built there if absent)",
+    )
+    parser.add_argument(
+        "--json",
+        default=str(PROJECT_ROOT / "benchmarks" / "results" / "inference.json"),
+        help="every figure, as JSON",
+    )
     return parser.parse_args()
 
 
@@ -108,7 +119,9 @@ def config_flags(config: str, data_dir: Path) -> list[str]:
     return flags[config]
 
 
-def build_setting(encoder: str, config: str, data_dir: Path, work_dir: Path) -> tuple[Path, list[dict]]:
+def build_setting(
+    encoder: str, config: str, data_dir: Path, work_dir: Path, cache_dir: Path
+) -> tuple[Path, list[dict]]:
     """Save the model and processor of `config` over `encoder` into a folder with its ONNX files; returns the
     folder and the Twitter-2015 valid posts with the inputs the config reads."""
     folder = work_dir / f"{encoder}-{config}"
@@ -123,7 +136,7 @@ def build_setting(encoder: str, config: str, data_dir: Path, work_dir: Path) -> 
     )  # fmt: skip
     corpus = load_corpus(args)
     tokenizer = build_tokenizer(args, corpus)
-    table = corpus_neighbour_table(args, corpus, PartialState(), work_dir / "cache")
+    table = corpus_neighbour_table(args, corpus, PartialState(), cache_dir)
     labels = object_label_vocabulary(args)
     torch.manual_seed(0)
     model = build_model(args, tokenizer, table, labels).eval()
@@ -261,23 +274,26 @@ def bare_encoder_throughput(session, feeds: list[dict], num_posts: int) -> float
 def benchmark_setting(
     args, encoder: str, config: str, data_dir: Path, work_dir: Path, backends
 ) -> list[dict]:
-    folder, posts = build_setting(encoder, config, data_dir, work_dir)
+    folder, posts = build_setting(encoder, config, data_dir, work_dir, Path(args.cache_dir))
     processor = MGCMProcessor.from_pretrained(folder)
+    num_posts, num_single = (
+        (args.mpnet_posts, args.mpnet_single_posts) if encoder == "mpnet" else (args.posts, args.single_posts)
+    )
     rows = []
     for backend in backends:
         model = load_backend(backend, folder, args.threads)
         tagger = pipeline("multimodal-ner", model=model, processor=processor)
         row = {"encoder": encoder, "config": config, "backend": backend}
-        row |= throughput(tagger, posts[: args.posts]) | latency(tagger, posts[: args.single_posts])
+        row |= throughput(tagger, posts[:num_posts]) | latency(tagger, posts[:num_single])
         rows.append(row)
         print_row(row)
         if backend == "onnx-int8" and config == "full":
             recording = model.session = RecordingSession(model.session)
-            tagger(posts[: args.posts], batch_size=32)
+            tagger(posts[:num_posts], batch_size=32)
             session, names = bare_encoder_session(encoder, folder, args.threads)
             feeds = encoder_feeds(recording.feeds, list(model.config.text_sources), names)
             bare = {"encoder": encoder, "config": config, "backend": "bare encoder, onnx-int8"}
-            bare["posts_per_second"] = bare_encoder_throughput(session, feeds, args.posts)
+            bare["posts_per_second"] = bare_encoder_throughput(session, feeds, num_posts)
             rows.append(bare)
             print_row(bare)
     return rows
@@ -288,6 +304,22 @@ def print_row(row: dict) -> None:
     if "median_ms" in row:
         figures += f" {row['median_ms']:9.1f} {row['p90_ms']:7.1f} {100 * row['forward_share']:8.0f}"
     print(f"{row['encoder']:7} {row['config']:15} {row['backend']:26} {figures}", flush=True)
+
+
+def cpu_computes_bfloat16() -> bool:
+    """Whether the CPU has bfloat16 instructions (AVX-512 BF16 or AMX), per Linux's /proc/cpuinfo."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.is_file() else []
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def f1_backends(backends: list[str]) -> list[str]:
+    """The backends to score on the whole test split: bfloat16 only where the CPU computes in it; elsewhere torch
+    emulates it, several times slower than float32, and it is left out, said so."""
+    if "torch-bfloat16" in backends and not cpu_computes_bfloat16():
+        print("torch-bfloat16 not scored: this CPU has no bfloat16 instructions (torch emulates them)")
+        return [backend for backend in backends if backend != "torch-bfloat16"]
+    return backends
 
 
 def score_trained_model(args, data_dir: Path, work_dir: Path, backends) -> list[dict]:
@@ -344,7 +376,8 @@ def main() -> None:
     import onnxruntime
 
     print(
-        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), onnxruntime "
+        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}, bfloat16 instructions: "
+        f"{cpu_computes_bfloat16()}), onnxruntime "
         f"{onnxruntime.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, load average "
         f"{load_before:.2f} before the start"
     )
@@ -365,8 +398,7 @@ def main() -> None:
                 f"{'backend':15} {'lenient':>8} {'strict':>7} {'posts/s':>8} {'same tags as torch-float32 %':>8}"
             )
             results["trained_model"] = args.trained_model
-            results["test_f1"] = score_trained_model(args, data_dir, work_dir, backends)
-    if args.json:
+            results["test_f1"] = score_trained_model(args, data_dir, work_dir, f1_backends(backends))
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
