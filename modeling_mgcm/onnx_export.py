@@ -293,8 +293,7 @@ def fold_weight_transposes(model: Any) -> None:
     and, not an initializer of its MatMul, kept in float32 by `quantize_dynamic` (18 of the 122 MatMuls of a
     MiniLM `full` model were quantised). Folded, the weights are stored transposed once and all get int8.
     """
-    from onnxscript import optimizer
-
+    optimizer = import_onnx_package("onnxscript.optimizer")
     largest = max((value.const_value.size for value in model.graph.initializers.values()), default=0)
     optimizer.optimize(model, input_size_limit=largest + 1, output_size_limit=largest + 1)
 
