@@ -26,6 +26,7 @@ Run it with nothing else on the CPU: every figure is a ratio to another measured
 """
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -237,7 +238,7 @@ def bare_encoder_session(encoder: str, folder: Path, threads: int):
 
     model = AutoModel.from_pretrained(OFFLINE_MODELS / ENCODERS[encoder]).eval()
     names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in model.forward.__code__.co_varnames:
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
         names.append("token_type_ids")
     example = tuple(torch.ones(2, 9, dtype=torch.long) for _ in names)
     dims = tuple({0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for _ in names)

@@ -567,23 +567,31 @@ def test_the_hub_export_leaves_stale_onnx_files_out(exported, tmp_path, caplog):
     assert "ONNX files" in caplog.text and "left out" in caplog.text
 
 
+def one_layer_text_model(tiny_text_config, width: int | None = None, **config) -> MGCMForTokenClassification:
+    """A seeded eval-mode MGCM over a 1-layer copy of the tiny BERT (`width` wide), without image, objects or
+    augmentation; `config` adds MGCMConfig fields."""
+    text_config = copy.deepcopy(tiny_text_config)
+    text_config.num_hidden_layers = 1
+    if width is not None:
+        text_config.hidden_size, text_config.intermediate_size = width, 2 * width
+    torch.manual_seed(0)
+    return MGCMForTokenClassification(
+        MGCMConfig(
+            text_config=text_config,
+            vision_config=None,
+            use_image=False,
+            use_objects=False,
+            augmentation_mode="none",
+            **config,
+        )
+    ).eval()
+
+
 def test_export_to_onnx_of_a_text_only_model_without_crf(tiny_text_config, tmp_path):
     """No granularity: the graph has logits only; no CRF: tags are the argmax, as in torch."""
     from mgcm_batches import build_batch, three_examples
 
-    text_config = copy.deepcopy(tiny_text_config)
-    text_config.num_hidden_layers = 1
-    config = MGCMConfig(
-        text_config=text_config,
-        vision_config=None,
-        use_image=False,
-        use_objects=False,
-        augmentation_mode="none",
-        use_crf=False,
-        aux_span_loss_weight=0,
-    )
-    torch.manual_seed(0)
-    model = MGCMForTokenClassification(config).eval()
+    model = one_layer_text_model(tiny_text_config, use_crf=False, aux_span_loss_weight=0)
     files = model.export_to_onnx(tmp_path / "text-only")
     assert [path.name for path in files] == ["model.onnx"]
     assert (tmp_path / "text-only" / "model.safetensors").is_file()
@@ -601,18 +609,7 @@ def test_export_to_onnx_of_a_text_only_model_without_crf(tiny_text_config, tmp_p
 def test_shared_encoder_weights_above_the_folding_limit_are_folded_and_quantised(tiny_text_config, tmp_path):
     """The encoder reads the tweet and the caption, so each weight has two users; with weights over
     onnxscript's default limit (8,192 values) its optimiser leaves such transposes unfolded."""
-    text_config = copy.deepcopy(tiny_text_config)
-    text_config.num_hidden_layers, text_config.hidden_size, text_config.intermediate_size = 1, 96, 192
-    config = MGCMConfig(
-        text_config=text_config,
-        vision_config=None,
-        use_image=False,
-        use_objects=False,
-        text_sources=["caption"],
-        augmentation_mode="none",
-    )
-    torch.manual_seed(0)
-    model = MGCMForTokenClassification(config).eval()
+    model = one_layer_text_model(tiny_text_config, width=96, text_sources=["caption"])
     model.export_to_onnx(tmp_path / "caption", int8=True)
     assert_linear_weights_folded_and_quantised(tmp_path / "caption", model)
 
