@@ -16,7 +16,9 @@
 # EPOCHS (5, for all-MiniLM-L6-v2), MPNET_EPOCHS (4, for all-mpnet-base-v2: the epoch count of the plain MPNet
 # fine-tune the issue quotes as the reference, and what fits one session with 2 workers), PRECISION (bf16 where
 # the CPU has avx512_bf16, 1.6x faster than fp32 there; no elsewhere, where bf16 is emulated and ~10x slower),
-# CHECKPOINT_STEPS (50), KNOWLEDGE_LENGTH (200 word pieces of PGIM knowledge), KNOWLEDGE_DROPOUT (the knowledge
+# CHECKPOINT_STEPS (50, for all-MiniLM-L6-v2: about 10 minutes of one 1-thread worker), MPNET_CHECKPOINT_STEPS
+# (10: an MPNet step takes 5-8 times as long, and a session's end loses what came after the last checkpoint),
+# KNOWLEDGE_LENGTH (200 word pieces of PGIM knowledge), KNOWLEDGE_DROPOUT (the knowledge
 # input dropout of full+knowledge+dropout; unset = the rate benchmarks/select_input_dropout.py picks from the
 # sweep), DROPOUT_SWEEP (the sweep's rates: 0.25 0.5 0.75), SWEEP_EPOCHS (1), THREADS (torch threads per run; unset = torch default), ONLY
 # (regex), LIST.
@@ -30,6 +32,7 @@ EPOCHS=${EPOCHS:-5}
 MPNET_EPOCHS=${MPNET_EPOCHS:-4}
 if grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null; then PRECISION=${PRECISION:-bf16}; else PRECISION=${PRECISION:-no}; fi
 CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-50}
+MPNET_CHECKPOINT_STEPS=${MPNET_CHECKPOINT_STEPS:-10}
 KNOWLEDGE_LENGTH=${KNOWLEDGE_LENGTH:-200}
 KNOWLEDGE_DROPOUT=${KNOWLEDGE_DROPOUT:-}
 DROPOUT_SWEEP=${DROPOUT_SWEEP:-0.25 0.5 0.75}
@@ -141,7 +144,7 @@ chosen_dropout() {
 run_one() {
   local dataset=$1 encoder=$2 config=$3 seed=$4 sweep_epochs=${5:-}
   local name="${sweep_epochs:+sweep-e$sweep_epochs/}$dataset-$encoder-$config-s$seed"
-  local dataset_dir captions knowledge splits encoder_dir epochs rate
+  local dataset_dir captions knowledge splits encoder_dir epochs checkpoint_steps rate
   local run_dir="$OUT/$name" lock="$OUT/$name.lock"
   if [ -f "$run_dir/results.json" ]; then
     [ -n "${LIST:-}" ] && echo "done     $name"
@@ -173,8 +176,8 @@ run_one() {
   [ -n "$sweep_epochs" ] && splits=valid
   captions="$DATA/captions/${dataset_dir##*/}_blip2.txt" knowledge="$DATA/knowledge/${dataset_dir##*/}_pgim.txt"
   case $encoder in
-    minilm) encoder_dir="$MODELS/all-MiniLM-L6-v2" epochs=$EPOCHS ;;
-    mpnet) encoder_dir="$MODELS/all-mpnet-base-v2" epochs=$MPNET_EPOCHS ;;
+    minilm) encoder_dir="$MODELS/all-MiniLM-L6-v2" epochs=$EPOCHS checkpoint_steps=$CHECKPOINT_STEPS ;;
+    mpnet) encoder_dir="$MODELS/all-mpnet-base-v2" epochs=$MPNET_EPOCHS checkpoint_steps=$MPNET_CHECKPOINT_STEPS ;;
   esac
   epochs=${sweep_epochs:-$epochs}
   echo "$(date -u +%FT%TZ) start $name"
@@ -185,7 +188,7 @@ run_one() {
     $(config_args "$captions" "$knowledge" "$config") \
     --url_token http --mixed_precision "$PRECISION" --num_train_epochs "$epochs" --seed "$seed" --final_eval_splits "$splits" \
     --output_dir "$run_dir" --cache_dir "$OUT/cache-$dataset" --keep_checkpoints 1 \
-    --checkpointing_steps "$CHECKPOINT_STEPS" \
+    --checkpointing_steps "$checkpoint_steps" \
     --resume_from_checkpoint latest >>"$OUT/$name.log" 2>&1; then
     echo "$(date -u +%FT%TZ) FAILED $name: see $OUT/$name.log" >&2
     rm -rf "$lock"
