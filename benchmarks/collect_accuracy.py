@@ -1,208 +1,160 @@
 """Collects the runs of `benchmarks/run_accuracy.sh` into `benchmarks/results/accuracy.json`, the accuracy tables
-of `BENCHMARKS.md` (between its `accuracy-tables` markers) and the valid-F1-per-epoch plot.
+of `BENCHMARKS.md` (between its `accuracy-tables` markers) and the valid-F1-per-epoch plots.
 
-    python benchmarks/collect_accuracy.py [--runs outputs/benchmarks]
+    python benchmarks/collect_accuracy.py [--runs outputs/benchmarks] [--fresh]
 
-Every finished run (`<dataset>-<encoder>-<config>-s<seed>/results.json`) gives one record per evaluated split.
-The tables give lenient F1 (seqeval's default, the published convention) as mean ± sample std over seeds, and
-strict (IOB2) F1 beside it; the model of every run was selected on `valid` only.
+Every finished run (`<dataset>-<encoder>-<config>-s<seed>/results.json`) gives one record per evaluated split,
+and one more per split it was also scored on with text sources removed (`--drop_text_sources_at_eval`). The
+records already in accuracy.json are kept unless a run folder gives them anew (runs outlive their folders:
+run_accuracy.sh deletes the models, and a new machine has none of the old folders); `--fresh` keeps only what
+the folders give. The tables give lenient F1 (seqeval's default, the published convention) as mean ± sample
+std over seeds, and strict (IOB2) F1 beside it; the model of every run was selected on `valid` only (with every
+text source present).
 """
 
 import argparse
 import json
 import re
-import statistics
-from collections import defaultdict
+import sys
 from pathlib import Path
 
-from modeling_mgcm.atomic_files import write_json_atomically
-from processing.corpus.labels import ENTITY_TYPES
-from processing.training.model_card import RESULTS_FILE
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy_report import (  # noqa: E402
+    CONFIGS,
+    ENCODERS,
+    accuracy_tables,
+    best_epoch_lines,
+    knowledge_target_lines,
+    mgcm_target_lines,
+    per_type_table,
+    published_comparison,
+)
+
+from modeling_mgcm.atomic_files import write_json_atomically  # noqa: E402
+from processing.corpus.labels import ENTITY_TYPES  # noqa: E402
+from processing.training.model_card import RESULTS_FILE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_NAME = re.compile(r"(?P<dataset>t15|t17)-(?P<encoder>minilm|mpnet)-(?P<config>.+)-s(?P<seed>\d+)")
 DATASETS = {"t15": "twitter2015", "t17": "twitter2017"}
-ENCODERS = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
-# Table order and what each config adds (each row differs from the one above it by one part).
-CONFIGS = {
-    "text": "encoder + CRF",
-    "text+shape": "+ word-shape feature",
-    "text+shape+sa": "+ semantic augmentation (GloVe 50d, k=4, gate)",
-    "text+shape+sa-add": "same, `add` instead of `gate`",
-    "full": "+ caption granularity: the full offline MGCM",
-    "full-aux": "the full model without the auxiliary span loss",
-    "text+caption-concat": "control: encoder + CRF, caption appended as a second text segment",
-}
-# The issue's reference: all-mpnet-base-v2 with a softmax token-classification head, 4 epochs, test F1.
-PLAIN_MPNET_TEST_F1 = 74.87
-# The runs whose valid F1 per epoch is plotted, one panel per encoder.
-PLOTTED_RUNS = {
-    "all-MiniLM-L6-v2": ("t15-minilm-text-s1", "t15-minilm-full-s1"),
-    "all-mpnet-base-v2": ("t15-mpnet-text-s1", "t15-mpnet-full-s1"),
+# The plots: per figure, the seed-1 Twitter-2015 runs drawn, one panel per encoder.
+PLOTTED_CONFIGS = {
+    "valid_f1_per_epoch.png": ("text", "full"),
+    "knowledge_valid_f1_per_epoch.png": ("full", "full+knowledge", "full+knowledge-concat"),
 }
 TABLES_START, TABLES_END = "<!-- accuracy-tables:start -->", "<!-- accuracy-tables:end -->"
 
 
 def run_records(run_dir: Path) -> list[dict]:
-    """One record per split the run's selected model was evaluated on."""
+    """One record per split the run's selected model was evaluated on, and per split scored without sources."""
     match = RUN_NAME.fullmatch(run_dir.name)
     if match is None:
         raise ValueError(f"{run_dir}: not a run_accuracy.sh run name (<dataset>-<encoder>-<config>-s<seed>)")
     results = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-    training = results["training"]
-    records = []
-    for split, by_mode in sorted(results["metrics"].items()):
-        lenient, strict = by_mode["lenient"], by_mode["strict"]
-        records.append(
-            {
-                "dataset": DATASETS[match["dataset"]],
-                "split": split,
-                "config": match["config"],
-                "encoder": ENCODERS[match["encoder"]],
-                "seed": int(match["seed"]),
-                "epochs": training["epochs_run"],
-                "best_epoch": training["best_epoch"] + 1,
-                "overall_precision": lenient["overall_precision"],
-                "overall_recall": lenient["overall_recall"],
-                "overall_f1": lenient["overall_f1"],
-                "strict_f1": strict["overall_f1"],
-                "gold_entities": lenient["overall_number"],
-                "per_type": {name: lenient[name] for name in ENTITY_TYPES if name in lenient},
-                "train_seconds": training["train_seconds"],
-                "mixed_precision": training["mixed_precision"],
-                "run": run_dir.name,
-            }
+    training, history = results["training"], results.get("history", [])
+    timed = [entry for entry in history if "train_seconds" in entry]
+    run = {
+        "dataset": DATASETS[match["dataset"]],
+        "config": match["config"],
+        "encoder": ENCODERS[match["encoder"]],
+        "seed": int(match["seed"]),
+        "epochs": training["epochs_run"],
+        "best_epoch": training["best_epoch"] + 1,
+        "input_dropout": {
+            source["name"]: source["input_dropout"]
+            for source in results.get("run", {}).get("text_sources", [])
+            if source.get("input_dropout")
+        },
+        "valid_f1_per_epoch": [entry["valid_f1"] for entry in history],
+        "valid_strict_f1_per_epoch": [entry.get("valid_strict_f1") for entry in history],
+        # Wall seconds of each epoch's last uninterrupted stretch, summed: a resumed run's total is only
+        # what its last process timed, and a stretch cut by an interruption is timed by nobody.
+        "train_seconds": sum(entry["train_seconds"] for entry in timed)
+        if timed
+        else training["train_seconds"],
+        "timed_train_batches": sum(entry.get("train_batches", 0) for entry in timed),
+        "mixed_precision": training["mixed_precision"],
+        "run": run_dir.name,
+    }
+    scorings = [((), results["metrics"])]
+    if "metrics_without" in results:
+        scorings.append(
+            (tuple(results["metrics_without"]["text_sources"]), results["metrics_without"]["metrics"])
         )
+    records = []
+    for removed, metrics in scorings:
+        for split, by_mode in sorted(metrics.items()):
+            lenient, strict = by_mode["lenient"], by_mode["strict"]
+            records.append(
+                run
+                | {
+                    "split": split,
+                    "eval_without": list(removed),
+                    "overall_precision": lenient["overall_precision"],
+                    "overall_recall": lenient["overall_recall"],
+                    "overall_f1": lenient["overall_f1"],
+                    "strict_f1": strict["overall_f1"],
+                    "gold_entities": lenient["overall_number"],
+                    "per_type": {name: lenient[name] for name in ENTITY_TYPES if name in lenient},
+                }
+            )
     return records
 
 
-def mean_std(values: list[float]) -> str:
-    """`mean ± std` in F1 points (sample std; a single run has none)."""
-    mean = 100 * statistics.fmean(values)
-    if len(values) < 2:
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}"
-
-
-def accuracy_tables(records: list[dict]) -> str:
-    """Markdown tables, one per encoder: a row per config, a column pair (lenient, strict) per dataset split."""
-    columns = [("twitter2015", "valid"), ("twitter2015", "test"), ("twitter2017", "valid")]
-    grouped: dict[tuple, list[dict]] = defaultdict(list)
-    for record in records:
-        grouped[record["encoder"], record["config"], record["dataset"], record["split"]].append(record)
-    lines = []
-    for encoder in ENCODERS.values():
-        if not any(record["encoder"] == encoder for record in records):
-            continue
-        lines += [
-            f"**{encoder}**: F1 in points, lenient (strict); mean ± std over the seeds counted in `n` (one count per"
-            " column where they differ).",
-            "",
-            "| config | what is on | "
-            + " | ".join(f"{dataset} {split}" for dataset, split in columns)
-            + " | n |",
-            "|---|---|" + "---|" * len(columns) + "---|",
-        ]
-        for config, description in CONFIGS.items():
-            cells, counts = [], []
-            for dataset, split in columns:
-                runs = grouped.get((encoder, config, dataset, split), [])
-                counts.append(len(runs))
-                if runs:
-                    strict = 100 * statistics.fmean(record["strict_f1"] for record in runs)
-                    cells.append(f"{mean_std([record['overall_f1'] for record in runs])} ({strict:.2f})")
-                else:
-                    cells.append("not run yet")
-            if any(counts):
-                ran = set(counts) - {0}
-                n = str(*ran) if len(ran) == 1 else " / ".join(str(count or "–") for count in counts)
-                lines.append(f"| `{config}` | {description} | " + " | ".join(cells) + f" | {n} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def per_type_table(records: list[dict], dataset: str = "twitter2015", split: str = "test") -> str:
-    """Lenient F1 per entity type on one split (mean over seeds), a row per encoder and config."""
-    grouped: dict[tuple, list[dict]] = defaultdict(list)
-    for record in records:
-        if (record["dataset"], record["split"]) == (dataset, split):
-            grouped[record["encoder"], record["config"]].append(record)
-    if not grouped:
-        return ""
-    lines = [
-        f"Per entity type, {dataset} {split}, lenient F1 (mean over seeds):",
-        "",
-        "| encoder | config | " + " | ".join(ENTITY_TYPES) + " | overall |",
-        "|---|---|" + "---|" * (len(ENTITY_TYPES) + 1),
-    ]
-    for encoder in ENCODERS.values():
-        for config in CONFIGS:
-            runs = grouped.get((encoder, config))
-            if not runs:
-                continue
-            cells = [
-                f"{100 * statistics.fmean(r['per_type'][name]['f1'] for r in runs):.2f}"
-                for name in ENTITY_TYPES
-            ]
-            cells.append(f"{100 * statistics.fmean(r['overall_f1'] for r in runs):.2f}")
-            lines.append(f"| {encoder} | `{config}` | " + " | ".join(cells) + " |")
-    lines.append("| MGCM paper | bert-base-cased, pixels | 85.84 | 82.03 | 63.08 | 40.81 | 74.57 |")
-    return "\n".join(lines) + "\n"
-
-
-def best_epoch_lines(records: list[dict]) -> str:
-    """The epoch each run kept (selected on valid), per encoder, dataset and config."""
-    kept: dict[tuple, list[str]] = defaultdict(list)
-    for record in records:
-        if record["split"] == "valid":
-            key = (record["encoder"], record["dataset"], record["config"])
-            kept[key].append(f"{record['best_epoch']}/{record['epochs']}")
-    lines = ["Epoch kept (best valid F1) / epochs run, per seed:", ""]
-    for (encoder, dataset, config), epochs in sorted(kept.items()):
-        lines.append(f"- {encoder}, {dataset}, `{config}`: {', '.join(epochs)}")
-    return "\n".join(lines) + "\n"
-
-
-def target_lines(records: list[dict]) -> str:
-    """The issue's targets, each with its measured numbers."""
-
-    def f1s(encoder: str, config: str, dataset: str, split: str) -> list[float]:
-        return [
-            r["overall_f1"]
-            for r in records
-            if (r["encoder"], r["config"], r["dataset"], r["split"]) == (encoder, config, dataset, split)
-        ]
-
-    lines = []
-    for dataset, split in (("twitter2015", "test"), ("twitter2017", "valid")):
-        full, text = (
-            f1s(ENCODERS["minilm"], "full", dataset, split),
-            f1s(ENCODERS["minilm"], "text", dataset, split),
+def merged_records(kept: list[dict], collected: list[dict]) -> list[dict]:
+    """`kept` (accuracy.json's records) with the runs of `collected` replacing theirs, in table order."""
+    runs = {record["run"] for record in collected}
+    records = [record for record in kept if record["run"] not in runs] + collected
+    order = list(CONFIGS)
+    records.sort(
+        key=lambda r: (
+            r["encoder"],
+            r["dataset"],
+            order.index(r["config"]) if r["config"] in order else len(order),
+            r["config"],
+            tuple(r.get("eval_without", ())),
+            r["seed"],
+            r["split"],
         )
-        if full and text:
-            gain = 100 * (statistics.fmean(full) - statistics.fmean(text))
-            verdict = "met" if gain >= 1.0 else "missed"
-            if min(len(full), len(text)) < 3:
-                verdict += f" so far (the target is over 3 seeds; {min(len(full), len(text))} done)"
-            lines.append(
-                f"- MiniLM full − text on {dataset} {split}: {gain:+.2f} F1 (means over {len(full)} and "
-                f"{len(text)} seeds); target ≥ +1.0: **{verdict}**."
-            )
-    mpnet_full = f1s(ENCODERS["mpnet"], "full", "twitter2015", "test")
-    if mpnet_full:
-        score = 100 * statistics.fmean(mpnet_full)
-        verdict = "met" if score >= 76.0 else "missed"
-        line = f"- MPNet full on twitter2015 test: {score:.2f} F1 (mean over {len(mpnet_full)} seed{'s' * (len(mpnet_full) > 1)})"
-        line += f"; target ≥ 76.0: **{verdict}**"
-        mpnet_text = f1s(ENCODERS["mpnet"], "text", "twitter2015", "test")
-        if mpnet_text:
-            line += f" ({100 * (statistics.fmean(mpnet_full) - statistics.fmean(mpnet_text)):+.2f} over MPNet `text`"
-            line += f", {score - PLAIN_MPNET_TEST_F1:+.2f} over the plain MPNet fine-tune's {PLAIN_MPNET_TEST_F1})"
-        lines.append(line + ".")
-    return "\n".join(lines) + "\n"
+    )
+    return records
 
 
-def plot_valid_curves(panels: dict[str, list[Path]], output: Path) -> None:
+def step_seconds(cost_files: list[Path]) -> dict[str, dict[str, float]]:
+    """Median training step per encoder and config from `training_cost.py` reports (later files win)."""
+    steps: dict[str, dict[str, float]] = {}
+    for path in cost_files:
+        if path.is_file():
+            encoders = json.loads(path.read_text(encoding="utf-8"))["training"]["encoders"]
+            for encoder, measured in encoders.items():
+                for config, row in measured["configs"].items():
+                    steps.setdefault(encoder, {})[config] = row["median_step_seconds"]
+    return steps
+
+
+def curves(records: list[dict], configs: tuple[str, ...]) -> dict[str, list[tuple[str, list[float]]]]:
+    """Per encoder, (run, valid F1 per epoch) of the Twitter-2015 seed-1 runs of `configs` that kept theirs."""
+    panels: dict[str, list[tuple[str, list[float]]]] = {}
+    for config in configs:
+        for record in records:
+            if (
+                (record["dataset"], record["split"], record["seed"], record["config"])
+                != (
+                    "twitter2015",
+                    "valid",
+                    1,
+                    config,
+                )
+                or record.get("eval_without")
+                or not record.get("valid_f1_per_epoch")
+            ):
+                continue
+            panels.setdefault(record["encoder"], []).append((record["run"], record["valid_f1_per_epoch"]))
+    return panels
+
+
+def plot_valid_curves(panels: dict[str, list[tuple[str, list[float]]]], output: Path) -> None:
     """Valid lenient F1 after each epoch: a panel per encoder, a line per run."""
     import matplotlib
 
@@ -210,11 +162,9 @@ def plot_valid_curves(panels: dict[str, list[Path]], output: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, all_axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, squeeze=False)
-    for axes, (encoder, run_dirs) in zip(all_axes[0], panels.items(), strict=True):
-        for run_dir in run_dirs:
-            history = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))["history"]
-            epochs = [entry["epoch"] + 1 for entry in history]
-            axes.plot(epochs, [100 * entry["valid_f1"] for entry in history], marker="o", label=run_dir.name)
+    for axes, (encoder, runs) in zip(all_axes[0], panels.items(), strict=True):
+        for name, valid_f1 in runs:
+            axes.plot(range(1, len(valid_f1) + 1), [100 * f1 for f1 in valid_f1], marker="o", label=name)
         axes.set_xlabel("epoch")
         axes.set_ylabel("valid F1 (lenient seqeval)")
         axes.set_title(f"{encoder}: valid F1 per epoch")
@@ -240,38 +190,63 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "accuracy.json")
+    parser.add_argument(
+        "--fresh", action="store_true", help="keep none of the output's records: only the runs'"
+    )
     parser.add_argument("--benchmarks_md", type=Path, default=REPO / "BENCHMARKS.md")
-    parser.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "valid_f1_per_epoch.png")
+    parser.add_argument("--plots_dir", type=Path, default=REPO / "benchmarks")
+    parser.add_argument(
+        "--curve_runs",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="more run folders whose valid F1 per epoch is drawn (not recorded), for rows whose records kept none",
+    )
+    parser.add_argument(
+        "--cost",
+        type=Path,
+        nargs="*",
+        default=[REPO / "benchmarks" / "results" / name for name in ("cost.json", "cost_text_sources.json")],
+        help="training_cost.py reports whose step times give the cost target",
+    )
     args = parser.parse_args(argv)
 
     run_dirs = sorted(path.parent for path in args.runs.glob(f"*/{RESULTS_FILE}"))
-    if not run_dirs:
-        raise SystemExit(f"no finished run ({RESULTS_FILE}) under {args.runs}: nothing to collect")
-    records = [record for run_dir in run_dirs for record in run_records(run_dir)]
-    records.sort(
-        key=lambda r: (r["encoder"], r["dataset"], list(CONFIGS).index(r["config"]), r["seed"], r["split"])
+    kept = (
+        [] if args.fresh or not args.output.is_file() else json.loads(args.output.read_text(encoding="utf-8"))
     )
+    if not run_dirs and not kept:
+        raise SystemExit(f"no finished run ({RESULTS_FILE}) under {args.runs}: nothing to collect")
+    records = merged_records(kept, [record for run_dir in run_dirs for record in run_records(run_dir)])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(args.output, records)
-    print(f"{len(run_dirs)} runs, {len(records)} records -> {args.output}")
+    print(f"{len(run_dirs)} runs collected, {len(records)} records -> {args.output}")
 
-    tables = (
-        accuracy_tables(records)
-        + "\n"
-        + per_type_table(records)
-        + "\n"
-        + best_epoch_lines(records)
-        + "\n"
-        + target_lines(records)
+    tables = "\n".join(
+        part
+        for part in (
+            accuracy_tables(records),
+            published_comparison(records),
+            per_type_table(records),
+            best_epoch_lines(records),
+            mgcm_target_lines(records),
+            knowledge_target_lines(records, step_seconds(args.cost)),
+        )
+        if part
     )
     print(tables)
     if args.benchmarks_md.exists():
         replace_between_markers(args.benchmarks_md, tables)
-    panels = {encoder: [d for d in run_dirs if d.name in names] for encoder, names in PLOTTED_RUNS.items()}
-    panels = {encoder: curves for encoder, curves in panels.items() if curves}
-    if panels:
-        plot_valid_curves(panels, args.plot)
-        print(f"valid curves of {[d.name for curves in panels.values() for d in curves]} -> {args.plot}")
+    extra = [record for run_dir in args.curve_runs for record in run_records(run_dir)]
+    for file_name, configs in PLOTTED_CONFIGS.items():
+        panels = curves(records + extra, configs)
+        drawn = {RUN_NAME.fullmatch(name)["config"] for runs in panels.values() for name, _ in runs}
+        if missing := [config for config in configs if config not in drawn]:
+            # A figure is redrawn whole or not at all: the earlier one may hold curves whose folders are gone.
+            print(f"{file_name} not redrawn: no valid F1 per epoch of {missing} (seed 1, twitter2015)")
+            continue
+        plot_valid_curves(panels, args.plots_dir / file_name)
+        print(f"valid curves of {[name for runs in panels.values() for name, _ in runs]} -> {file_name}")
 
 
 if __name__ == "__main__":

@@ -171,7 +171,11 @@ def test_the_benchmark_collector_reads_a_real_run_s_results(single_process_run, 
         assert record["overall_f1"] == results["metrics"][split]["lenient"]["overall_f1"]
         assert record["strict_f1"] == results["metrics"][split]["strict"]["overall_f1"]
         assert record["epochs"] == 3 and record["best_epoch"] == results["training"]["best_epoch"] + 1
-        assert record["train_seconds"] == results["training"]["train_seconds"] > 0
+        # Uninterrupted, the epochs' timed stretches are the whole training.
+        assert record["train_seconds"] == sum(epoch["train_seconds"] for epoch in results["history"]) > 0
+        assert record["train_seconds"] <= results["training"]["train_seconds"]
+        assert record["timed_train_batches"] == 3 * results["training"]["train_batches_per_process"]
+        assert record["valid_f1_per_epoch"] == [epoch["valid_f1"] for epoch in results["history"]]
         assert set(record["per_type"]) <= {"PER", "LOC", "ORG", "MISC"} and record["per_type"]
 
 
