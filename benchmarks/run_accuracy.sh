@@ -16,8 +16,8 @@
 # EPOCHS (5, for all-MiniLM-L6-v2), MPNET_EPOCHS (4, for all-mpnet-base-v2: the epoch count of the plain MPNet
 # fine-tune the issue quotes as the reference, and what fits one session with 2 workers), PRECISION (bf16 where
 # the CPU has avx512_bf16, 1.6x faster than fp32 there; no elsewhere, where bf16 is emulated and ~10x slower),
-# CHECKPOINT_STEPS (50, for all-MiniLM-L6-v2: about 10 minutes of one 1-thread worker), MPNET_CHECKPOINT_STEPS
-# (10: an MPNet step takes 5-8 times as long, and a session's end loses what came after the last checkpoint),
+# CHECKPOINT_STEPS (25, for all-MiniLM-L6-v2: 3-10 minutes of one 1-thread worker), MPNET_CHECKPOINT_STEPS (10:
+# an MPNet step takes 3-5 times as long; a session's end loses what came after the last checkpoint),
 # KNOWLEDGE_LENGTH (200 word pieces of PGIM knowledge), KNOWLEDGE_DROPOUT (the knowledge
 # input dropout of full+knowledge+dropout; unset = the rate benchmarks/select_input_dropout.py picks from the
 # sweep), DROPOUT_SWEEP (the sweep's rates: 0.25 0.5 0.75), SWEEP_EPOCHS (1), THREADS (torch threads per run; unset = torch default), ONLY
@@ -31,7 +31,7 @@ DATA=${DATA:-../shared/data}
 EPOCHS=${EPOCHS:-5}
 MPNET_EPOCHS=${MPNET_EPOCHS:-4}
 if grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null; then PRECISION=${PRECISION:-bf16}; else PRECISION=${PRECISION:-no}; fi
-CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-50}
+CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-25}
 MPNET_CHECKPOINT_STEPS=${MPNET_CHECKPOINT_STEPS:-10}
 KNOWLEDGE_LENGTH=${KNOWLEDGE_LENGTH:-200}
 KNOWLEDGE_DROPOUT=${KNOWLEDGE_DROPOUT:-}
