@@ -14,8 +14,9 @@
 #
 # Environment: OUT (outputs/benchmarks), MODELS (~/.cache/mgcm-offline-models), DATA (../shared/data),
 # EPOCHS (5, for all-MiniLM-L6-v2), MPNET_EPOCHS (4, for all-mpnet-base-v2: the epoch count of the plain MPNet
-# fine-tune the issue quotes as the reference, and what fits one session with 2 workers), PRECISION (bf16 where
-# the CPU has avx512_bf16, 1.6x faster than fp32 there; no elsewhere, where bf16 is emulated and ~10x slower),
+# fine-tune the issue quotes as the reference, and what fits one session with 2 workers), PRECISION (bf16 on a
+# CUDA GPU and where the CPU has avx512_bf16, 1.6x faster than fp32 there; no elsewhere, where the CPU emulates
+# bf16 5-10x slower),
 # CHECKPOINT_STEPS (25, for all-MiniLM-L6-v2: 3-10 minutes of one 1-thread worker), MPNET_CHECKPOINT_STEPS (10:
 # an MPNet step takes 3-5 times as long; a session's end loses what came after the last checkpoint),
 # KNOWLEDGE_LENGTH (200 word pieces of PGIM knowledge), KNOWLEDGE_DROPOUT (the knowledge
@@ -30,7 +31,12 @@ MODELS=${MODELS:-$HOME/.cache/mgcm-offline-models}
 DATA=${DATA:-../shared/data}
 EPOCHS=${EPOCHS:-5}
 MPNET_EPOCHS=${MPNET_EPOCHS:-4}
-if grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null; then PRECISION=${PRECISION:-bf16}; else PRECISION=${PRECISION:-no}; fi
+if [ -z "${PRECISION:-}" ]; then
+  PRECISION=no
+  if grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null || python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    PRECISION=bf16
+  fi
+fi
 CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-25}
 MPNET_CHECKPOINT_STEPS=${MPNET_CHECKPOINT_STEPS:-10}
 KNOWLEDGE_LENGTH=${KNOWLEDGE_LENGTH:-200}
