@@ -166,3 +166,43 @@ def test_two_processes_and_one_reach_the_same_test_f1_on_the_synthetic_corpus(tm
         scores[processes] = 100 * results["metrics"]["test"]["lenient"]["overall_f1"]
     assert scores[1] > 80, scores  # both learn the task, not merely agree
     assert abs(scores[1] - scores[2]) <= 2.0, scores
+
+
+def test_a_checkpoint_of_one_process_refuses_to_resume_on_two_on_both_ranks(tmp_path):
+    """The schedule's step count and the position in the epoch are per-process counts: a checkpoint resumes
+    only on as many processes as wrote it, and both ranks say so rather than train from elsewhere."""
+    output_dir = tmp_path / "run"
+    arguments = [
+        "--synthetic",
+        "--synthetic_sizes",
+        "32,8,8",
+        "--per_device_train_batch_size",
+        "8",
+        "--num_train_epochs",
+        "1",
+        "--checkpointing_steps",
+        "2",
+        "--no_text_only_baseline",
+        "--output_dir",
+        str(output_dir),
+    ]
+    trained(run_train_script(arguments))
+    checkpoint = latest_checkpoint(output_dir / "checkpoints")
+    assert json.loads((checkpoint / TRAINING_STATE_FILE).read_text())["num_processes"] == 1
+    records = tmp_path / "exits"
+    records.mkdir()
+    resumed = run_train_script(
+        [*arguments, "--resume_from_checkpoint", "latest"],
+        processes=2,
+        wrapper_dir=tmp_path,
+        EXIT_RECORD_DIR=str(records),
+    )
+    assert resumed.returncode != 0
+    exits = {path.stem: json.loads(path.read_text()) for path in records.iterdir()}
+    assert set(exits) == {"rank0", "rank1"}, resumed.stderr[-4000:]
+    for error_type, message in exits.values():
+        assert error_type == "ValueError"
+        assert message.endswith(
+            f"{checkpoint} was written by a run on 1 process(es) and resumes only on 1, not 2: relaunch with"
+            " --num_processes 1, or start a new run"
+        )

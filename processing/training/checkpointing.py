@@ -16,13 +16,15 @@ from modeling_mgcm.atomic_files import replace_directory, write_json_atomically
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 TRAINING_STATE_FILE = "training_state.json"
+# The training_state.json key of the writer's process count (checkpoints of before it have none).
+WRITTEN_ON_PROCESSES = "num_processes"
 
 
 def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, training_state: dict) -> Path:
     """Save the full training state as `checkpoints_dir/step_<step>`, atomically. Call on every process.
 
     `training_state` (JSON-serialisable: epoch, step, best score, history...) is stored beside
-    accelerate's files in `training_state.json`.
+    accelerate's files in `training_state.json`, with the number of processes that wrote it.
     """
     checkpoints_dir = Path(checkpoints_dir)
     final = checkpoints_dir / f"step_{step}"
@@ -34,7 +36,8 @@ def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, 
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomically(partial / TRAINING_STATE_FILE, training_state)
+        written = training_state | {WRITTEN_ON_PROCESSES: accelerator.num_processes}
+        write_json_atomically(partial / TRAINING_STATE_FILE, written)
         replace_directory(partial, final)
     accelerator.wait_for_everyone()
     return final
@@ -54,7 +57,8 @@ def latest_checkpoint(checkpoints_dir: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(accelerator, checkpoint_dir: str | os.PathLike) -> dict:
-    """Restore the state saved by `save_checkpoint`; returns its `training_state`."""
+    """Restore the state saved by `save_checkpoint` on as many processes as wrote it; returns its
+    `training_state`."""
     checkpoint_dir = Path(checkpoint_dir)
     state_file = checkpoint_dir / TRAINING_STATE_FILE
     if not state_file.is_file():
@@ -62,8 +66,18 @@ def load_checkpoint(accelerator, checkpoint_dir: str | os.PathLike) -> dict:
             f"{checkpoint_dir} is not a complete mgcm checkpoint (no {TRAINING_STATE_FILE}); "
             "pass a step_<N> folder or the run's output_dir"
         )
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    written_on = state.pop(WRITTEN_ON_PROCESSES, accelerator.num_processes)
+    if written_on != accelerator.num_processes:
+        # The scheduler's step count and the position in the epoch are in per-process batches, and each
+        # process's share of the data depends on the count: another count would resume elsewhere.
+        raise ValueError(
+            f"{checkpoint_dir} was written by a run on {written_on} process(es) and resumes only on "
+            f"{written_on}, not {accelerator.num_processes}: relaunch with --num_processes {written_on}, or "
+            "start a new run"
+        )
     accelerator.load_state(str(checkpoint_dir))
-    return json.loads(state_file.read_text(encoding="utf-8"))
+    return state
 
 
 def prune_checkpoints(checkpoints_dir: str | os.PathLike, keep: int) -> None:
