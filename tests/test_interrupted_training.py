@@ -1,7 +1,8 @@
 """Interrupted training runs of `examples/train.py`: killed while writing a checkpoint, stopped by a non-finite
 loss. (SIGKILL mid-epoch and resume to the same metrics: tests/test_train_script.py.)
 
-Each run is the real script in a subprocess, through the failure wrapper of `training_runs`.
+Each run is the real script in a subprocess, through the failure wrapper of `training_runs`; the last test
+resumes a checkpoint of the older format in-process.
 """
 
 import json
@@ -10,10 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 from training_runs import run_train_script
 
-from processing.training.checkpointing import TRAINING_STATE_FILE, latest_checkpoint, load_checkpoint
+from processing.training.checkpointing import (
+    TRAINING_STATE_FILE,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 # 32 training tweets in batches of 8: 4 optimizer steps per epoch, a checkpoint every 2 steps.
 SMALL_RUN = [
@@ -95,3 +102,18 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good
     optimizer_state = torch.load(last_good / "optimizer.bin", weights_only=True)
     moments = [value for state in optimizer_state["state"].values() for value in state.values()]
     assert moments and all(torch.isfinite(torch.as_tensor(value)).all() for value in moments)
+
+
+def test_a_checkpoint_written_before_process_counts_were_recorded_still_resumes(tmp_path):
+    """The knowledge runs resume step checkpoints of older code, which did not record the process count."""
+    accelerator = Accelerator()
+    model = accelerator.prepare(torch.nn.Linear(3, 2))
+    checkpoint = save_checkpoint(accelerator, tmp_path / "checkpoints", 5, {"epoch": 1, "completed_steps": 5})
+    state_file = checkpoint / TRAINING_STATE_FILE
+    state = json.loads(state_file.read_text())
+    assert state.pop("num_processes") == 1
+    state_file.write_text(json.dumps(state))
+    with torch.no_grad():
+        model.weight.zero_()
+    assert load_checkpoint(accelerator, checkpoint) == {"epoch": 1, "completed_steps": 5}
+    assert model.weight.abs().sum() > 0  # the saved weights are back
