@@ -206,7 +206,10 @@ def main(argv=None) -> None:
         "--cost",
         type=Path,
         nargs="*",
-        default=[REPO / "benchmarks" / "results" / name for name in ("cost.json", "cost_text_sources.json")],
+        default=[
+            REPO / "benchmarks" / "results" / name
+            for name in ("cost.json", "cost_text_sources.json", "cost_text_sources_mpnet.json")
+        ],
         help="training_cost.py reports whose step times give the cost target",
     )
     args = parser.parse_args(argv)
