@@ -24,7 +24,8 @@ NOT_AN_IMAGE = "not_an_image"
 TRUNCATED = "truncated"
 TOO_LARGE = "too_large"
 BROKEN = "broken"
-IMAGE_LOAD_REASONS = (MISSING, UNREADABLE, NOT_AN_IMAGE, TRUNCATED, TOO_LARGE, BROKEN)
+REFUSED = "refused"
+IMAGE_LOAD_REASONS = (MISSING, UNREADABLE, NOT_AN_IMAGE, TRUNCATED, TOO_LARGE, BROKEN, REFUSED)
 _REASON_TEXT = {
     MISSING: "missing image",
     UNREADABLE: "unreadable image file",
@@ -32,6 +33,7 @@ _REASON_TEXT = {
     TRUNCATED: "truncated image",
     TOO_LARGE: "image too large (possible decompression bomb)",
     BROKEN: "broken image",
+    REFUSED: "image path refused",
 }
 
 
@@ -42,8 +44,9 @@ class ImageLoadError(ValueError):
         source: the file path, or a description of the in-memory bytes.
         reason: one of `IMAGE_LOAD_REASONS`: "missing" (no such file), "unreadable" (the file system refused
             it), "not_an_image" (no known image format), "truncated" (the data stops early), "too_large"
-            (more pixels than twice `PIL.Image.MAX_IMAGE_PIXELS`: a possible decompression bomb) or
-            "broken" (any other decoding failure).
+            (more pixels than twice `PIL.Image.MAX_IMAGE_PIXELS`: a possible decompression bomb), "broken"
+            (any other decoding failure) or "refused" (a post's path outside the image folder it is confined
+            to; the file is not opened).
         detail: the underlying error message.
     """
 

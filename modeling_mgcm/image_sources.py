@@ -15,7 +15,16 @@ from typing import Any
 
 from PIL import Image
 
-from .image_loading import BROKEN, MISSING, TOO_LARGE, TRUNCATED, UNREADABLE, ImageLoadError, load_image
+from .image_loading import (
+    BROKEN,
+    MISSING,
+    REFUSED,
+    TOO_LARGE,
+    TRUNCATED,
+    UNREADABLE,
+    ImageLoadError,
+    load_image,
+)
 
 URL_SCHEMES = ("http://", "https://")
 DEFAULT_URL_TIMEOUT = 10.0
@@ -85,6 +94,20 @@ def _decoded_pil_image(image: Image.Image) -> Image.Image:
         raise ImageLoadError(name, BROKEN, f"{type(error).__name__}: {error}") from None
 
 
+def _path_inside(path: str, image_dir: str | os.PathLike) -> str:
+    """`path` joined to `image_dir`, refused when it names a place outside it (checked on the names, so a
+    symbolic link the folder's owner put in it is followed)."""
+    root = os.path.abspath(image_dir)
+    joined = os.path.abspath(os.path.join(root, path))
+    if os.path.commonpath([root, joined]) != root:
+        raise ImageLoadError(
+            path,
+            REFUSED,
+            f"outside the image folder {os.fspath(image_dir)}: a post's image must be a file in it",
+        )
+    return joined
+
+
 def open_post_image(
     image: Any,
     timeout: float = DEFAULT_URL_TIMEOUT,
@@ -98,7 +121,10 @@ def open_post_image(
             an undecoded `datasets.Image` entry `{"path", "bytes"}`.
         timeout: seconds allowed to fetch a URL.
         max_bytes: largest image a URL may send.
-        image_dir: folder that relative paths are resolved against (the working directory by default).
+        image_dir: the folder a path must name a file in, relative paths resolved against it: an absolute
+            path or one whose `..` leads outside it is refused unopened, so a post cannot make the caller
+            read (or quote the first bytes of) other files. None (the default): any path, relative to the
+            working directory.
 
     Returns:
         An RGB `PIL.Image.Image`.
@@ -120,8 +146,8 @@ def open_post_image(
         if isinstance(image, str) and not image.strip():
             raise ImageLoadError(repr(image), MISSING, "the image path is empty")
         path = os.fspath(image)
-        if image_dir is not None and not os.path.isabs(path):
-            path = os.path.join(image_dir, path)
+        if image_dir is not None:
+            path = _path_inside(path, image_dir)
         return load_image(path)
     raise TypeError(
         "an image must be a path, an http(s) URL, bytes, a PIL.Image.Image or a {'path', 'bytes'} dict; got "

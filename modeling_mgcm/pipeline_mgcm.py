@@ -89,7 +89,9 @@ class MultimodalNERPipeline(ChunkPipeline):
         on_bad_image: "error" (default) or "mask".
         image_timeout: seconds allowed to fetch an image URL (default 10).
         max_image_bytes: largest image a URL may send (default 20 MiB).
-        image_dir: folder that relative image paths are resolved against.
+        image_dir: the folder posts' image paths must name files in: relative paths are resolved against it,
+            and a path outside it (absolute, or through `..`) is refused unopened (an `ImageLoadError`,
+            reason "refused"). Give it for posts you do not trust. None: any path.
         image_feature_cache: an `ImageFeatureCache` (anything with `get(ids) -> (features (n, R, D),
             image_mask (n,))`) serving the features of posts that give an `image_id`.
         knowledge_writer: writes the `knowledge` of posts that lack it (see the module docstring).

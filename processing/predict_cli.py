@@ -23,8 +23,8 @@ beside the output, and the first process merges them into the one output, in inp
 one-process run's.
 
 Every input line gives exactly one output line, in order: `{"line", "id", "text", "entities"}`, plus
-`"image_error"` when the post's image was missing or undecodable (the post is then tagged from its text and
-caption), or `{"line", "id", "error"}` for a line that is not a JSON object or a post the pipeline refuses. One
+`"image_error"` when the post's image was missing, undecodable or, with `--image_dir`, a path outside that
+folder (the post is then tagged from its text and caption), or `{"line", "id", "error"}` for a line that is not a JSON object or a post the pipeline refuses. One
 bad post never stops the run. Posts are read and tagged `--chunk_size` at a time, so memory does not grow
 with the input. A summary (posts, entities per type, masked images, errors, throughput) ends the run on
 standard error.
@@ -328,7 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     many.add_argument("--chunk_size", type=int, default=512, help="input lines held in memory at a time")
     many.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.add_argument("--image_dir", help="folder that relative image paths are resolved against")
+    parser.add_argument(
+        "--image_dir",
+        help="the folder posts' image paths must name files in (relative ones resolved against it; others are"
+        " refused unopened: give it for posts you do not trust)",
+    )
     parser.add_argument(
         "--image_timeout", type=float, default=DEFAULT_URL_TIMEOUT, help="seconds to fetch a URL"
     )

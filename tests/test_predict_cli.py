@@ -178,6 +178,36 @@ def test_one_post_from_flags(tagger, tiny_mgcm_dir, tmp_path, capsys):
     assert "image left out" in captured.err
 
 
+def test_with_image_dir_a_post_cannot_make_the_command_open_or_quote_a_file_outside_it(
+    tiny_mgcm_dir, tmp_path, capsys
+):
+    """Posts from strangers name paths: with --image_dir, one outside it is refused unopened (a file that is
+    not an image would otherwise have its first bytes quoted in the output), one inside it is read."""
+    images, secret = tmp_path / "images", tmp_path / "secret.txt"
+    images.mkdir()
+    Image.new("RGB", (40, 30), "green").save(images / "ok.png")
+    secret.write_text("password=hunter2")
+    (images / "inside.txt").write_text("password=inside")
+    paths = [str(secret), "../secret.txt", "sub/../../secret.txt", "ok.png", "inside.txt"]
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text("".join(json.dumps({"text": "Obama in Paris", "image": path}) + "\n" for path in paths))
+    output = tmp_path / "out.jsonl"
+    argv = ["--model", str(tiny_mgcm_dir), "--input", str(posts), "--output", str(output), "--no_progress"]
+    assert main([*argv, "--image_dir", str(images)]) == 0
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    for record, path in zip(records[:3], paths, strict=False):
+        assert record["image_error"] == (
+            f"{path}: image path refused (outside the image folder {images}: a post's image must be a file in it)"
+        )
+    assert "hunter2" not in output.read_text() + capsys.readouterr().err
+    assert "image_error" not in records[3]
+    # A file inside the folder is the operator's: it is opened, and a non-image is named as one.
+    assert "inside.txt: not an image" in records[4]["image_error"]
+    # Without --image_dir every path is the user's own, and is read.
+    assert main(argv) == 0
+    assert "secret.txt: not an image" in json.loads(output.read_text().splitlines()[0])["image_error"]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
