@@ -133,9 +133,10 @@ def step_seconds(cost_files: list[Path]) -> dict[str, dict[str, float]]:
     return steps
 
 
-def curves(records: list[dict], configs: tuple[str, ...]) -> dict[str, list[tuple[str, list[float]]]]:
-    """Per encoder, (run, valid F1 per epoch) of the Twitter-2015 seed-1 runs of `configs` that kept theirs."""
-    panels: dict[str, list[tuple[str, list[float]]]] = {}
+def curves(records: list[dict], configs: tuple[str, ...]) -> dict[str, list[tuple[str, str, list[float]]]]:
+    """Per encoder, (label, config, valid F1 per epoch) of the Twitter-2015 seed-1 runs of `configs` that kept
+    theirs; a record with a `curve_label` is drawn under it."""
+    panels: dict[str, list[tuple[str, str, list[float]]]] = {}
     for config in configs:
         for record in records:
             if (
@@ -150,11 +151,12 @@ def curves(records: list[dict], configs: tuple[str, ...]) -> dict[str, list[tupl
                 or not record.get("valid_f1_per_epoch")
             ):
                 continue
-            panels.setdefault(record["encoder"], []).append((record["run"], record["valid_f1_per_epoch"]))
+            label = record.get("curve_label", record["run"])
+            panels.setdefault(record["encoder"], []).append((label, config, record["valid_f1_per_epoch"]))
     return panels
 
 
-def plot_valid_curves(panels: dict[str, list[tuple[str, list[float]]]], output: Path) -> None:
+def plot_valid_curves(panels: dict[str, list[tuple[str, str, list[float]]]], output: Path) -> None:
     """Valid lenient F1 after each epoch: a panel per encoder, a line per run."""
     import matplotlib
 
@@ -163,8 +165,8 @@ def plot_valid_curves(panels: dict[str, list[tuple[str, list[float]]]], output: 
 
     figure, all_axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, squeeze=False)
     for axes, (encoder, runs) in zip(all_axes[0], panels.items(), strict=True):
-        for name, valid_f1 in runs:
-            axes.plot(range(1, len(valid_f1) + 1), [100 * f1 for f1 in valid_f1], marker="o", label=name)
+        for label, _, valid_f1 in runs:
+            axes.plot(range(1, len(valid_f1) + 1), [100 * f1 for f1 in valid_f1], marker="o", label=label)
         axes.set_xlabel("epoch")
         axes.set_ylabel("valid F1 (lenient seqeval)")
         axes.set_title(f"{encoder}: valid F1 per epoch")
@@ -240,16 +242,20 @@ def main(argv=None) -> None:
     print(tables)
     if args.benchmarks_md.exists():
         replace_between_markers(args.benchmarks_md, tables)
-    extra = [record for run_dir in args.curve_runs for record in run_records(run_dir)]
+    extra = [
+        record | {"curve_label": f"{record['run']} ({run_dir.parent.name}/, not in accuracy.json)"}
+        for run_dir in args.curve_runs
+        for record in run_records(run_dir)
+    ]
     for file_name, configs in PLOTTED_CONFIGS.items():
         panels = curves(records + extra, configs)
-        drawn = {RUN_NAME.fullmatch(name)["config"] for runs in panels.values() for name, _ in runs}
+        drawn = {config for runs in panels.values() for _, config, _ in runs}
         if missing := [config for config in configs if config not in drawn]:
             # A figure is redrawn whole or not at all: the earlier one may hold curves whose folders are gone.
             print(f"{file_name} not redrawn: no valid F1 per epoch of {missing} (seed 1, twitter2015)")
             continue
         plot_valid_curves(panels, args.plots_dir / file_name)
-        print(f"valid curves of {[name for runs in panels.values() for name, _ in runs]} -> {file_name}")
+        print(f"valid curves of {[label for runs in panels.values() for label, _, _ in runs]} -> {file_name}")
 
 
 if __name__ == "__main__":
