@@ -44,9 +44,15 @@ KNOWLEDGE_CONFIGS = (
 )
 
 
+def config_rank(config: str) -> int:
+    """A config's place in the tables: `CONFIGS` order, unknown configs last."""
+    order = list(CONFIGS)
+    return order.index(config) if config in order else len(order)
+
+
 def row_key(record: dict) -> tuple[str, tuple[str, ...]]:
     """A table row: the config and the text sources removed at evaluation (none for most records)."""
-    return record["config"], tuple(record.get("eval_without", ()))
+    return record["config"], tuple(record["eval_without"])
 
 
 def row_label(config: str, removed: tuple[str, ...]) -> str:
@@ -55,9 +61,7 @@ def row_label(config: str, removed: tuple[str, ...]) -> str:
 
 def ordered_rows(records: list[dict]) -> list[tuple[str, tuple[str, ...]]]:
     """The rows present in `records`, in `CONFIGS` order (unknown configs last), each scored-as-trained row first."""
-    order = list(CONFIGS)
-    rows = {row_key(record) for record in records}
-    return sorted(rows, key=lambda row: (order.index(row[0]) if row[0] in order else len(order), row))
+    return sorted({row_key(record) for record in records}, key=lambda row: (config_rank(row[0]), row))
 
 
 def select(records: list[dict], **fields) -> list[dict]:
@@ -66,7 +70,7 @@ def select(records: list[dict], **fields) -> list[dict]:
     return [
         r
         for r in records
-        if all(tuple(r.get(k, ())) == v if k == "eval_without" else r[k] == v for k, v in fields.items())
+        if all((tuple(r[k]) if k == "eval_without" else r[k]) == v for k, v in fields.items())
     ]
 
 
@@ -118,8 +122,11 @@ def accuracy_tables(records: list[dict]) -> str:
                 else:
                     cells.append("not run yet")
             n = seed_counts(counts)
-            description = "the same models, scored with no post's " + " or ".join(removed) if removed else ""
-            description = description or CONFIGS.get(config, "")
+            description = (
+                "the same models, scored with no post's " + " or ".join(removed)
+                if removed
+                else CONFIGS.get(config, "")
+            )
             lines.append(
                 f"| {row_label(config, removed)} | {description} | " + " | ".join(cells) + f" | {n} |"
             )

@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_report import (  # noqa: E402
-    CONFIGS,
     ENCODERS,
     accuracy_tables,
     best_epoch_lines,
+    config_rank,
     knowledge_target_lines,
     mgcm_target_lines,
     per_type_table,
@@ -105,15 +105,15 @@ def run_records(run_dir: Path) -> list[dict]:
 def merged_records(kept: list[dict], collected: list[dict]) -> list[dict]:
     """`kept` (accuracy.json's records) with the runs of `collected` replacing theirs, in table order."""
     runs = {record["run"] for record in collected}
-    records = [record for record in kept if record["run"] not in runs] + collected
-    order = list(CONFIGS)
+    # Records of before the knowledge runs were all scored with every source present.
+    records = [{"eval_without": []} | record for record in kept if record["run"] not in runs] + collected
     records.sort(
         key=lambda r: (
             r["encoder"],
             r["dataset"],
-            order.index(r["config"]) if r["config"] in order else len(order),
+            config_rank(r["config"]),
             r["config"],
-            tuple(r.get("eval_without", ())),
+            tuple(r["eval_without"]),
             r["seed"],
             r["split"],
         )
@@ -147,7 +147,7 @@ def curves(records: list[dict], configs: tuple[str, ...]) -> dict[str, list[tupl
                     1,
                     config,
                 )
-                or record.get("eval_without")
+                or record["eval_without"]
                 or not record.get("valid_f1_per_epoch")
             ):
                 continue
