@@ -69,14 +69,23 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_which_a_resume
     assert latest_checkpoint(checkpoints_dir) == checkpoints_dir / "step_2"
     with pytest.raises(FileNotFoundError, match="not a complete mgcm checkpoint"):
         load_checkpoint(None, checkpoints_dir / ".partial_step_4")  # refused even when named explicitly
-    assert assert_complete_and_finite(checkpoints_dir / "step_2")["completed_steps"] == 2
+    kept = assert_complete_and_finite(checkpoints_dir / "step_2")
+    assert kept["completed_steps"] == 2 and kept["epoch_train_seconds"] > 0
     assert not (output_dir / "results.json").exists()
+    # An hour of training before the kill, so that the resumed epoch's time shows whether it was carried.
+    state_file = checkpoints_dir / "step_2" / TRAINING_STATE_FILE
+    state_file.write_text(json.dumps(kept | {"epoch_train_seconds": 3600.0}))
 
     resumed = run_training(tmp_path, output_dir, "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {checkpoints_dir / 'step_2'}: epoch 0, batch 2" in resumed.stderr
     results = json.loads((output_dir / "results.json").read_text())
     assert results["training"]["optimizer_steps"] == 8 and len(results["history"]) == 2
+    # The resumed epoch's time includes the killed process's first 2 steps, and the run's is every epoch's.
+    epoch_seconds = [epoch["train_seconds"] for epoch in results["history"]]
+    assert epoch_seconds[0] > 3600 > epoch_seconds[1] > 0
+    assert results["training"]["train_seconds"] == pytest.approx(sum(epoch_seconds))
+    assert 0 < results["training"]["train_loop_seconds_this_process"] < 3600
     # The resumed run rewrote step 4 in full; the half-written folder is gone.
     assert checkpoint_steps(checkpoints_dir) == ["step_4", "step_6", "step_8"]
     assert assert_complete_and_finite(checkpoints_dir / "step_4")["completed_steps"] == 4

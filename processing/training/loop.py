@@ -65,6 +65,8 @@ logger = get_logger(__name__)
 # Accelerate logs every file of every checkpoint it saves or loads.
 NOISY_LOGGERS = ("httpx", "accelerate.checkpointing", "accelerate.accelerator")
 TRACKER_PROJECT = "mgcm"
+# The training state's seconds of training in the current epoch so far, carried by its step checkpoints.
+EPOCH_TRAIN_SECONDS = "epoch_train_seconds"
 
 
 class TrainingRun(NamedTuple):
@@ -91,7 +93,8 @@ class PreparedTraining:
 
 @dataclass
 class EpochResult:
-    """One epoch on this process: the mean train loss over every process, batches, seconds."""
+    """One epoch: the mean train loss over every process, this process's batches, and the epoch's training
+    seconds, a resumed epoch's including those before the checkpoint it resumed from."""
 
     train_loss: float
     batches: int
@@ -190,6 +193,7 @@ def initial_state(args: TrainArguments, accelerator: Accelerator, checkpoints_di
     """The training state to start from: fresh, or restored from `--resume_from_checkpoint` (a step_<N>
     folder, or 'latest')."""
     state = {"epoch": 0, "batches_in_epoch": 0, "completed_steps": 0, "best_f1": -1.0, "best_epoch": None}
+    state[EPOCH_TRAIN_SECONDS] = 0.0
     state["history"] = []
     if not args.resume_from_checkpoint:
         return state
@@ -234,6 +238,8 @@ def train_one_epoch(
     skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
     batches = accelerator.skip_first_batches(run.train_dataloader, skip) if skip else run.train_dataloader
     state["batches_in_epoch"] = skip
+    # Checkpoints of older code have no seconds: their resumed epoch counts from the resume only.
+    carried_seconds = state.get(EPOCH_TRAIN_SECONDS, 0.0) if skip else 0.0
     # Summed on the device: reading the loss on the host at every batch would stall a GPU.
     epoch_loss = torch.zeros((), device=accelerator.device)
     epoch_batches = 0
@@ -267,12 +273,13 @@ def train_one_epoch(
             if args.with_tracking:
                 accelerator.log({"train_loss": mean_loss}, step=step)
         if args.checkpointing_steps.isdigit() and step % int(args.checkpointing_steps) == 0:
+            state[EPOCH_TRAIN_SECONDS] = carried_seconds + time.perf_counter() - epoch_started
             checkpoints.save(state)
         if step >= args.max_train_steps:
             break
     checkpoints.check_loss()
     train_loss = accelerator.reduce(epoch_loss / max(epoch_batches, 1), reduction="mean").item()
-    return EpochResult(train_loss, epoch_batches, time.perf_counter() - epoch_started)
+    return EpochResult(train_loss, epoch_batches, carried_seconds + time.perf_counter() - epoch_started)
 
 
 def validate_and_select(
@@ -364,7 +371,7 @@ def train_epochs(
         epoch_result = train_one_epoch(args, run, state, epoch, checkpoints, progress)
         batches_seen += epoch_result.batches
         validate_and_select(args, run, state, epoch, epoch_result, valid_split, processor, best_dir)
-        state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
+        state["epoch"], state["batches_in_epoch"], state[EPOCH_TRAIN_SECONDS] = epoch + 1, 0, 0.0
         if args.checkpointing_steps != "no":
             checkpoints.save(state)
     progress.close()
@@ -407,7 +414,7 @@ def train_and_evaluate(args: TrainArguments) -> TrainingRun:
     # ---- train, selecting on valid only
     train_started = time.perf_counter()
     batches_seen = train_epochs(args, run, state, corpus["valid"], processor, checkpoints_dir, best_dir)
-    train_seconds = time.perf_counter() - train_started
+    train_loop_seconds = time.perf_counter() - train_started
 
     # ---- final evaluation of the selected model on every split
     evaluation = evaluate_selected_model(
@@ -431,7 +438,7 @@ def train_and_evaluate(args: TrainArguments) -> TrainingRun:
             train_batches_total=len(dataloaders.train),
             train_batches_per_process=len(run.train_dataloader),
             batches_seen=batches_seen,
-            train_seconds=train_seconds,
+            train_loop_seconds=train_loop_seconds,
             started=started,
         ),
         image_inputs.counts,

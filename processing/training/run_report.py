@@ -90,7 +90,7 @@ def training_record(
     train_batches_total: int,
     train_batches_per_process: int,
     batches_seen: int,
-    train_seconds: float,
+    train_loop_seconds: float,
     started: float,
 ) -> dict:
     """results.json `training`: how the run was spread over processes, how long it took and its memory peaks.
@@ -105,7 +105,9 @@ def training_record(
         "optimizer_steps": state["completed_steps"],
         "epochs_run": len(state["history"]),
         "best_epoch": state["best_epoch"],
-        "train_seconds": train_seconds,
+        # Every epoch's training across resumes (validation excluded); this process's whole loop beside it.
+        "train_seconds": sum(epoch["train_seconds"] for epoch in state["history"]),
+        "train_loop_seconds_this_process": train_loop_seconds,
         "total_seconds": time.perf_counter() - started,
         "mixed_precision": accelerator.mixed_precision,
         "peak_rss_mib": peak_rss_mib(),
