@@ -14,7 +14,9 @@ from transformers import AutoModelForTokenClassification, AutoProcessor, pipelin
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
 from modeling_mgcm import WINDOW_INFO_KEYS
-from processing import load_tweet_corpus, write_conll
+from processing import LABEL_NAMES, load_tweet_corpus, write_conll
+from processing.evaluation.metrics import MODES, ner_metrics
+from processing.evaluation.prediction_files import read_predictions
 from processing.predict_cli import main as predict_main
 from processing.training.hub_export import export_to_hub
 
@@ -96,6 +98,20 @@ def test_the_saved_model_records_the_knowledge_source(trained_dir):
     # The same checkpoint scored without knowledge, on every final split.
     assert results["metrics_without"]["text_sources"] == ["knowledge"]
     assert set(results["metrics_without"]["metrics"]) == set(SUBSET)
+    # Each split's predictions, with and without knowledge, beside the corpus words: they score as results.json.
+    corpus = load_tweet_corpus(CORPUS)
+    for split, size in SUBSET.items():
+        for suffix, metrics in (
+            ("", results["metrics"]),
+            ("-without-knowledge", results["metrics_without"]["metrics"]),
+        ):
+            posts = read_predictions(trained_dir / "predictions" / f"{split}{suffix}.tsv")
+            rows = corpus[split].select(range(size))
+            assert list(posts) == rows["id"] and [words for words, _, _ in posts.values()] == rows["tokens"]
+            gold, predicted = [tags for _, tags, _ in posts.values()], [tags for _, _, tags in posts.values()]
+            assert gold == [[LABEL_NAMES[tag] for tag in tags] for tags in rows["ner_tags"]]
+            for mode in MODES:
+                assert ner_metrics(gold, predicted, mode=mode) == metrics[split][mode]
     card = (trained_dir / "README.md").read_text()
     assert "## Text sources" in card and "PGIM (Li et al. 2023), written by ChatGPT" in card
     assert knowledge["sha256"][:16] in card

@@ -88,6 +88,12 @@ def test_run_writes_results_for_every_split_in_both_seqeval_modes(single_process
     for epoch in results["history"]:
         assert epoch["train_seconds"] > 0 and epoch["valid_seconds"] > 0 and epoch["train_batches"] > 0
     assert results["training"]["peak_rss_mib"] > 50
+    # Every split's predictions, one file each (their content: tests/test_knowledge_source.py).
+    assert sorted(path.name for path in (output_dir / "predictions").iterdir()) == [
+        "test.tsv",
+        "train.tsv",
+        "valid.tsv",
+    ]
     best = max(results["history"], key=lambda epoch: epoch["valid_f1"])
     assert results["training"]["best_epoch"] == best["epoch"]
     # Synthetic tweets without an image are counted, never replaced.

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from modeling_mgcm.processing_mgcm import MGCMProcessor
 from processing.corpus.synthetic import score_ambiguous_mentions
 from processing.evaluation.corpus_evaluation import evaluate_corpus
+from processing.evaluation.prediction_files import write_predictions
 from processing.training.arguments import TrainArguments
 from processing.training.data_collator import MGCMDataCollator
 from processing.training.window_rows import tokenised_windows
@@ -23,11 +24,14 @@ from processing.training.window_rows import tokenised_windows
 class FinalEvaluation:
     """The selected model's scores: `metrics` per split and seqeval mode; `metrics_without` the same
     without the dropped text sources (None when none is dropped); `ambiguous_mentions` per split on the
-    synthetic corpus (None on a real one)."""
+    synthetic corpus (None on a real one); `predictions` the tag ids of every post per split (and
+    `predictions_without` without the dropped sources, or None)."""
 
     metrics: dict[str, dict]
     metrics_without: dict | None
     ambiguous_mentions: dict | None
+    predictions: dict[str, list[list[int]]]
+    predictions_without: dict[str, list[list[int]]] | None
 
 
 def load_best_weights(model: nn.Module, folder: Path) -> None:
@@ -68,21 +72,21 @@ def evaluate_selected_model(
             unwrapped.config.id2label,
             f"Evaluating {name}",
         )
-    metrics_without = None
+    metrics_without = predictions_without = None
     if args.drop_text_sources_at_eval:
-        metrics_without = {
-            "text_sources": args.drop_text_sources_at_eval,
-            "metrics": evaluate_without_sources(
-                args, model, accelerator, processor, corpus, splits, eval_collator
-            ),
-        }
+        without, predictions_without = evaluate_without_sources(
+            args, model, accelerator, processor, corpus, splits, eval_collator
+        )
+        metrics_without = {"text_sources": args.drop_text_sources_at_eval, "metrics": without}
     ambiguous_mentions = None
     if args.synthetic:
         ambiguous_mentions = {
             name: score_ambiguous_mentions(corpus[name]["tokens"], corpus[name]["ner_tags"], predictions)
             for name, predictions in predictions_by_split.items()
         }
-    return FinalEvaluation(metrics, metrics_without, ambiguous_mentions)
+    return FinalEvaluation(
+        metrics, metrics_without, ambiguous_mentions, predictions_by_split, predictions_without
+    )
 
 
 def evaluate_without_sources(
@@ -93,18 +97,19 @@ def evaluate_without_sources(
     corpus: datasets.DatasetDict,
     splits: list[str],
     collator: MGCMDataCollator,
-) -> dict:
-    """Metrics of the selected model on `splits` with `--drop_text_sources_at_eval` removed from every post."""
+) -> tuple[dict, dict]:
+    """Metrics and predictions of the selected model on `splits` with `--drop_text_sources_at_eval` removed
+    from every post."""
     unwrapped = accelerator.unwrap_model(model)
     eval_corpus = type(corpus)({name: corpus[name] for name in splits})
     with accelerator.main_process_first():
         windows = tokenised_windows(processor, eval_corpus, unwrapped.config, args.drop_text_sources_at_eval)
-    metrics = {}
+    metrics, predictions = {}, {}
     for name in splits:
         loader = accelerator.prepare(
             DataLoader(windows[name], batch_size=args.per_device_eval_batch_size, collate_fn=collator)
         )
-        metrics[name], _ = evaluate_corpus(
+        metrics[name], predictions[name] = evaluate_corpus(
             model,
             loader,
             accelerator,
@@ -112,7 +117,32 @@ def evaluate_without_sources(
             unwrapped.config.id2label,
             f"Evaluating {name} without " + ",".join(args.drop_text_sources_at_eval),
         )
-    return metrics
+    return metrics, predictions
 
 
-__all__ = ["FinalEvaluation", "evaluate_selected_model", "evaluate_without_sources", "load_best_weights"]
+def write_split_predictions(
+    folder: Path,
+    evaluation: FinalEvaluation,
+    corpus: datasets.DatasetDict,
+    id2label: dict,
+    dropped: list[str],
+) -> list[Path]:
+    """`folder/<split>.tsv` for every evaluated split, and `<split>-without-<sources>.tsv` when text sources
+    were dropped (`prediction_files` format). Main process only."""
+    files = [
+        write_predictions(folder / f"{name}.tsv", corpus[name], predictions, id2label)
+        for name, predictions in evaluation.predictions.items()
+    ]
+    for name, predictions in (evaluation.predictions_without or {}).items():
+        path = folder / f"{name}-without-{'+'.join(dropped)}.tsv"
+        files.append(write_predictions(path, corpus[name], predictions, id2label))
+    return files
+
+
+__all__ = [
+    "FinalEvaluation",
+    "evaluate_selected_model",
+    "evaluate_without_sources",
+    "load_best_weights",
+    "write_split_predictions",
+]

@@ -35,7 +35,7 @@ from processing.training.checkpointing import (
     save_checkpoint,
     save_pretrained_atomically,
 )
-from processing.training.final_evaluation import evaluate_selected_model
+from processing.training.final_evaluation import evaluate_selected_model, write_split_predictions
 from processing.training.model_building import build_model
 from processing.training.nonfinite_loss import NonFiniteLossMonitor
 from processing.training.optimizer import build_optimizer, build_scheduler, group_learning_rates
@@ -67,6 +67,8 @@ NOISY_LOGGERS = ("httpx", "accelerate.checkpointing", "accelerate.accelerator")
 TRACKER_PROJECT = "mgcm"
 # The training state's seconds of training in the current epoch so far, carried by its step checkpoints.
 EPOCH_TRAIN_SECONDS = "epoch_train_seconds"
+# The run folder's subfolder of each final split's predictions (`prediction_files` format).
+PREDICTIONS_DIR = "predictions"
 
 
 class TrainingRun(NamedTuple):
@@ -448,6 +450,14 @@ def train_and_evaluate(args: TrainArguments) -> TrainingRun:
     # ---- save
     unwrapped = accelerator.unwrap_model(run.model)
     save_run_outputs(accelerator, unwrapped, processor, output_dir, results)
+    if accelerator.is_main_process:
+        write_split_predictions(
+            output_dir / PREDICTIONS_DIR,
+            evaluation,
+            corpus,
+            unwrapped.config.id2label,
+            args.drop_text_sources_at_eval,
+        )
     if args.with_tracking:
         accelerator.end_training()
     accelerator.wait_for_everyone()
