@@ -33,7 +33,7 @@ _REASON_TEXT = {
     TRUNCATED: "truncated image",
     TOO_LARGE: "image too large (possible decompression bomb)",
     BROKEN: "broken image",
-    REFUSED: "image path refused",
+    REFUSED: "image refused",
 }
 
 
@@ -46,7 +46,7 @@ class ImageLoadError(ValueError):
             it), "not_an_image" (no known image format), "truncated" (the data stops early), "too_large"
             (more pixels than twice `PIL.Image.MAX_IMAGE_PIXELS`: a possible decompression bomb), "broken"
             (any other decoding failure) or "refused" (a post's path outside the image folder it is confined
-            to; the file is not opened).
+            to, or a URL on a host not allowed; the file is not opened, the URL not fetched).
         detail: the underlying error message.
     """
 

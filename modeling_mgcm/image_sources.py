@@ -2,15 +2,17 @@
 
 Decoding goes through `image_loading.load_image`, so missing files, non-images, truncated data and
 decompression bombs are all an `ImageLoadError`. A URL is fetched only when the user passes one, with a
-timeout and a byte limit; nothing else touches the network.
+timeout and a byte limit, and, given `url_hosts`, only from those hosts (redirects included); nothing else
+touches the network.
 """
 
 import io
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from PIL import Image
@@ -37,8 +39,39 @@ def is_image_url(image: Any) -> bool:
     return isinstance(image, str) and image.strip().lower().startswith(URL_SCHEMES)
 
 
+def host_allowed(url: str, url_hosts: Collection[str] | None) -> bool:
+    """Whether `url`'s host is one of `url_hosts` or a subdomain of one ("twimg.com" allows
+    "pbs.twimg.com"); None allows every host, an empty collection none."""
+    if url_hosts is None:
+        return True
+    host = (urllib.parse.urlsplit(url.strip()).hostname or "").rstrip(".")
+    allowed = {entry.strip().strip(".").lower() for entry in url_hosts}
+    return any(host == entry or host.endswith("." + entry) for entry in allowed if entry)
+
+
+def _refuse_host(url: str) -> ImageLoadError:
+    host = urllib.parse.urlsplit(url.strip()).hostname
+    return ImageLoadError(url, REFUSED, f"the host {host!r} is not among the allowed image URL hosts")
+
+
+class _HostCheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to an http(s) URL on an allowed host, so an allowed host cannot send the
+    fetch elsewhere."""
+
+    def __init__(self, url_hosts: Collection[str] | None) -> None:
+        self.url_hosts = url_hosts
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not is_image_url(newurl) or not host_allowed(newurl, self.url_hosts):
+            raise _refuse_host(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def fetch_image_bytes(
-    url: str, timeout: float = DEFAULT_URL_TIMEOUT, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    url: str,
+    timeout: float = DEFAULT_URL_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    url_hosts: Collection[str] | None = None,
 ) -> bytes:
     """Download an image's bytes.
 
@@ -46,17 +79,22 @@ def fetch_image_bytes(
         url: an http:// or https:// URL.
         timeout: seconds for the whole download (connection, and every read until the last byte).
         max_bytes: largest accepted body; a larger one is refused before or while it is read.
+        url_hosts: the hosts (and their subdomains) a URL, or a redirect, may lead to; None: any host.
 
     Raises:
-        ImageLoadError: "missing" for an HTTP 404/410, "too_large" past `max_bytes`, "unreadable" for any
-            other HTTP, network or timeout failure.
+        ImageLoadError: "refused" for a host not in `url_hosts` (nothing is sent to it), "missing" for an
+            HTTP 404/410, "too_large" past `max_bytes`, "unreadable" for any other HTTP, network or timeout
+            failure.
     """
     if not is_image_url(url):
         raise ValueError(f"not an http(s) URL: {url!r}")
+    if not host_allowed(url, url_hosts):
+        raise _refuse_host(url)
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(url.strip(), headers={"User-Agent": "mgcm-predict"})
+    opener = urllib.request.build_opener(_HostCheckedRedirects(url_hosts))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                 raise ImageLoadError(url, TOO_LARGE, f"Content-Length {declared} exceeds {max_bytes} bytes")
@@ -113,6 +151,7 @@ def open_post_image(
     timeout: float = DEFAULT_URL_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     image_dir: str | os.PathLike | None = None,
+    url_hosts: Collection[str] | None = None,
 ) -> Image.Image:
     """Decode a post's image.
 
@@ -125,6 +164,8 @@ def open_post_image(
             path or one whose `..` leads outside it is refused unopened, so a post cannot make the caller
             read (or quote the first bytes of) other files. None (the default): any path, relative to the
             working directory.
+        url_hosts: the hosts (and their subdomains) an image URL may be fetched from, redirects included;
+            another is refused unfetched (reason "refused"). None (the default): any host; empty: no URL.
 
     Returns:
         An RGB `PIL.Image.Image`.
@@ -136,7 +177,7 @@ def open_post_image(
     if isinstance(image, Image.Image):
         return _decoded_pil_image(image)
     if is_image_url(image):
-        return load_image(fetch_image_bytes(image, timeout=timeout, max_bytes=max_bytes))
+        return load_image(fetch_image_bytes(image, timeout=timeout, max_bytes=max_bytes, url_hosts=url_hosts))
     if isinstance(image, bytes | bytearray | memoryview):
         return load_image(bytes(image))
     if isinstance(image, Mapping):
@@ -160,6 +201,7 @@ __all__ = [
     "DEFAULT_URL_TIMEOUT",
     "URL_SCHEMES",
     "fetch_image_bytes",
+    "host_allowed",
     "is_image_url",
     "open_post_image",
 ]

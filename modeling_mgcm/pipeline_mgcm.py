@@ -92,6 +92,9 @@ class MultimodalNERPipeline(ChunkPipeline):
         image_dir: the folder posts' image paths must name files in: relative paths are resolved against it,
             and a path outside it (absolute, or through `..`) is refused unopened (an `ImageLoadError`,
             reason "refused"). Give it for posts you do not trust. None: any path.
+        image_url_hosts: the hosts (and their subdomains) image URLs may be fetched from, redirects
+            included, e.g. `["pbs.twimg.com"]`; a URL elsewhere is refused unfetched (reason "refused").
+            Empty: no URL is fetched. None: any host.
         image_feature_cache: an `ImageFeatureCache` (anything with `get(ids) -> (features (n, R, D),
             image_mask (n,))`) serving the features of posts that give an `image_id`.
         knowledge_writer: writes the `knowledge` of posts that lack it (see the module docstring).
@@ -161,6 +164,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         image_timeout: float | None = None,
         max_image_bytes: int | None = None,
         image_dir: str | None = None,
+        image_url_hosts: Sequence[str] | None = None,
         image_feature_cache: Any = None,
         knowledge_writer: Any = None,
         output_attentions: bool | None = None,
@@ -175,7 +179,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         if unknown:
             raise TypeError(
                 f"unknown {TASK_NAME} pipeline argument(s) {sorted(unknown)}; it takes aggregation, on_bad_image, "
-                "image_timeout, max_image_bytes, image_dir, image_feature_cache, knowledge_writer, "
+                "image_timeout, max_image_bytes, image_dir, image_url_hosts, image_feature_cache, knowledge_writer, "
                 "output_attentions, batch_size and device"
             )
         preprocess_params: dict[str, Any] = {}
@@ -203,6 +207,10 @@ class MultimodalNERPipeline(ChunkPipeline):
             preprocess_params["max_image_bytes"] = max_image_bytes
         if image_dir is not None:
             preprocess_params["image_dir"] = image_dir
+        if image_url_hosts is not None:
+            if isinstance(image_url_hosts, str) or not all(isinstance(host, str) for host in image_url_hosts):
+                raise TypeError(f"image_url_hosts must be a list of host names, got {image_url_hosts!r}")
+            preprocess_params["image_url_hosts"] = tuple(image_url_hosts)
         if image_feature_cache is not None:
             if not callable(getattr(image_feature_cache, "get", None)):
                 raise TypeError(
@@ -325,6 +333,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         image_timeout: float = DEFAULT_URL_TIMEOUT,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         image_dir: str | None = None,
+        image_url_hosts: Sequence[str] | None = None,
         image_feature_cache: Any = None,
         output_attentions: bool = False,
     ) -> PreparedPost:
@@ -346,7 +355,11 @@ class MultimodalNERPipeline(ChunkPipeline):
                 else:
                     prepared.pixel_values = self._pixel_values(
                         open_post_image(
-                            image, timeout=image_timeout, max_bytes=max_image_bytes, image_dir=image_dir
+                            image,
+                            timeout=image_timeout,
+                            max_bytes=max_image_bytes,
+                            image_dir=image_dir,
+                            url_hosts=image_url_hosts,
                         )
                     )
             except ImageLoadError as error:

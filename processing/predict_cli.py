@@ -24,7 +24,7 @@ one-process run's.
 
 Every input line gives exactly one output line, in order: `{"line", "id", "text", "entities"}`, plus
 `"image_error"` when the post's image was missing, undecodable or, with `--image_dir`, a path outside that
-folder (the post is then tagged from its text and caption), or `{"line", "id", "error"}` for a line that is not a JSON object or a post the pipeline refuses. One
+folder, or with `--image_url_hosts` a URL on another host (the post is then tagged from its text and caption), or `{"line", "id", "error"}` for a line that is not a JSON object or a post the pipeline refuses. One
 bad post never stops the run. Posts are read and tagged `--chunk_size` at a time, so memory does not grow
 with the input. A summary (posts, entities per type, masked images, errors, throughput) ends the run on
 standard error.
@@ -334,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
         " refused unopened: give it for posts you do not trust)",
     )
     parser.add_argument(
+        "--image_url_hosts",
+        nargs="*",
+        metavar="HOST",
+        help="the only hosts (and their subdomains) image URLs are fetched from, redirects included, e.g."
+        " pbs.twimg.com; a URL elsewhere is refused unfetched. Give the flag with no host to fetch no URL"
+        " (default: any host)",
+    )
+    parser.add_argument(
         "--image_timeout", type=float, default=DEFAULT_URL_TIMEOUT, help="seconds to fetch a URL"
     )
     parser.add_argument(
@@ -466,6 +474,7 @@ def _load_tagger(args: argparse.Namespace):
         device=device,
         model_kwargs=model_kwargs,
         image_dir=args.image_dir,
+        image_url_hosts=args.image_url_hosts,
         image_timeout=args.image_timeout,
         max_image_bytes=args.max_image_bytes,
         knowledge_writer=knowledge_writer,

@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
-from modeling_mgcm.image_sources import DEFAULT_URL_TIMEOUT
+from modeling_mgcm.image_sources import DEFAULT_URL_TIMEOUT, host_allowed
 from modeling_mgcm.pipeline_mgcm import BadImageWarning, MultimodalNERPipeline
 from modeling_mgcm.tweet_tokenizer import split_tweet
 from modeling_mgcm.windows import WINDOW_INFO_KEYS, merge_windows
@@ -505,11 +505,14 @@ def test_a_knowledge_writer_writes_for_batch_size_posts_at_a_time_before_they_ar
 
 
 class _ImageServer(http.server.BaseHTTPRequestHandler):
-    """Serves /photo.png, /big (declares 10 MB), /stream-big (no length, 3 MB), /slow and 404 otherwise."""
+    """Serves /photo.png, /big (declares 10 MB), /stream-big (no length, 3 MB), /slow, /to-localhost
+    (a redirect to /photo.png on the host named localhost) and 404 otherwise; records each path asked for."""
 
     photo = b""
+    requested: list[str] = []
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
+        self.requested.append(self.path)
         if self.path == "/photo.png":
             self._send(200, self.photo)
         elif self.path == "/big":
@@ -521,6 +524,11 @@ class _ImageServer(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             for _ in range(48):
                 self.wfile.write(b"\0" * 65536)
+        elif self.path == "/to-localhost":
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/photo.png")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/slow":
             time.sleep(1.5)
             self._send(200, self.photo)
@@ -578,13 +586,13 @@ def test_image_urls_have_a_size_limit_and_a_timeout(
     tagger, image_server, monkeypatch, path, options, message
 ):
     timeouts = []
-    urlopen = urllib.request.urlopen
+    opener_open = urllib.request.OpenerDirector.open
 
-    def recording_urlopen(request, timeout):
+    def recording_open(self, request, timeout):
         timeouts.append(timeout)
-        return urlopen(request, timeout=timeout)
+        return opener_open(self, request, timeout=timeout)
 
-    monkeypatch.setattr(urllib.request, "urlopen", recording_urlopen)
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", recording_open)
     with pytest.raises(ImageLoadError, match=message):
         tagger({"text": "Paris", "image": image_server + path}, **options)
     # One fetch, under the pipeline's timeout (the slow server answers after 1.5 s: only a timeout of 0.3 s
@@ -599,6 +607,51 @@ def test_image_urls_have_a_size_limit_and_a_timeout(
             **options,
         )
     assert image_server + path in masked["image_error"]
+
+
+def test_image_url_hosts_confine_the_fetches_redirects_included(tagger, image_server):
+    """A service tagging strangers' posts names the hosts it fetches from: a URL elsewhere, or a redirect
+    from an allowed host to another, is refused before anything is sent there."""
+    photo = f"{image_server}/photo.png"
+    text = "Jordan visits Phoenix"
+    allowed = tagger({"text": text, "image": photo}, image_url_hosts=["127.0.0.1"])
+    assert_same_outputs([allowed], [tagger({"text": text, "image": photo})])
+    _ImageServer.requested.clear()
+    cases = [
+        (photo, ["example.org"], "'127.0.0.1'"),
+        (photo, [], "'127.0.0.1'"),
+        (f"{image_server}/to-localhost", ["127.0.0.1"], "'localhost'"),
+    ]
+    for url, hosts, host in cases:
+        with pytest.raises(ImageLoadError, match=f"image refused .*the host {host} is not among the allowed"):
+            tagger({"text": text, "image": url}, image_url_hosts=hosts)
+    # The allowed host was asked for the redirect only; the redirect's target and the others never.
+    assert _ImageServer.requested == ["/to-localhost"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadImageWarning)
+        masked = tagger(
+            {"text": text, "image": photo}, image_url_hosts=[], on_bad_image="mask", aggregation="words"
+        )
+    assert "image refused" in masked["image_error"]
+    with pytest.raises(TypeError, match="image_url_hosts must be a list of host names"):
+        tagger({"text": text}, image_url_hosts="127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "url, hosts, allowed",
+    [
+        ("https://pbs.twimg.com/media/a.jpg", None, True),
+        ("https://pbs.twimg.com/media/a.jpg", ["pbs.twimg.com"], True),
+        ("https://pbs.twimg.com/media/a.jpg", ["twimg.com"], True),
+        ("https://PBS.TWIMG.COM./a.jpg", ["Twimg.com"], True),
+        ("https://eviltwimg.com/a.jpg", ["twimg.com"], False),
+        ("https://twimg.com.evil.org/a.jpg", ["twimg.com"], False),
+        ("https://pbs.twimg.com@evil.org/a.jpg", ["pbs.twimg.com"], False),
+        ("https://pbs.twimg.com/a.jpg", [], False),
+    ],
+)
+def test_a_url_s_host_is_allowed_only_as_named_or_a_subdomain(url, hosts, allowed):
+    assert host_allowed(url, hosts) is allowed
 
 
 def test_cached_image_features_give_the_outputs_of_the_raw_images(tagger, tiny_mgcm_dir, tmp_path):

@@ -197,7 +197,7 @@ def test_with_image_dir_a_post_cannot_make_the_command_open_or_quote_a_file_outs
     records = [json.loads(line) for line in output.read_text().splitlines()]
     for record, path in zip(records[:3], paths, strict=False):
         assert record["image_error"] == (
-            f"{path}: image path refused (outside the image folder {images}: a post's image must be a file in it)"
+            f"{path}: image refused (outside the image folder {images}: a post's image must be a file in it)"
         )
     assert "hunter2" not in output.read_text() + capsys.readouterr().err
     assert "image_error" not in records[3]
@@ -206,6 +206,29 @@ def test_with_image_dir_a_post_cannot_make_the_command_open_or_quote_a_file_outs
     # Without --image_dir every path is the user's own, and is read.
     assert main(argv) == 0
     assert "secret.txt: not an image" in json.loads(output.read_text().splitlines()[0])["image_error"]
+
+
+def test_image_url_hosts_keeps_the_command_off_other_hosts(tiny_mgcm_dir, tmp_path):
+    """A URL on a host not named is refused before any connection (port 9, discard, would otherwise be
+    tried and fail as unreadable); the flag with no host fetches no URL at all."""
+    posts = tmp_path / "posts.jsonl"
+    urls = ["http://127.0.0.1:9/a.png", "http://169.254.169.254/latest/meta-data"]
+    posts.write_text("".join(json.dumps({"text": "Obama in Paris", "image": url}) + "\n" for url in urls))
+    output = tmp_path / "out.jsonl"
+    argv = ["--model", str(tiny_mgcm_dir), "--input", str(posts), "--output", str(output), "--no_progress"]
+    for hosts in (["pbs.twimg.com", "twimg.com"], []):
+        assert main([*argv, "--image_url_hosts", *hosts]) == 0
+        records = [json.loads(line) for line in output.read_text().splitlines()]
+        for record, host in zip(records, ["127.0.0.1", "169.254.169.254"], strict=True):
+            assert record["entities"] is not None
+            assert (
+                f"image refused (the host '{host}' is not among the allowed image URL hosts)"
+                in record["image_error"]
+            )
+    # Without the flag the URL is tried, and fails to connect.
+    posts.write_text(json.dumps({"text": "Obama in Paris", "image": urls[0]}) + "\n")
+    assert main(argv) == 0
+    assert "unreadable image file" in json.loads(output.read_text())["image_error"]
 
 
 @pytest.mark.parametrize(
