@@ -17,8 +17,9 @@ from training_runs import TRAIN_SCRIPT, run_environment, run_train_script
 from transformers import AutoModelForTokenClassification, AutoProcessor
 
 import modeling_mgcm  # noqa: F401  (registers the Auto classes)
-from processing import ImageFeatureCache, MGCMDataCollator, make_synthetic_corpus
+from processing import LABEL_NAMES, ImageFeatureCache, MGCMDataCollator, make_synthetic_corpus
 from processing.evaluation.corpus_evaluation import evaluate_corpus
+from processing.evaluation.prediction_files import read_predictions
 from processing.training.checkpointing import latest_checkpoint
 from processing.training.window_rows import preprocess_corpus
 
@@ -160,7 +161,7 @@ def test_the_selected_model_and_processor_load_through_the_auto_classes(single_p
     assert (output_dir / "model.safetensors").is_file()
     assert not list(output_dir.glob("*.bin")), "weights must be safetensors"
     # The reloaded model reproduces the run's test metrics: it is the selected checkpoint.
-    assert evaluate_saved_model(output_dir, "test") == results["metrics"]["test"]
+    assert evaluate_saved_model(output_dir, "test")[0] == results["metrics"]["test"]
 
 
 def test_the_benchmark_collector_reads_a_real_run_s_results(single_process_run, tmp_path):
@@ -185,8 +186,9 @@ def test_the_benchmark_collector_reads_a_real_run_s_results(single_process_run, 
         assert set(record["per_type"]) <= {"PER", "LOC", "ORG", "MISC"} and record["per_type"]
 
 
-def evaluate_saved_model(output_dir: Path, split_name: str) -> dict:
-    """Single-process evaluation of a saved run, rebuilding its corpus and reading its feature cache."""
+def evaluate_saved_model(output_dir: Path, split_name: str) -> tuple[dict, list[list[int]]]:
+    """Single-process evaluation of a saved run, rebuilding its corpus and reading its feature cache:
+    (metrics, tag ids per tweet)."""
     model = AutoModelForTokenClassification.from_pretrained(output_dir)
     processor = AutoProcessor.from_pretrained(output_dir)
     corpus = make_synthetic_corpus(*SIZES, seed=SEED)
@@ -200,8 +202,7 @@ def evaluate_saved_model(output_dir: Path, split_name: str) -> dict:
     )
     accelerator = Accelerator()
     model, loader = accelerator.prepare(model, loader)
-    metrics, _ = evaluate_corpus(model, loader, accelerator, split, model.config.id2label)
-    return metrics
+    return evaluate_corpus(model, loader, accelerator, split, model.config.id2label)
 
 
 def test_a_run_killed_mid_training_resumes_to_the_same_metrics(single_process_run, tmp_path):
@@ -249,4 +250,8 @@ def test_two_process_cpu_run_splits_the_batches_and_gathers_every_example(tmp_pa
     assert training["train_batches_per_process"] == -(-training["train_batches_total"] // 2)
     assert training["train_batches_seen_this_process"] == training["train_batches_per_process"]
     # gather_for_metrics: the two-process evaluation equals a single-process one of the same model.
-    assert evaluate_saved_model(output_dir, "valid") == results["metrics"]["valid"]
+    metrics, predictions = evaluate_saved_model(output_dir, "valid")
+    assert metrics == results["metrics"]["valid"]
+    # The first process's predictions file holds every tweet once, as the single-process evaluation tags it.
+    written = read_predictions(output_dir / "predictions" / "valid.tsv")
+    assert [[LABEL_NAMES.index(tag) for tag in tags] for _, _, tags in written.values()] == predictions
