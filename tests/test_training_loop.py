@@ -321,6 +321,7 @@ def test_resuming_from_latest_without_a_checkpoint_starts_from_scratch(tmp_path)
         "completed_steps": 0,
         "best_f1": -1.0,
         "best_epoch": None,
+        "epoch_train_seconds": 0.0,
         "history": [],
     }
 
