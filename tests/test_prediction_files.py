@@ -56,3 +56,10 @@ def test_a_malformed_line_is_named_by_file_and_line(tmp_path):
         ValueError, match=r"valid.tsv, line 2: expected word<TAB>gold<TAB>predicted .*'Paris\\tB-LOC'"
     ):
         read_predictions(path)
+
+
+def test_a_post_id_written_twice_is_refused_rather_than_merged(tmp_path):
+    path = tmp_path / "valid.tsv"
+    path.write_text("# id = 1\nParis\tB-LOC\tO\n\n# id = 1\nRome\tB-LOC\tB-LOC\n")
+    with pytest.raises(ValueError, match=r"valid.tsv, line 4: post id '1' is there twice"):
+        read_predictions(path)

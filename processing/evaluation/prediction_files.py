@@ -34,7 +34,10 @@ def read_predictions(path: str | os.PathLike) -> dict[str, tuple[list[str], list
     posts, current = {}, None
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if line.startswith("# id = "):
-            current = posts.setdefault(line.removeprefix("# id = "), ([], [], []))
+            post_id = line.removeprefix("# id = ")
+            if post_id in posts:
+                raise ValueError(f"{path}, line {number}: post id {post_id!r} is there twice")
+            current = posts[post_id] = ([], [], [])
         elif line:
             columns = line.split("\t")
             if current is None or len(columns) != 3:
