@@ -116,17 +116,17 @@ def compare(names: list[str], gold, predicted: list, words, source_texts=None) -
             collections.Counter(what_the_other_predicted(entity, found[other]) for entity in only)
         )
     if source_texts is not None:
-
-        def named(entity) -> bool:
-            post, _, first, last = entity
-            return " ".join(words[post][first : last + 1]).lower().lstrip("@#") in source_texts[post].lower()
-
-        report["named_by_source"] = {"entities": len(gold_entities), "named": sum(map(named, gold_entities))}
-        for name, entities in zip(names, found, strict=True):
-            for flag, label in ((True, "recall_named"), (False, "recall_not_named")):
-                subset = [entity for entity in gold_entities if named(entity) is flag]
-                share = 100 * sum(entity in entities for entity in subset) / len(subset) if subset else None
-                report["named_by_source"].setdefault(label, {})[name] = share
+        named = {
+            (post, kind, first, last)
+            for post, kind, first, last in gold_entities
+            if " ".join(words[post][first : last + 1]).lower().lstrip("@#") in source_texts[post].lower()
+        }
+        report["named_by_source"] = {"entities": len(gold_entities), "named": len(named)}
+        for label, subset in (("recall_named", named), ("recall_not_named", gold_entities - named)):
+            report["named_by_source"][label] = {
+                name: 100 * len(subset & entities) / len(subset) if subset else None
+                for name, entities in zip(names, found, strict=True)
+            }
     return report
 
 
