@@ -121,11 +121,7 @@ def evaluate_without_sources(
 
 
 def write_split_predictions(
-    folder: Path,
-    evaluation: FinalEvaluation,
-    corpus: datasets.DatasetDict,
-    id2label: dict,
-    dropped: list[str],
+    folder: Path, evaluation: FinalEvaluation, corpus: datasets.DatasetDict, id2label: dict
 ) -> list[Path]:
     """`folder/<split>.tsv` for every evaluated split, and `<split>-without-<sources>.tsv` when text sources
     were dropped (`prediction_files` format). Main process only."""
@@ -133,9 +129,11 @@ def write_split_predictions(
         write_predictions(folder / f"{name}.tsv", corpus[name], predictions, id2label)
         for name, predictions in evaluation.predictions.items()
     ]
-    for name, predictions in (evaluation.predictions_without or {}).items():
-        path = folder / f"{name}-without-{'+'.join(dropped)}.tsv"
-        files.append(write_predictions(path, corpus[name], predictions, id2label))
+    if evaluation.predictions_without is not None:
+        dropped = "+".join(evaluation.metrics_without["text_sources"])
+        for name, predictions in evaluation.predictions_without.items():
+            path = folder / f"{name}-without-{dropped}.tsv"
+            files.append(write_predictions(path, corpus[name], predictions, id2label))
     return files
 
 

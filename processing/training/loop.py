@@ -451,13 +451,7 @@ def train_and_evaluate(args: TrainArguments) -> TrainingRun:
     unwrapped = accelerator.unwrap_model(run.model)
     save_run_outputs(accelerator, unwrapped, processor, output_dir, results)
     if accelerator.is_main_process:
-        write_split_predictions(
-            output_dir / PREDICTIONS_DIR,
-            evaluation,
-            corpus,
-            unwrapped.config.id2label,
-            args.drop_text_sources_at_eval,
-        )
+        write_split_predictions(output_dir / PREDICTIONS_DIR, evaluation, corpus, unwrapped.config.id2label)
     if args.with_tracking:
         accelerator.end_training()
     accelerator.wait_for_everyone()
