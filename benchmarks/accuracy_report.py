@@ -22,6 +22,8 @@ CONFIGS = {
     "text+caption-concat": "control: encoder + CRF, caption appended as a second text segment",
     "full+knowledge": "`full` + PGIM's knowledge as a granularity (a block of its own, read without gradient)",
     "full+knowledge-shared": "the same, one block shared by caption and knowledge",
+    "full+knowledge-cross2": "the same, each block's cross-attention steps two layers deep instead of one",
+    "full+knowledge-grad": "the same, back-propagating into the encoder through the caption and knowledge",
     "full+knowledge+dropout": "`full+knowledge` trained with knowledge input dropout (rate from the valid sweep)",
     "full+knowledge-concat": "`full` + the knowledge appended to the tweet as a second segment",
     "text+knowledge-concat": "PGIM's method: encoder + CRF, the knowledge appended as a second segment",

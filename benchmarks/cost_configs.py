@@ -37,6 +37,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text_sources": ["caption", "knowledge"],
         "detach_text_source_encoding": False,
     },
+    "full+knowledge-cross2": {
+        **_FULL,
+        "text_sources": ["caption", "knowledge"],
+        "num_cross_attention_layers": 2,
+    },
     "full+knowledge-concat": {**_FULL, "text_sources": ["caption"]},
     "text+knowledge-concat": {"augmentation_mode": "none", "use_word_shape": False, "text_sources": []},
 }

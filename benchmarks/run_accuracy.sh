@@ -74,6 +74,14 @@ config_args() {
       echo "--granularities=caption,knowledge $full $with_knowledge --share_text_source_block" \
         "--drop_text_sources_at_eval knowledge"
       ;;
+    full+knowledge-grad) # target 2's probes: the knowledge pass trained, or read in two cross-attention layers
+      echo "--granularities=caption,knowledge $full $with_knowledge --text_source_gradient" \
+        "--drop_text_sources_at_eval knowledge"
+      ;;
+    full+knowledge-cross2)
+      echo "--granularities=caption,knowledge $full $with_knowledge --num_cross_attention_layers 2" \
+        "--drop_text_sources_at_eval knowledge"
+      ;;
     full+knowledge+dropout*) # the rate is the name's suffix (the sweep) or the sweep's choice
       echo "--granularities=caption,knowledge $full $with_knowledge" \
         "--input_dropout knowledge=${3#full+knowledge+dropout}" "--drop_text_sources_at_eval knowledge"
@@ -122,6 +130,8 @@ plan() {
   for rate in $DROPOUT_SWEEP; do echo "t15 minilm full+knowledge+dropout$rate 1 $SWEEP_EPOCHS"; done
   echo "t15 minilm full+knowledge+dropout 1"
   echo "t17 minilm full+knowledge 1"
+  # Target 2's probes: is concat's lead the gradient through the knowledge, or the one cross-attention step?
+  for config in full+knowledge-cross2 full+knowledge-grad; do echo "t15 minilm $config 1"; done
   echo "t15 minilm text+knowledge-concat 1"
   for seed in 2 3; do
     for config in full+knowledge full+knowledge-concat; do echo "t15 minilm $config $seed"; done

@@ -30,6 +30,7 @@ clipping, Accelerate autocast in `--precision`):
   200 word pieces) as a text-source granularity with its own block, encoded detached like the caption;
   `full+knowledge-shared`: the same with one block shared by caption and knowledge
   (`share_text_source_block`); `full+knowledge-grad`: the knowledge and caption passes trained too;
+  `full+knowledge-cross2`: every block's cross-attention steps two layers deep (`num_cross_attention_layers`);
 - `full+knowledge-concat`: `full` with the knowledge appended to the tweet as a second segment (PGIM's way:
   the encoder reads tweet + knowledge with gradient); `text+knowledge-concat`: PGIM's own model, encoder +
   CRF over tweet + knowledge.

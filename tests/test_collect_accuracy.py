@@ -327,3 +327,38 @@ def test_the_run_script_lists_done_started_and_todo_runs_and_runs_nothing(tmp_pa
         "todo     t15-minilm-full-s2",
     ]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["t15-minilm-full-s1", "t15-minilm-text-s1"]
+
+
+def test_every_run_of_the_plan_gives_train_py_flags_it_accepts(tmp_path):
+    """Each planned run's command, caught by a stand-in `accelerate` on PATH, parses with train.py's parser:
+    a config whose flags were mistyped would otherwise fail only when a worker reached it, days later."""
+    from processing.training.arguments import parse_args
+
+    record = tmp_path / "commands"
+    stand_in = tmp_path / "bin" / "accelerate"
+    stand_in.parent.mkdir()
+    stand_in.write_text(f"#!/usr/bin/env bash\nprintf '%s\\x1f' \"$@\" >> {record}\necho >> {record}\n")
+    stand_in.chmod(0o755)
+    environment = dict(
+        os.environ,
+        PATH=f"{stand_in.parent}:{os.environ['PATH']}",
+        OUT=str(tmp_path / "out"),
+        PRECISION="no",
+        KNOWLEDGE_DROPOUT="0.25",
+    )
+    script = ["bash", str(REPO / "benchmarks" / "run_accuracy.sh")]
+    listed = subprocess.run(script, env=dict(environment, LIST="1"), capture_output=True, text=True)
+    ran = subprocess.run(script, env=environment, capture_output=True, text=True)
+    assert ran.returncode == 0 and "FAILED" not in ran.stderr, ran.stderr
+    commands = [line.rstrip("\x1f").split("\x1f") for line in record.read_text().splitlines()]
+    names = [
+        str(Path(command[command.index("--output_dir") + 1]).relative_to(tmp_path / "out"))
+        for command in commands
+    ]
+    assert ["todo     " + name for name in names] == listed.stdout.splitlines()  # every run once, in order
+    assert {"t15-minilm-full+knowledge-grad-s1", "sweep-e1/t15-minilm-full+knowledge+dropout0.25-s1"} <= set(
+        names
+    )
+    for command in commands:
+        args = parse_args(command[command.index("examples/train.py") + 1 :])
+        assert args.text_model.endswith(("all-MiniLM-L6-v2", "all-mpnet-base-v2")), command

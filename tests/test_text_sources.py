@@ -320,6 +320,25 @@ def test_every_parameter_gets_a_gradient_when_input_dropout_empties_a_whole_batc
     assert without_gradient == []
 
 
+@pytest.mark.parametrize("detached", [True, False], ids=["detached", "trained-through"])
+def test_text_sources_are_read_without_gradient_and_dropout_only_while_detached(tiny_text_config, detached):
+    """Each pass of the shared text encoder in training: the tweet's is always trained; a text source's has
+    no gradient and runs in eval mode under `detach_text_source_encoding`, and is trained like the tweet's
+    without it. The encoder is back in training mode after the forward."""
+    model = source_model(tiny_text_config, detach_text_source_encoding=detached).train()
+    passes = []
+    model.mgcm.text_encoder.register_forward_hook(
+        lambda module, inputs, output: passes.append(
+            (output.last_hidden_state.requires_grad, module.training)
+        )
+    )
+    model(**knowledge_batch())
+    tweet_pass, *source_passes = passes
+    assert tweet_pass == (True, True) and len(source_passes) >= 2  # the caption's and the knowledge's
+    assert set(source_passes) == ({(False, False)} if detached else {(True, True)})
+    assert model.mgcm.text_encoder.training
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Model: checkpoints from before named text sources
 

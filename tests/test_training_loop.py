@@ -18,6 +18,7 @@ from modeling_mgcm import MGCMConfig, MGCMProcessor
 from modeling_mgcm.configuration_mgcm import VISUAL_GRANULARITIES
 from processing.training import loop
 from processing.training.arguments import TrainArguments, build_parser, parse_args
+from processing.training.model_building import model_config_kwargs
 from processing.training.window_rows import tokenised_windows
 
 TINY_RUN = ["--synthetic", "--synthetic_sizes", "16,8,8", "--seed", "5", "--per_device_train_batch_size", "8"]
@@ -52,6 +53,7 @@ DEFAULTS = {
     "mixed_precision": None,
     "no_text_only_baseline": False,
     "no_word_shape": False,
+    "num_cross_attention_layers": 1,
     "num_neighbours": 4,
     "num_train_epochs": 12,
     "object_labels_file": None,
@@ -74,6 +76,7 @@ DEFAULTS = {
     "text_source_lengths": {},
     "text_source_max_length": None,
     "text_source_origin": None,
+    "text_source_gradient": False,
     "text_source_origins": {},
     "url_token": None,
     "vision_model": None,
@@ -113,6 +116,7 @@ def test_every_flag_keeps_its_meaning():
         ),
         *("--text_source_max_length", "knowledge=200", "--text_source_as_segment", "other"),
         *("--share_text_source_block", "--input_dropout", "knowledge=0.5", "--augmentation_mode", "add"),
+        *("--text_source_gradient", "--num_cross_attention_layers", "2"),
         *("--no_word_shape", "--aux_span_loss_weight", "0", "--gradient_checkpointing", "--max_length", "64"),
         *("--stride", "8", "--url_token", "http", "--num_train_epochs", "3", "--max_train_steps", "7"),
         *(
@@ -156,6 +160,7 @@ def test_every_flag_keeps_its_meaning():
         "mixed_precision": "bf16",
         "no_text_only_baseline": True,
         "no_word_shape": True,
+        "num_cross_attention_layers": 2,
         "num_neighbours": 2,
         "num_train_epochs": 3,
         "object_labels_file": "l.txt",
@@ -178,6 +183,7 @@ def test_every_flag_keeps_its_meaning():
         "text_source_lengths": {"knowledge": 200},
         "text_source_max_length": ["knowledge=200"],
         "text_source_origin": ["knowledge=PGIM"],
+        "text_source_gradient": True,
         "text_source_origins": {"knowledge": "PGIM"},
         "url_token": "http",
         "vision_model": "vis",
@@ -196,6 +202,7 @@ def test_every_flag_keeps_its_meaning():
     "argv, message",
     [
         (["--logging_steps", "0"], "--logging_steps must be at least 1, got 0"),
+        (["--num_cross_attention_layers", "0"], "--num_cross_attention_layers must be at least 1, got 0"),
         (
             ["--checkpointing_steps", "often"],
             "--checkpointing_steps takes 'epoch', 'no' or a number of steps",
@@ -261,6 +268,17 @@ def test_the_synthetic_defaults_read_every_granularity_at_the_tiny_encoders_rate
     assert args.synthetic and args.granularities == [*VISUAL_GRANULARITIES, "caption"]
     assert (args.learning_rate, args.fusion_learning_rate, args.crf_learning_rate) == (1e-3, 1e-3, 1e-2)
     assert (args.num_train_epochs, args.augmentation_mode, args.segment_sources) == (12, "none", [])
+
+
+def test_the_model_flags_set_the_config_fields_they_name():
+    args = parse_args(
+        ["--text_source_gradient", "--num_cross_attention_layers", "2", "--share_text_source_block"]
+    )
+    fields = model_config_kwargs(args, neighbour_table=None, object_labels=["person"])
+    assert fields["detach_text_source_encoding"] is False and fields["num_cross_attention_layers"] == 2
+    assert fields["share_text_source_block"] is True and fields["text_sources"] == ["caption"]
+    defaults = model_config_kwargs(parse_args([]), neighbour_table=None, object_labels=["person"])
+    assert defaults["detach_text_source_encoding"] is True and defaults["num_cross_attention_layers"] == 1
 
 
 def test_a_pretrained_encoder_on_a_real_corpus_gets_the_paper_s_rates_and_its_text_sources():

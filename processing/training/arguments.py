@@ -139,6 +139,14 @@ class ModelArguments:
         help="one cross-modal block for every text source, with a learned source embedding, instead of "
         "one block each",
     )
+    text_source_gradient: bool = flag(
+        False,
+        help="back-propagate into the text encoder through the text sources too (each then costs a "
+        "training pass of the encoder, not one forward without gradient)",
+    )
+    num_cross_attention_layers: int = flag(
+        1, help="depth of each cross-attention step between the words and a granularity"
+    )
     input_dropout: list[str] | None = flag(
         repeatable=True,
         metavar="NAME=P",
@@ -248,6 +256,10 @@ class TrainArguments(RunArguments, OptimisationArguments, ModelArguments, DataAr
 
     def __post_init__(self) -> None:
         self.synthetic = self.synthetic or self.dataset_dir is None
+        if self.num_cross_attention_layers < 1:
+            raise ValueError(
+                f"--num_cross_attention_layers must be at least 1, got {self.num_cross_attention_layers}"
+            )
         self._read_name_value_options()
         self._resolve_granularities()
         self._resolve_optimisation()

@@ -23,6 +23,8 @@ def model_config_kwargs(
         use_objects="objects" in args.granularities,
         text_sources=[name for name in args.granularities if name not in VISUAL_GRANULARITIES],
         share_text_source_block=args.share_text_source_block,
+        detach_text_source_encoding=not args.text_source_gradient,
+        num_cross_attention_layers=args.num_cross_attention_layers,
         input_dropout=args.input_dropout_rates,
         object_labels=object_labels,
         augmentation_mode=args.augmentation_mode,
