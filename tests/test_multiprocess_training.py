@@ -70,12 +70,17 @@ def test_the_learning_rate_at_every_step_does_not_depend_on_the_number_of_proces
     assert results["training"]["num_processes"] == 2 and results["training"]["optimizer_steps"] == steps
 
 
-def test_a_two_process_run_whose_batches_lack_side_inputs_trains_to_the_end(tmp_path):
+@pytest.mark.parametrize(
+    "source_gradient", [[], ["--text_source_gradient"]], ids=["detached", "trained-through"]
+)
+def test_a_two_process_run_whose_batches_lack_side_inputs_trains_to_the_end(tmp_path, source_gradient):
     """Images, objects and captions each for one tweet in 8, batch 2 per process, and input dropout of the
     objects and captions on top: many steps have a batch without one of them on one rank only. Every block
     still runs, so DDP finds every parameter used; with gradient checkpointing (non-reentrant), as DDP needs
-    it."""
+    it; and with the caption pass read without gradient (the default) or trained through, when one rank's
+    batch has captions and the other's none."""
     arguments = [
+        *source_gradient,
         "--gradient_checkpointing",
         "--input_dropout",
         "objects=0.5",
@@ -101,6 +106,7 @@ def test_a_two_process_run_whose_batches_lack_side_inputs_trains_to_the_end(tmp_
     assert results["images"]["with_features"] < results["images"]["missing"]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["input_dropout"] == {"objects": 0.5, "caption": 0.5}
+    assert config["detach_text_source_encoding"] == (not source_gradient)
 
 
 def test_a_non_finite_loss_on_rank_1_stops_both_ranks_naming_the_step(tmp_path):
