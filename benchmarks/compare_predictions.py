@@ -44,8 +44,9 @@ def run_corpus(run: Path, split: str):
     )[split]
 
 
-def tag_through_pipeline(run: Path, rows) -> list[list[int]]:
-    """Tag ids of every post of `rows` by the run's saved model (float32, this machine's device)."""
+def pipeline_word_outputs(run: Path, rows, **call_options) -> list[dict]:
+    """The `multimodal-ner` pipeline's per-word outputs (`aggregation="words"`) of every post of `rows`, by the
+    run's saved model (float32, this machine's device), with the text sources and images it reads."""
     processor = MGCMProcessor.from_pretrained(run)
     model = MGCMForTokenClassification.from_pretrained(run).eval()
     tagger = pipeline("multimodal-ner", model=model, processor=processor)
@@ -56,7 +57,12 @@ def tag_through_pipeline(run: Path, rows) -> list[list[int]]:
         if model.config.use_image and row.get("image"):
             post["image"] = row["image"]
         posts.append(post)
-    outputs = tagger(posts, batch_size=32, aggregation="words", on_bad_image="mask")
+    return tagger(posts, batch_size=32, aggregation="words", on_bad_image="mask", **call_options)
+
+
+def tag_through_pipeline(run: Path, rows) -> list[list[int]]:
+    """Tag ids of every post of `rows` by the run's saved model."""
+    outputs = pipeline_word_outputs(run, rows)
     return [[LABEL_NAMES.index(word["tag"]) for word in output["words"]] for output in outputs]
 
 

@@ -18,13 +18,12 @@ import statistics
 import sys
 from pathlib import Path
 
-from compare_predictions import entity_set, run_corpus
+from compare_predictions import entity_set, pipeline_word_outputs, run_corpus
 from seqeval.metrics.sequence_labeling import get_entities
-from transformers import pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_mgcm import MGCMForTokenClassification  # noqa: E402
+from modeling_mgcm import MGCMConfig  # noqa: E402
 from modeling_mgcm.processing_mgcm import MGCMProcessor  # noqa: E402
 from processing import LABEL_NAMES  # noqa: E402
 
@@ -45,8 +44,11 @@ def mention_shares(
     if not starts:
         return None
     on_mention = {start + offset for start in starts for offset in range(len(phrase))}
-    following = {start + len(phrase) + offset for start in starts for offset in range(after)} - on_mention
-    following = {index for index in following if index < len(source_words)}
+    following = {
+        index
+        for start in starts
+        for index in range(start + len(phrase), min(start + len(phrase) + after, len(source_words)))
+    } - on_mention
     return {
         "on_mention": statistics.fmean(sum(row[i] for i in on_mention) for row in attention),
         "after_mention": statistics.fmean(sum(row[i] for i in following) for row in attention),
@@ -79,7 +81,7 @@ def attention_report(
             continue
         source_words = [word.lower() for word in attended["words"]]
         words = output["words"]
-        spans = [(kind, first, last) for kind, first, last in get_entities(tags)]
+        spans = get_entities(tags)
         inside = {index for _, first, last in spans for index in range(first, last + 1)}
         candidates = [
             ("tagged right" if (post, kind, first, last) in predicted else "tagged wrong", first, last)
@@ -107,19 +109,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    text_sources = MGCMConfig.from_pretrained(args.run).text_sources
+    if args.source not in text_sources:
+        raise SystemExit(f"{args.run}: the model reads no {args.source!r} granularity ({text_sources})")
     rows = run_corpus(args.run, args.split)
-    processor = MGCMProcessor.from_pretrained(args.run)
-    model = MGCMForTokenClassification.from_pretrained(args.run).eval()
-    if args.source not in model.config.text_sources:
-        raise SystemExit(
-            f"{args.run}: the model reads no {args.source!r} granularity ({model.config.text_sources})"
-        )
-    tagger = pipeline("multimodal-ner", model=model, processor=processor)
-    names = [name for name in processor.text_sources if name in rows.column_names]
-    posts = [{"text": row["tokens"], **{name: row[name] for name in names}} for row in rows]
-    outputs = tagger(posts, batch_size=32, aggregation="words", output_attentions=True)
+    outputs = pipeline_word_outputs(args.run, rows, output_attentions=True)
     gold = [[LABEL_NAMES[tag] for tag in row["ner_tags"]] for row in rows]
-    pre_tokenizer = processor.tokenizer.backend_tokenizer.pre_tokenizer
+    pre_tokenizer = MGCMProcessor.from_pretrained(args.run).tokenizer.backend_tokenizer.pre_tokenizer
     report = attention_report(
         outputs,
         gold,
