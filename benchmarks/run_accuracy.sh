@@ -6,9 +6,11 @@
 #   ONLY='t15-minilm-(text|full)-' bash benchmarks/run_accuracy.sh   # the runs whose name matches
 #   LIST=1 bash benchmarks/run_accuracy.sh     # print the run names and their state, run nothing
 #
-# Runs are named <dataset>-<encoder>-<config>-s<seed> and write to $OUT/<name>. A finished run (results.json)
-# is skipped and an interrupted one resumes from its last checkpoint (every CHECKPOINT_STEPS optimizer steps
-# and at every epoch end), mid-epoch included, so the script can be stopped and started again across sessions. Several copies may run at once (e.g. one per CPU core with THREADS=1): each
+# Runs are named <dataset>-<encoder>-<config>-s<seed> and write to $OUT/<name>. A finished run (results.json, or
+# its records in $ACCURACY: a new machine has none of the old run folders) is skipped and an interrupted one
+# resumes from its last checkpoint (every CHECKPOINT_STEPS optimizer steps and at every epoch end), mid-epoch
+# included, so the script can be stopped and started again across sessions that keep $OUT. Several copies may
+# run at once (e.g. one per CPU core with THREADS=1): each
 # run is claimed with a lock folder holding the owner's PID, and a lock whose owner is gone is taken over.
 # Afterwards `python benchmarks/collect_accuracy.py` writes benchmarks/results/accuracy.json.
 #
@@ -21,8 +23,9 @@
 # an MPNet step takes 3-5 times as long; a session's end loses what came after the last checkpoint),
 # KNOWLEDGE_LENGTH (200 word pieces of PGIM knowledge), KNOWLEDGE_DROPOUT (the knowledge
 # input dropout of full+knowledge+dropout; unset = the rate benchmarks/select_input_dropout.py picks from the
-# sweep), DROPOUT_SWEEP (the sweep's rates: 0.25 0.5 0.75), SWEEP_EPOCHS (1), THREADS (torch threads per run; unset = torch default), ONLY
-# (regex), LIST.
+# sweep, which runs only while KNOWLEDGE_DROPOUT is unset), DROPOUT_SWEEP (the sweep's rates: 0.25 0.5 0.75),
+# SWEEP_EPOCHS (1), ACCURACY (benchmarks/results/accuracy.json; a path that is no file runs every run), THREADS
+# (torch threads per run; unset = torch default), ONLY (regex), LIST.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +47,11 @@ KNOWLEDGE_DROPOUT=${KNOWLEDGE_DROPOUT:-}
 DROPOUT_SWEEP=${DROPOUT_SWEEP:-0.25 0.5 0.75}
 SWEEP_EPOCHS=${SWEEP_EPOCHS:-1}
 ONLY=${ONLY:-.}
+ACCURACY=${ACCURACY:-benchmarks/results/accuracy.json}
+RECORDED=
+if [ -f "$ACCURACY" ]; then
+  RECORDED=$(python -c 'import json, sys; print("\n".join({r["run"] for r in json.load(open(sys.argv[1]))}))' "$ACCURACY")
+fi
 GLOVE="$MODELS/glove-6b-50d"
 mkdir -p "$OUT"
 
@@ -127,7 +135,9 @@ plan() {
   echo "t15 minilm full+knowledge 1"
   echo "t15 minilm full+knowledge-concat 1"
   echo "t15 mpnet full+knowledge 1"
-  for rate in $DROPOUT_SWEEP; do echo "t15 minilm full+knowledge+dropout$rate 1 $SWEEP_EPOCHS"; done
+  if [ -z "$KNOWLEDGE_DROPOUT" ]; then
+    for rate in $DROPOUT_SWEEP; do echo "t15 minilm full+knowledge+dropout$rate 1 $SWEEP_EPOCHS"; done
+  fi
   echo "t15 minilm full+knowledge+dropout 1"
   echo "t17 minilm full+knowledge 1"
   # Target 2's probes: is concat's lead the gradient through the knowledge, or the one cross-attention step?
@@ -164,6 +174,10 @@ run_one() {
   local run_dir="$OUT/$name" lock="$OUT/$name.lock"
   if [ -f "$run_dir/results.json" ]; then
     [ -n "${LIST:-}" ] && echo "done     $name"
+    return 0
+  fi
+  if grep -qxF "$name" <<<"$RECORDED"; then
+    [ -n "${LIST:-}" ] && echo "recorded $name"
     return 0
   fi
   if [ "$config" = full+knowledge+dropout ]; then

@@ -309,10 +309,15 @@ def test_the_knowledge_figure_is_drawn_once_each_of_its_configs_has_a_curve_and_
     }
 
 
-def test_the_run_script_lists_done_started_and_todo_runs_and_runs_nothing(tmp_path):
+def test_the_run_script_lists_done_recorded_started_and_todo_runs_and_runs_nothing(tmp_path):
     write_run(tmp_path, "t15-minilm-text-s1", {"valid": 0.7})
     (tmp_path / "t15-minilm-full-s1" / "checkpoints").mkdir(parents=True)
-    environment = dict(os.environ, LIST="1", OUT=str(tmp_path), ONLY="t15-minilm-(text|full)-s[12]")
+    # A run recorded in accuracy.json on an earlier machine, whose folder this one lacks, is not run again.
+    recorded = tmp_path / "accuracy.json"
+    recorded.write_text(json.dumps([{"run": "t15-minilm-text-s2", "split": "valid"}]))
+    environment = dict(
+        os.environ, LIST="1", OUT=str(tmp_path), ONLY="t15-minilm-(text|full)-s[12]", ACCURACY=str(recorded)
+    )
     listed = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "run_accuracy.sh")],
         env=environment,
@@ -323,10 +328,37 @@ def test_the_run_script_lists_done_started_and_todo_runs_and_runs_nothing(tmp_pa
     assert listed.stdout.splitlines() == [
         "done     t15-minilm-text-s1",
         "started  t15-minilm-full-s1",
-        "todo     t15-minilm-text-s2",
+        "recorded t15-minilm-text-s2",
         "todo     t15-minilm-full-s2",
     ]
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["t15-minilm-full-s1", "t15-minilm-text-s1"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "accuracy.json",
+        "t15-minilm-full-s1",
+        "t15-minilm-text-s1",
+    ]
+
+
+def test_the_input_dropout_sweep_runs_only_while_no_rate_is_given(tmp_path):
+    environment = dict(
+        os.environ,
+        LIST="1",
+        OUT=str(tmp_path),
+        ONLY="^t15-minilm-full\\+knowledge\\+dropout",
+        ACCURACY=str(tmp_path / "none.json"),
+    )
+    script = ["bash", str(REPO / "benchmarks" / "run_accuracy.sh")]
+    unset = subprocess.run(script, env=environment, capture_output=True, text=True, check=True)
+    assert unset.stdout.splitlines() == [
+        *(
+            f"todo     sweep-e1/t15-minilm-full+knowledge+dropout{rate}-s1"
+            for rate in ("0.25", "0.5", "0.75")
+        ),
+        "waiting  t15-minilm-full+knowledge+dropout-s1 (for the input-dropout sweep)",
+    ]
+    given = subprocess.run(
+        script, env=dict(environment, KNOWLEDGE_DROPOUT="0.25"), capture_output=True, text=True, check=True
+    )
+    assert given.stdout.splitlines() == ["todo     t15-minilm-full+knowledge+dropout-s1"]
 
 
 def test_every_run_of_the_plan_gives_train_py_flags_it_accepts(tmp_path):
@@ -344,18 +376,23 @@ def test_every_run_of_the_plan_gives_train_py_flags_it_accepts(tmp_path):
         PATH=f"{stand_in.parent}:{os.environ['PATH']}",
         OUT=str(tmp_path / "out"),
         PRECISION="no",
-        KNOWLEDGE_DROPOUT="0.25",
+        ACCURACY=str(tmp_path / "none.json"),  # nothing recorded: every run of the plan
     )
     script = ["bash", str(REPO / "benchmarks" / "run_accuracy.sh")]
-    listed = subprocess.run(script, env=dict(environment, LIST="1"), capture_output=True, text=True)
-    ran = subprocess.run(script, env=environment, capture_output=True, text=True)
-    assert ran.returncode == 0 and "FAILED" not in ran.stderr, ran.stderr
+    # The sweep runs only without a rate; the dropout runs only with one (the sweep's own choice needs its results).
+    listed = []
+    for more in ({"ONLY": "dropout0"}, {"KNOWLEDGE_DROPOUT": "0.25"}):
+        listed += subprocess.run(
+            script, env=environment | more | {"LIST": "1"}, capture_output=True, text=True
+        ).stdout.splitlines()
+        ran = subprocess.run(script, env=environment | more, capture_output=True, text=True)
+        assert ran.returncode == 0 and "FAILED" not in ran.stderr, ran.stderr
     commands = [line.rstrip("\x1f").split("\x1f") for line in record.read_text().splitlines()]
     names = [
         str(Path(command[command.index("--output_dir") + 1]).relative_to(tmp_path / "out"))
         for command in commands
     ]
-    assert ["todo     " + name for name in names] == listed.stdout.splitlines()  # every run once, in order
+    assert ["todo     " + name for name in names] == listed  # every run once, in order
     assert {"t15-minilm-full+knowledge-grad-s1", "sweep-e1/t15-minilm-full+knowledge+dropout0.25-s1"} <= set(
         names
     )
